@@ -1,0 +1,388 @@
+"""The article queue: validation, and importers for JSON, CSV, Markdown with front
+matter, and RSS/Atom feeds.
+
+Every item is validated before anything is written.  An import is one
+transaction: the valid items go in and the bad ones are reported by file and
+line (or item number), or with ``strict`` nothing goes in when anything is bad.
+Re-importing an item with the same GUID (else URL) updates it, never duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.engine import Engine
+
+from .config import Config
+from .csvio import decode, read_rows, split_list
+from .errors import InputError
+from .sanitize import html_to_plain, sanitize_html
+from .store import articles as q
+
+MAX_TITLE = 500
+MAX_URL = 2000
+BODY_FORMATS = ("markdown", "html")
+INPUT_STATUSES = ("draft", "queued")
+
+CSV_ALIASES = {
+    "title": ("タイトル", "題名", "見出し"),
+    "url": ("link", "リンク", "アドレス"),
+    "summary": ("概要", "要約", "description"),
+    "body": ("本文", "content"),
+    "body_format": ("format", "形式"),
+    "fields": ("field", "分野", "カテゴリ", "category", "categories"),
+    "author": ("著者", "執筆者", "筆者"),
+    "publish_at": ("公開日時", "掲載日時", "embargo", "published"),
+    "guid": ("id",),
+    "pinned": ("固定", "pin"),
+    "priority": ("優先度",),
+    "status": ("状態",),
+}
+KNOWN_KEYS = set(CSV_ALIASES) | {"source"}
+
+
+def check_url(value: str) -> str:
+    url = value.strip()
+    if not url:
+        raise ValueError("missing url")
+    if any(c.isspace() for c in url) or len(url) > MAX_URL:
+        raise ValueError(f"bad url '{url[:80]}'")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or "." not in parts.hostname:
+        raise ValueError(f"bad url '{url[:80]}' (expected http:// or https:// with a host name)")
+    return url
+
+
+def parse_time(value: Any, tz: str) -> datetime | None:
+    """ISO 8601; a time without an offset is read in the site's time zone."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        dt = value
+    else:
+        text = str(value).strip().replace("/", "-")
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"bad publish_at '{value}' (expected ISO 8601, e.g. 2026-12-01T09:00+09:00)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=ZoneInfo(tz))
+    return dt.astimezone(UTC)
+
+
+def _bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "0", "false", "no", "いいえ", "off"):
+        return False
+    if text in ("1", "true", "yes", "はい", "on", "x", "○"):
+        return True
+    raise ValueError(f"bad {key} '{value}' (expected true or false)")
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"bad {key} '{value}' (expected a whole number)")
+    if value in (None, ""):
+        return 0
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"bad {key} '{value}' (expected a whole number)") from None
+
+
+def resolve_fields(config: Config, values: Iterable[str]) -> str:
+    """Field slugs or names → the stored comma-separated slugs in config order."""
+    out = []
+    for token in values:
+        slug = config.resolve_field(token)
+        if slug is None:
+            known = ", ".join(f"{f.slug} ({f.name})" for f in config.fields)
+            raise ValueError(f"unknown field '{token}' (known: {known})")
+        out.append(slug)
+    if not out:
+        raise ValueError("no field given")
+    return ",".join(config.sort_fields(out))
+
+
+def validate(raw: Mapping[str, Any], config: Config, *, default_fields: Sequence[str] = ()) -> dict[str, Any]:
+    """A raw item → the values to store; ValueError naming the problem."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"expected an object with title, url, fields; got {type(raw).__name__}")
+    unknown = sorted(set(raw) - KNOWN_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key '{unknown[0]}'")
+    title = " ".join(str(raw.get("title") or "").split())
+    if not title:
+        raise ValueError("missing title")
+    if len(title) > MAX_TITLE:
+        raise ValueError(f"title longer than {MAX_TITLE} characters")
+    url = check_url(str(raw.get("url") or ""))
+    fields_value = raw.get("fields")
+    if isinstance(fields_value, str):
+        tokens = split_list(fields_value)
+    elif isinstance(fields_value, list):
+        tokens = [str(t) for t in fields_value]
+    elif fields_value is None:
+        tokens = list(default_fields)
+    else:
+        raise ValueError("fields must be a list or a string")
+    if not tokens:
+        tokens = list(default_fields)
+    body_format = str(raw.get("body_format") or "markdown").lower()
+    if body_format not in BODY_FORMATS:
+        raise ValueError(f"bad body_format '{body_format}' (expected markdown or html)")
+    body = str(raw.get("body") or "")
+    if body_format == "html":
+        body = sanitize_html(body)
+    status = str(raw.get("status") or "queued").lower()
+    if status not in INPUT_STATUSES:
+        raise ValueError(f"bad status '{status}' (expected draft or queued)")
+    guid = str(raw.get("guid") or "").strip() or None
+    author = " ".join(str(raw.get("author") or "").split())
+    return {
+        "title": title,
+        "url": url,
+        "summary": str(raw.get("summary") or "").strip(),
+        "body": body,
+        "body_format": body_format,
+        "author": author[:200],
+        "fields": resolve_fields(config, tokens),
+        "publish_at": parse_time(raw.get("publish_at"), config.site.timezone),
+        "priority": _int(raw.get("priority"), "priority"),
+        "pinned": _bool(raw.get("pinned", False), "pinned"),
+        "guid": guid[:500] if guid else None,
+        "status": status,
+        "source": str(raw.get("source") or "")[:500],
+    }
+
+
+@dataclass
+class ImportReport:
+    source: str
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    errors: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def save(conn, values: dict[str, Any]) -> tuple[str, int]:
+    """Insert, or update the article with the same GUID/URL. Returns (action, id)."""
+    existing = q.find_existing(conn, guid=values["guid"], url=values["url"])
+    if existing is None:
+        return "created", q.insert(conn, values)
+    changes = {k: v for k, v in values.items() if k not in ("status",) and getattr(existing, k) != v}
+    # A re-import must not resurrect a withdrawn article or re-queue a published one.
+    if existing.status == "draft" and values["status"] == "queued":
+        changes["status"] = "queued"
+    if not changes:
+        return "unchanged", existing.id
+    q.update_article(conn, existing.id, changes)
+    return "updated", existing.id
+
+
+def import_items(
+    engine: Engine,
+    config: Config,
+    items: Iterable[tuple[str, Mapping[str, Any]]],
+    *,
+    source: str,
+    strict: bool = False,
+    default_fields: Sequence[str] = (),
+    dry_run: bool = False,
+) -> ImportReport:
+    report = ImportReport(source=source)
+    valid: list[tuple[str, dict[str, Any]]] = []
+    seen: dict[str, str] = {}
+    for where, raw in items:
+        try:
+            values = validate(raw, config, default_fields=default_fields)
+        except ValueError as exc:
+            report.errors.append(f"{where}: {exc}")
+            continue
+        key = values["guid"] or values["url"]
+        if key in seen:
+            report.errors.append(f"{where}: same item as {seen[key]} (guid/url '{key[:80]}')")
+            continue
+        seen[key] = where
+        values["source"] = values["source"] or source
+        valid.append((where, values))
+    if (strict and report.errors) or dry_run:
+        return report
+    with engine.begin() as conn:
+        for _where, values in valid:
+            action, article_id = save(conn, values)
+            setattr(report, action, getattr(report, action) + 1)
+            report.ids.append(article_id)
+    return report
+
+
+# --- readers: each yields (where, raw item) and raises InputError for a whole-file problem
+
+
+def items_from_json(text: str, where: str) -> list[tuple[str, Mapping[str, Any]]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("articles"), list):
+        data = data["articles"]
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise InputError(f"{where}: expected a JSON array of articles")
+    out = []
+    for i, item in enumerate(data, 1):
+        out.append((f"{where}: item {i}", item))
+    return out
+
+
+def items_from_csv(text: str, where: str) -> list[tuple[str, Mapping[str, Any]]]:
+    return [(f"{where}:{line}", row) for line, row in read_rows(text, where, CSV_ALIASES, ("title", "url"))]
+
+
+_FRONT_MATTER_RE = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)(.*)\Z", re.S)
+
+
+def items_from_markdown(text: str, where: str) -> list[tuple[str, Mapping[str, Any]]]:
+    import yaml
+
+    m = _FRONT_MATTER_RE.match(text.lstrip("\ufeff"))
+    if not m:
+        raise InputError(f"{where}:1: no front matter (the file must start with a '---' block of title, url, fields)")
+    try:
+        meta = yaml.safe_load(m.group(1)) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = (mark.line + 2) if mark else 1
+        raise InputError(f"{where}:{line}: invalid front matter ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{where}:2: front matter must be key: value pairs")
+    item = {str(k): v for k, v in meta.items()}
+    item.setdefault("body", m.group(2).strip())
+    return [(where, item)]
+
+
+def items_from_feed(data: bytes, where: str) -> list[tuple[str, Mapping[str, Any]]]:
+    import feedparser
+
+    parsed = feedparser.parse(data)
+    if parsed.bozo and not parsed.entries:
+        raise InputError(f"{where}: not a readable RSS/Atom feed ({parsed.get('bozo_exception')})")
+    out = []
+    for i, entry in enumerate(parsed.entries, 1):
+        link = entry.get("link", "")
+        content = ""
+        if entry.get("content"):
+            content = entry.content[0].get("value", "")
+        summary_html = entry.get("summary", "")
+        published = entry.get("published_parsed") or entry.get("updated_parsed")
+        item: dict[str, Any] = {
+            "title": html_to_plain(entry.get("title", "")),
+            "url": link,
+            "summary": html_to_plain(summary_html)[:1000],
+            "body": content or summary_html,
+            "body_format": "html",
+            "author": entry.get("author", ""),
+            "guid": entry.get("id") or link,
+        }
+        tags = [t.get("term", "") for t in entry.get("tags", []) if t.get("term")]
+        if tags:
+            item["fields"] = tags
+        if published:
+            item["publish_at"] = datetime(*published[:6], tzinfo=UTC)
+        out.append((f"{where}: entry {i} ({link or 'no link'})", item))
+    return out
+
+
+def _fields_from_tags(items, config: Config):
+    # Feed categories are free text: keep the ones that name our fields, drop the rest,
+    # so that a feed tagged "地方自治, 防災" lands in 地方自治.
+    for where, item in items:
+        if isinstance(item.get("fields"), list):
+            known = [t for t in item["fields"] if config.resolve_field(t)]
+            item = dict(item)
+            if known:
+                item["fields"] = known
+            else:
+                item.pop("fields")
+        yield where, item
+
+
+def read_source(source: str, config: Config) -> list[tuple[str, Mapping[str, Any]]]:
+    """Items from a file path or an http(s) URL, by extension or content."""
+    if re.match(r"^https?://", source):
+        data = _fetch(source)
+        kind = _sniff(data, source)
+        where = source
+    else:
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"{source}: no such file") from None
+        except IsADirectoryError:
+            raise InputError(f"{source}: is a folder, not a file") from None
+        ext = path.suffix.lower()
+        kind = {
+            ".json": "json", ".csv": "csv", ".md": "markdown", ".markdown": "markdown",
+            ".xml": "feed", ".rss": "feed", ".atom": "feed",
+        }.get(ext) or _sniff(data, source)
+        where = path.name
+    if kind == "feed":
+        return list(_fields_from_tags(items_from_feed(data, where), config))
+    text = read_text_bytes(data, where) if kind != "csv" else None
+    if kind == "json":
+        return items_from_json(text, where)
+    if kind == "markdown":
+        return items_from_markdown(text, where)
+    return items_from_csv(decode(data, "auto", where), where)
+
+
+def read_text_bytes(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"{where}:{line}: not valid UTF-8") from None
+
+
+def _sniff(data: bytes, where: str) -> str:
+    head = data.lstrip(b"\xef\xbb\xbf \t\r\n")[:200]
+    if head.startswith((b"[", b"{")):
+        return "json"
+    if head.startswith(b"<"):
+        return "feed"
+    if head.startswith(b"---"):
+        return "markdown"
+    if b"," in head:
+        return "csv"
+    raise InputError(f"{where}: cannot tell the format (use a .json, .csv, .md, .xml/.rss/.atom file)")
+
+
+def _fetch(url: str) -> bytes:
+    import requests
+
+    try:
+        resp = requests.get(url, timeout=30, headers={"User-Agent": "newsletter-importer"})
+    except requests.RequestException as exc:
+        raise InputError(f"{url}: cannot fetch ({exc.__class__.__name__}: {exc})") from None
+    if resp.status_code != 200:
+        raise InputError(f"{url}: cannot fetch (HTTP {resp.status_code})")
+    return resp.content
+
+

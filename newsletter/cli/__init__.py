@@ -1,0 +1,107 @@
+"""The ``newsletter`` command: one sub-group per noun (a module each), one command per verb.
+
+Exit codes: 0 done, 1 input or runtime error (one line on stderr naming the
+file/line/key/address), 2 usage error (click's own).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+
+import click
+
+from .. import __version__
+from ..config import Config, load_config
+from ..errors import ConfigError, NewsletterError
+
+log = logging.getLogger("newsletter")
+
+
+class App:
+    """What every command needs, loaded on first use so that ``--help`` never needs a config."""
+
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+        self._config: Config | None = None
+        self._engine = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from ..store import open_engine
+
+            self._engine = open_engine(self.config.storage_url)
+        return self._engine
+
+    def local_time(self, dt: datetime | None, tz: str | None = None) -> str:
+        if dt is None:
+            return "-"
+        from zoneinfo import ZoneInfo
+
+        return dt.astimezone(ZoneInfo(tz or self.config.site.timezone)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+class NewsletterGroup(click.Group):
+    """Turns our errors into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (NewsletterError, ConfigError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group(cls=NewsletterGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config", "config_path", metavar="PATH", envvar="NEWSLETTER_CONFIG",
+    help="config.toml to use (default: $NEWSLETTER_CONFIG, else ./config.toml).",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(__version__, prog_name="newsletter")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+    """newsletter — a mail-magazine publishing pipeline.
+
+    Editors queue articles, operators manage subscribers, and editions (第N号)
+    go out as a digest of each subscriber's fields.
+    """
+    # Our own events at INFO; libraries (alembic, premailer's cssutils...) only when asked.
+    logging.basicConfig(
+        level=logging.DEBUG if verbose >= 2 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    ctx.obj = App(config_path)
+
+
+@main.command()
+@pass_app
+def init(app: App) -> None:
+    """Create the database, or upgrade it to this version's schema."""
+    from ..store import make_engine, upgrade
+
+    engine = make_engine(app.config.storage_url)
+    before, after = upgrade(engine)
+    if before is None:
+        click.echo(f"initialised {app.config.storage_url} (schema {after})")
+    elif before == after:
+        click.echo(f"database is up to date (schema {after})")
+    else:
+        click.echo(f"upgraded {app.config.storage_url} from schema {before} to {after}")
+
+
+# Each noun's commands live in their own module and register on ``main``.
+from . import articles, subscribers  # noqa: E402,F401

@@ -1,0 +1,371 @@
+"""Load and validate ``config.toml`` into frozen objects.
+
+Every error names the file and the key (``config.toml: publications[1].schedule:
+invalid cron expression '0 25 * * *' ...``).  Relative paths resolve against the
+config file's folder.  Secrets never live here: keys ending in ``_env`` name the
+environment variable that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+
+from .cron import cron_trigger
+from .errors import ConfigError
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+CHARSETS = ("utf-8", "iso-2022-jp")
+FORMATS = ("html", "text")
+LANGUAGES = ("ja", "en")
+ENV_CONFIG = "NEWSLETTER_CONFIG"
+ENV_STORAGE_URL = "NEWSLETTER_STORAGE_URL"
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    base_url: str
+    secret_env: str = "NEWSLETTER_SECRET"
+    language: str = "ja"
+    timezone: str = "Asia/Tokyo"
+
+    @property
+    def domain(self) -> str:
+        return re.sub(r"^[a-z]+://", "", self.base_url).split("/")[0].split(":")[0]
+
+
+@dataclass(frozen=True)
+class Sender:
+    name: str
+    address: str
+    reply_to: str | None
+    postal_address: str
+    contact: str
+    bounce_address: str | None = None
+    unsubscribe_mailto: str | None = None
+
+
+@dataclass(frozen=True)
+class Field:
+    slug: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Publication:
+    slug: str
+    title: str
+    fields: tuple[str, ...]
+    schedule: str
+    timezone: str = "Asia/Tokyo"
+    max_articles: int = 20
+    charset: str = "utf-8"
+    full_text: bool = False
+    language: str = "ja"
+    description: str = ""
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    kind: str
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    site: Site
+    sender: Sender
+    storage_url: str
+    provider: ProviderConfig
+    fields: tuple[Field, ...]
+    publications: tuple[Publication, ...]
+    templates_dir: Path
+    subscribers_dir: Path
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def field(self, slug: str) -> Field:
+        for f in self.fields:
+            if f.slug == slug:
+                return f
+        raise KeyError(slug)
+
+    @property
+    def field_slugs(self) -> tuple[str, ...]:
+        return tuple(f.slug for f in self.fields)
+
+    def resolve_field(self, token: str) -> str | None:
+        """A field slug from a slug or a display name (``education`` or ``教育``)."""
+        token = token.strip()
+        for f in self.fields:
+            if token == f.slug or token == f.name or token.lower() == f.slug:
+                return f.slug
+        return None
+
+    def publication(self, slug: str) -> Publication:
+        for p in self.publications:
+            if p.slug == slug:
+                return p
+        known = ", ".join(p.slug for p in self.publications)
+        from .errors import InputError
+
+        raise InputError(f"unknown publication '{slug}' (known: {known})")
+
+    def sort_fields(self, slugs) -> tuple[str, ...]:
+        """Field slugs in config order (the order sections appear in a digest)."""
+        order = {f.slug: i for i, f in enumerate(self.fields)}
+        return tuple(sorted(set(slugs), key=lambda s: order.get(s, len(order))))
+
+    def secret(self) -> bytes:
+        value = os.environ.get(self.site.secret_env)
+        if value:
+            return value.encode()
+        # Without a secret every signed link would be forgeable; a laptop demo still
+        # needs to run, so derive a per-installation key and store it next to the
+        # database (never in the repo: var/ is ignored).
+        key_file = self.base_dir / "var" / "secret.key"
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(os.urandom(32).hex())
+        return key_file.read_text().strip().encode()
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that name the key."""
+
+    def __init__(self, file: Path, prefix: str, data: Any):
+        self.file = file
+        self.prefix = prefix
+        if not isinstance(data, dict):
+            self.fail(f"expected a table, got {type(data).__name__}")
+        self.data = data
+        self.used: set[str] = set()
+
+    def fail(self, message: str, key: str | None = None):
+        where = f"{self.prefix}.{key}" if key and self.prefix else (key or self.prefix)
+        raise ConfigError(f"{self.file.name}: {where}: {message}")
+
+    def get(self, key: str, typ: type | tuple[type, ...], default: Any = ..., *, required: bool = False):
+        self.used.add(key)
+        if key not in self.data:
+            if required or default is ...:
+                self.fail("missing required key", key)
+            return default
+        value = self.data[key]
+        if typ is int and isinstance(value, bool):
+            self.fail(f"expected an integer, got {value!r}", key)
+        if not isinstance(value, typ):
+            names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+            names = names.replace("str", "a string").replace("int", "an integer").replace("bool", "true/false")
+            self.fail(f"expected {names}, got {value!r}", key)
+        if isinstance(value, str):
+            if "\r" in value or "\n" in value:
+                if key not in ("postal_address", "contact", "description"):
+                    self.fail("line breaks are not allowed here", key)
+        return value
+
+    def text(self, key: str, default: Any = ..., **kw) -> str:
+        value = self.get(key, str, default, **kw)
+        if isinstance(value, str) and not value.strip() and default is ...:
+            self.fail("must not be empty", key)
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(key, str, default)
+        if value not in choices:
+            self.fail(f"expected one of {', '.join(choices)}, got '{value}'", key)
+        return value
+
+    def address(self, key: str, default: Any = ...) -> str | None:
+        value = self.get(key, str, default)
+        if value is None:
+            return None
+        try:
+            return validate_email(value, check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            self.fail(f"invalid email address '{value}': {exc}", key)
+
+    def done(self, extra_ok: tuple[str, ...] = ()):
+        unknown = sorted(set(self.data) - self.used - set(extra_ok))
+        if unknown:
+            self.fail("unknown key", unknown[0])
+
+
+def _timezone(r: _Reader, key: str, default: str) -> str:
+    tz = r.text(key, default)
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        r.fail(f"unknown time zone '{tz}'", key)
+    return tz
+
+
+def _url(r: _Reader, key: str, value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        r.fail(f"expected an http(s) URL, got '{value}'", key)
+    return value.rstrip("/")
+
+
+def resolve_storage_url(url: str, base_dir: Path) -> str:
+    """Make a relative SQLite path relative to the config folder, not the cwd."""
+    m = re.match(r"^(sqlite(?:\+\w+)?):///(.*)$", url)
+    if m and m.group(2) and m.group(2) != ":memory:" and not m.group(2).startswith("/"):
+        return f"{m.group(1)}:///{(base_dir / m.group(2)).resolve()}"
+    return url
+
+
+def find_config_path(explicit: str | os.PathLike | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return Path(env)
+    return Path("config.toml")
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    file = find_config_path(path).absolute()
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: config file not found (use --config PATH or $NEWSLETTER_CONFIG)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file.name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file.name}: {exc}") from None
+    return parse_config(raw, file)
+
+
+def parse_config(raw: dict, file: Path) -> Config:
+    base = file.parent
+    top = _Reader(file, "", raw)
+
+    for required in ("site", "sender"):
+        if required not in raw:
+            top.fail("missing required table", required)
+    r = _Reader(file, "site", raw["site"])
+    site = Site(
+        name=r.text("name", required=True),
+        base_url=_url(r, "base_url", r.text("base_url", required=True)),
+        secret_env=r.text("secret_env", "NEWSLETTER_SECRET"),
+        language=r.choice("language", LANGUAGES, "ja"),
+        timezone=_timezone(r, "timezone", "Asia/Tokyo"),
+    )
+    r.done()
+
+    r = _Reader(file, "sender", raw["sender"])
+    sender = Sender(
+        name=r.text("name", required=True),
+        address=r.address("address"),
+        reply_to=r.address("reply_to", None),
+        postal_address=r.text("postal_address", required=True),
+        contact=r.text("contact", required=True),
+        bounce_address=r.address("bounce_address", None),
+        unsubscribe_mailto=r.address("unsubscribe_mailto", None),
+    )
+    r.done()
+
+    r = _Reader(file, "storage", raw.get("storage", {}))
+    url = os.environ.get(ENV_STORAGE_URL) or r.text("url", "sqlite:///var/newsletter.db")
+    storage_url = resolve_storage_url(url, base)
+    r.done()
+
+    r = _Reader(file, "provider", raw.get("provider", {"kind": "file"}))
+    kind = r.text("kind", "file")
+    if not SLUG_RE.match(kind):
+        r.fail(f"invalid provider kind '{kind}'", "kind")
+    options = {k: v for k, v in r.data.items() if k != "kind"}
+    provider = ProviderConfig(kind=kind, options=MappingProxyType(options))
+
+    r = _Reader(file, "paths", raw.get("paths", {}))
+    templates_dir = base / r.text("templates", "templates")
+    subscribers_dir = base / r.text("subscribers", "subscribers")
+    r.done()
+
+    raw_fields = raw.get("fields")
+    if not isinstance(raw_fields, list) or not raw_fields:
+        top.fail("at least one [[fields]] table is required", "fields")
+    fields: list[Field] = []
+    for i, item in enumerate(raw_fields):
+        r = _Reader(file, f"fields[{i}]", item)
+        slug = r.text("slug", required=True)
+        if not SLUG_RE.match(slug):
+            r.fail(f"invalid slug '{slug}' (lowercase letters, digits and '-')", "slug")
+        if any(f.slug == slug for f in fields):
+            r.fail(f"duplicate field slug '{slug}'", "slug")
+        fields.append(Field(slug=slug, name=r.text("name", required=True)))
+        r.done()
+    slugs = {f.slug for f in fields}
+
+    raw_pubs = raw.get("publications")
+    if not isinstance(raw_pubs, list) or not raw_pubs:
+        top.fail("at least one [[publications]] table is required", "publications")
+    pubs: list[Publication] = []
+    for i, item in enumerate(raw_pubs):
+        r = _Reader(file, f"publications[{i}]", item)
+        slug = r.text("slug", required=True)
+        if not SLUG_RE.match(slug):
+            r.fail(f"invalid slug '{slug}' (lowercase letters, digits and '-')", "slug")
+        if any(p.slug == slug for p in pubs):
+            r.fail(f"duplicate publication slug '{slug}'", "slug")
+        pub_fields = r.get("fields", list, [f.slug for f in fields])
+        for f in pub_fields:
+            if f not in slugs:
+                r.fail(f"unknown field '{f}' (known: {', '.join(sorted(slugs))})", "fields")
+        tz = _timezone(r, "timezone", site.timezone)
+        schedule = r.text("schedule", required=True)
+        try:
+            cron_trigger(schedule, tz)
+        except ValueError as exc:
+            r.fail(f"invalid cron expression '{schedule}': {exc}", "schedule")
+        max_articles = r.get("max_articles", int, 20)
+        if max_articles < 1:
+            r.fail("must be at least 1", "max_articles")
+        pubs.append(
+            Publication(
+                slug=slug,
+                title=r.text("title", required=True),
+                fields=tuple(f.slug for f in fields if f.slug in pub_fields),
+                schedule=schedule,
+                timezone=tz,
+                max_articles=max_articles,
+                charset=r.choice("charset", CHARSETS, "utf-8"),
+                full_text=r.get("full_text", bool, False),
+                language=r.choice("language", LANGUAGES, site.language),
+                description=r.get("description", str, ""),
+            )
+        )
+        r.done()
+
+    top.used.update({"site", "sender", "storage", "provider", "fields", "publications", "paths"})
+    top.done()
+    return Config(
+        path=file,
+        site=site,
+        sender=sender,
+        storage_url=storage_url,
+        provider=provider,
+        fields=tuple(fields),
+        publications=tuple(pubs),
+        templates_dir=templates_dir,
+        subscribers_dir=subscribers_dir,
+    )

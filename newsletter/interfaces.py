@@ -1,0 +1,80 @@
+"""The seams between the pipeline and the outside world.
+
+A *provider* is the one place that talks to a mail service (a folder of .eml files,
+an SMTP server, an HTTP API).  The delivery engine hands it batches of fully
+composed messages and gets back exactly one :class:`SendResult` per message, in
+any order, so that a half-accepted batch says precisely which half went out.
+
+Providers are found through the entry-point group ``newsletter.providers``
+(ours are registered the same way in ``pyproject.toml``).  The entry point names
+a class; :func:`newsletter.providers.load_provider` checks that it satisfies
+:class:`Provider` and builds it with :meth:`Provider.from_config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+Status = Literal["accepted", "transient", "permanent"]
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One personal message, ready to hand over.
+
+    ``data`` is the complete RFC 5322 message as bytes with CRLF line endings,
+    already dot-safe for nothing in particular: SMTP providers do their own
+    dot-stuffing.  ``sender`` and ``recipient`` are the SMTP envelope
+    (``sender`` is the bounce address, which may differ from the From header).
+    """
+
+    delivery_id: int
+    sender: str
+    recipient: str
+    message_id: str
+    data: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What happened to one message.
+
+    ``status``: ``accepted`` (the service took responsibility for it),
+    ``transient`` (try again later, maybe after ``retry_after`` seconds) or
+    ``permanent`` (do not try again).  ``reply`` is the server's own words, for
+    the delivery log; ``provider_id`` the service's message id when it gives one.
+    """
+
+    delivery_id: int
+    status: Status
+    provider_id: str | None = None
+    reply: str = ""
+    retry_after: float | None = None
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A mail service.
+
+    ``max_batch`` is how many messages one :meth:`send` call may carry.  ``send``
+    must never raise for a per-message problem: it returns a result for every
+    message it was given.  It may raise :class:`~newsletter.errors.ConfigError`
+    when the configuration itself is unusable (a missing password variable...).
+    """
+
+    name: str
+    max_batch: int
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, object], base_dir: Path) -> "Provider":
+        """Build from the ``[provider]`` table (minus ``kind``); relative paths resolve
+        against ``base_dir``.  Raise ConfigError naming ``provider.<key>`` on bad input."""
+        ...
+
+    def send(self, batch: Sequence[OutgoingMessage]) -> list[SendResult]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,123 @@
+"""The database: engine set-up, schema migrations, and the queries by noun
+(``store.articles``, ``store.subscribers``, ``store.editions``).
+
+SQLite (the default) is opened in WAL mode with foreign keys on and
+``synchronous=NORMAL``: the delivery log commits often, and a full fsync per
+commit in the default journal mode costs about a millisecond each.  Any other
+SQLAlchemy URL (``postgresql+psycopg://...``) works unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import NoSuchModuleError
+
+from ..errors import StoreError
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_conn, _record):
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"storage.url: not a database URL: '{url}'") from None
+    kwargs: dict = {}
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except NoSuchModuleError:
+        raise StoreError(f"storage.url: no database driver for '{parsed.drivername}'") from None
+    except ModuleNotFoundError as exc:
+        raise StoreError(f"storage.url: database driver not installed ({exc.name})") from None
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _alembic_config(connection) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def schema_head() -> str:
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+def schema_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Bring the schema to the newest revision; returns (before, after)."""
+    from alembic import command
+
+    before = check_version(engine, allow_empty=True)
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "head")
+    return before, schema_head()
+
+
+def check_version(engine: Engine, *, allow_empty: bool = False) -> str | None:
+    """The database's schema revision; StoreError when this version cannot use it."""
+    try:
+        current = schema_revision(engine)
+    except OperationalError as exc:
+        raise StoreError(f"cannot open the database: {exc.orig}") from None
+    script = ScriptDirectory(str(MIGRATIONS))
+    if current is None:
+        if allow_empty:
+            return None
+        if inspect(engine).get_table_names():
+            raise StoreError("the database has tables but no schema version; it was not made by newsletter")
+        raise StoreError("the database is not initialised: run 'newsletter init'")
+    try:
+        script.get_revision(current)
+    except Exception:
+        raise StoreError(
+            f"the database schema ({current}) is newer than this version of newsletter "
+            f"understands ({script.get_current_head()}); upgrade newsletter"
+        ) from None
+    return current
+
+
+def open_engine(url: str, *, migrate: bool = True) -> Engine:
+    """An engine for a database this version can use.
+
+    A database made by an older version is upgraded in place (and logged); one
+    made by a newer version, or not initialised, is refused with StoreError.
+    """
+    engine = make_engine(url)
+    current = check_version(engine)
+    if current != schema_head():
+        if not migrate:
+            raise StoreError(f"the database schema ({current}) is older than {schema_head()}: run 'newsletter init'")
+        before, after = upgrade(engine)
+        log.info("upgraded database schema from %s to %s", before, after)
+    return engine

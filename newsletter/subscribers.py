@@ -1,0 +1,335 @@
+"""Subscribers: validation, CSV import/export, status changes and consent.
+
+Addresses are validated and normalised with email-validator (IDN domains are
+accepted and kept in Unicode form) and stored lower-cased, so that
+``Taro@Example.JP`` and ``taro@example.jp`` are one subscriber.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy.engine import Engine
+
+from .config import CHARSETS, FORMATS, Config
+from .csvio import ENCODINGS, decode, read_rows, split_list, write_csv
+from .errors import InputError
+from .sanitize import header_safe
+from .store import subscribers as q
+
+CSV_ALIASES = {
+    "email": ("mail", "e-mail", "emailaddress", "address", "メールアドレス", "メール", "アドレス", "電子メール"),
+    "name": ("氏名", "名前", "お名前", "fullname"),
+    "fields": ("field", "分野", "配信分野", "topics"),
+    "format": ("形式", "配信形式", "mailformat"),
+    "charset": ("文字コード", "encoding"),
+    "publications": ("publication", "購読", "配信誌"),
+}
+FORMAT_WORDS = {"html": "html", "text": "text", "テキスト": "text", "txt": "text", "plain": "text", "HTML": "html"}
+
+
+def normalize_email(value: str) -> str:
+    """The canonical form of an address, or ValueError naming it."""
+    raw = value.strip()
+    if not raw:
+        raise ValueError("missing email address")
+    if any(c in raw for c in "\r\n\t\x00"):
+        raise ValueError(f"invalid email address {raw!r}: control characters")
+    try:
+        result = validate_email(raw, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"invalid email address '{raw}': {exc}") from None
+    return result.normalized.lower()
+
+
+def parse_format(value: str | None) -> str:
+    if not value:
+        return "html"
+    fmt = FORMAT_WORDS.get(value.strip(), FORMAT_WORDS.get(value.strip().lower()))
+    if fmt is None:
+        raise ValueError(f"bad format '{value}' (expected html or text)")
+    return fmt
+
+
+def parse_charset(value: str | None) -> str | None:
+    if not value:
+        return None
+    cs = value.strip().lower().replace("_", "-")
+    if cs not in CHARSETS:
+        raise ValueError(f"bad charset '{value}' (expected {' or '.join(CHARSETS)})")
+    return cs
+
+
+def parse_fields(config: Config, value: str | Iterable[str] | None) -> str:
+    tokens = split_list(value) if isinstance(value, str) else list(value or [])
+    if not tokens:
+        raise ValueError("no fields given")
+    slugs = []
+    for token in tokens:
+        slug = config.resolve_field(token)
+        if slug is None:
+            known = ", ".join(f"{f.slug} ({f.name})" for f in config.fields)
+            raise ValueError(f"unknown field '{token}' (known: {known})")
+        slugs.append(slug)
+    return ",".join(config.sort_fields(slugs))
+
+
+def parse_publications(config: Config, value: str | Iterable[str] | None) -> str | None:
+    tokens = split_list(value) if isinstance(value, str) else list(value or [])
+    if not tokens:
+        return None
+    known = {p.slug for p in config.publications}
+    for token in tokens:
+        if token not in known:
+            raise ValueError(f"unknown publication '{token}' (known: {', '.join(sorted(known))})")
+    return ",".join(sorted(set(tokens)))
+
+
+def validate(config: Config, raw: dict[str, Any]) -> dict[str, Any]:
+    email = normalize_email(raw.get("email") or "")
+    name = header_safe(raw.get("name") or "")
+    if len(name) > 200:
+        raise ValueError("name longer than 200 characters")
+    fields_value = raw.get("fields")
+    if fields_value in (None, ""):
+        fields_value = list(config.field_slugs)  # no preference given: everything
+    return {
+        "email": email,
+        "name": name,
+        "fields": parse_fields(config, fields_value),
+        "format": parse_format(raw.get("format")),
+        "charset": parse_charset(raw.get("charset")),
+        "publications": parse_publications(config, raw.get("publications")),
+    }
+
+
+def _merge_fields(config: Config, a: str, b: str) -> str:
+    return ",".join(config.sort_fields([*a.split(","), *b.split(",")]))
+
+
+def add(
+    engine: Engine, config: Config, raw: dict[str, Any], *, status: str = "active", source: str = "cli", **consent
+) -> tuple[str, dict[str, Any]]:
+    """Add one subscriber. Returns ('created'|'updated', values).
+
+    An existing active/pending address has its fields merged and other values
+    replaced; one that unsubscribed, bounced or complained is refused: bringing
+    it back needs the person's own new consent (the sign-up form), not an operator.
+    """
+    try:
+        values = validate(config, raw)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    with engine.begin() as conn:
+        existing = q.get_by_email(conn, values["email"])
+        if existing is None:
+            q.insert_many(conn, [{**values, "status": status}])
+            q.add_consents(conn, [values["email"]], "subscribe" if status == "active" else status, source=source, **consent)
+            return "created", values
+        if existing.status in q.SUPPRESSED:
+            raise InputError(
+                f"{values['email']}: is {existing.status}; an operator cannot re-activate it "
+                "(the person must sign up again)"
+            )
+        values["fields"] = _merge_fields(config, existing.fields, values["fields"])
+        q.update_subscriber(conn, existing.id, {k: v for k, v in values.items() if k != "email"})
+        q.add_consents(conn, [values["email"]], "change", source=source, **consent)
+        return "updated", values
+
+
+@dataclass
+class ImportReport:
+    path: str
+    rows: int = 0
+    created: int = 0
+    updated: int = 0
+    merged_in_file: int = 0
+    suppressed: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    written: bool = False
+
+
+def import_csv(
+    engine: Engine,
+    config: Config,
+    path: Path,
+    *,
+    encoding: str = "auto",
+    dry_run: bool = False,
+    strict: bool = False,
+    status: str = "active",
+) -> ImportReport:
+    """Import a CSV of subscribers in one transaction (see module doc for the rules)."""
+    if encoding not in ENCODINGS:
+        raise InputError(f"--encoding: expected one of {', '.join(ENCODINGS)}")
+    where = path.name
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not a file") from None
+    text = decode(data, encoding, where)
+    report = ImportReport(path=str(path))
+    wanted: dict[str, dict[str, Any]] = {}
+    first_line: dict[str, int] = {}
+    for line, row in read_rows(text, where, CSV_ALIASES, ("email",)):
+        report.rows += 1
+        try:
+            values = validate(config, row)
+        except ValueError as exc:
+            report.problems.append(f"{where}:{line}: {exc}")
+            continue
+        email = values["email"]
+        if email in wanted:
+            # The same person twice in one file (common when lists are concatenated):
+            # one subscriber, with the union of the fields.
+            prev = wanted[email]
+            prev["fields"] = _merge_fields(config, prev["fields"], values["fields"])
+            for key in ("name", "charset", "publications"):
+                prev[key] = values[key] or prev[key]
+            prev["format"] = values["format"]
+            report.merged_in_file += 1
+            report.notes.append(f"{where}:{line}: {email}: merged with line {first_line[email]}")
+            continue
+        wanted[email] = values
+        first_line[email] = line
+    if strict and report.problems:
+        return report
+
+    new_rows: list[dict[str, Any]] = []
+    with engine.begin() as conn:
+        existing = q.by_emails(conn, list(wanted))
+        changed: list[str] = []
+        for email, values in wanted.items():
+            row = existing.get(email)
+            if row is None:
+                new_rows.append({**values, "status": status})
+                continue
+            if row.status in q.SUPPRESSED:
+                report.suppressed += 1
+                report.notes.append(f"{where}:{first_line[email]}: {email}: is {row.status}; left as it is")
+                continue
+            merged = {
+                "name": values["name"] or row.name,
+                "fields": _merge_fields(config, row.fields, values["fields"]),
+                "format": values["format"],
+                "charset": values["charset"] or row.charset,
+                "publications": values["publications"] or row.publications,
+            }
+            if any(getattr(row, k) != v for k, v in merged.items()):
+                if not dry_run:
+                    q.update_subscriber(conn, row.id, merged)
+                changed.append(email)
+        report.created = len(new_rows)
+        report.updated = len(changed)
+        if dry_run:
+            return report  # nothing was written: updates above are skipped in a dry run
+        q.insert_many(conn, new_rows)
+        source = f"import:{path.name}"
+        q.add_consents(conn, [r["email"] for r in new_rows], "import", source=source)
+        if changed:
+            q.add_consents(conn, changed, "change", source=source)
+    report.written = True
+    return report
+
+
+EXPORT_HEADER = ("email", "name", "fields", "format", "charset", "status", "publications", "created_at")
+
+
+def export_csv(engine: Engine, path: Path, *, excel: bool = False, status: str | None = None) -> int:
+    with engine.connect() as conn:
+        rows = (
+            (r.email, r.name, ";".join(r.fields.split(",")), r.format, r.charset or "", r.status,
+             r.publications or "", r.created_at.isoformat(timespec="seconds"))
+            for r in q.list_subscribers(conn, status=status)
+        )
+        return write_csv(path, EXPORT_HEADER, rows, excel=excel)
+
+
+def set_status(engine: Engine, email: str, status: str, *, source: str = "cli", detail: str | None = None) -> tuple[str, int]:
+    """Change a subscriber's status; unsubscribing cancels their pending deliveries.
+
+    Returns (previous status, number of deliveries cancelled).
+    """
+    try:
+        email = normalize_email(email)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    with engine.begin() as conn:
+        row = q.get_by_email(conn, email)
+        if row is None:
+            raise InputError(f"{email}: no such subscriber")
+        cancelled = 0
+        if row.status != status:
+            q.update_subscriber(conn, row.id, {"status": status})
+            q.add_consents(conn, [email], status if status != "active" else "confirm", source=source, detail=detail)
+        if status in q.SUPPRESSED:
+            cancelled = q.cancel_pending_deliveries(conn, row.id)
+        return row.status, cancelled
+
+
+def update(engine: Engine, config: Config, email: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """``subscriber set``: replace fields/format/charset/name/publications (no merge)."""
+    try:
+        email = normalize_email(email)
+        values: dict[str, Any] = {}
+        if "fields" in changes:
+            values["fields"] = parse_fields(config, changes["fields"])
+        if "format" in changes:
+            values["format"] = parse_format(changes["format"])
+        if "charset" in changes:
+            values["charset"] = parse_charset(changes["charset"]) if changes["charset"] != "default" else None
+        if "name" in changes:
+            values["name"] = header_safe(changes["name"])
+        if "publications" in changes:
+            values["publications"] = (
+                None if changes["publications"] == "all" else parse_publications(config, changes["publications"])
+            )
+    except ValueError as exc:
+        raise InputError(f"{email}: {exc}") from None
+    with engine.begin() as conn:
+        row = q.get_by_email(conn, email)
+        if row is None:
+            raise InputError(f"{email}: no such subscriber")
+        if values:
+            q.update_subscriber(conn, row.id, values)
+            q.add_consents(conn, [email], "change", source="cli", detail=", ".join(sorted(values)))
+    return values
+
+
+def delete(engine: Engine, email: str) -> None:
+    """Erase the subscriber and their consent records (a data-erasure request)."""
+    try:
+        email = normalize_email(email)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    with engine.begin() as conn:
+        row = q.get_by_email(conn, email)
+        if row is None:
+            raise InputError(f"{email}: no such subscriber")
+        q.delete_subscriber(conn, row.id)
+
+
+def show(engine: Engine, email: str) -> tuple[Any, list[Any]]:
+    try:
+        email = normalize_email(email)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    with engine.connect() as conn:
+        row = q.get_by_email(conn, email)
+        if row is None:
+            raise InputError(f"{email}: no such subscriber")
+        return row, q.consent_records(conn, row.id)
+
+
+def publications_of(config: Config, row) -> Sequence[str]:
+    """The publications a subscriber receives: named ones, else every publication sharing a field."""
+    mine = set(row.fields.split(","))
+    named = set(row.publications.split(",")) if row.publications else None
+    return [p.slug for p in config.publications if (named is None or p.slug in named) and mine & set(p.fields)]
