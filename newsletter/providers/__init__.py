@@ -1,0 +1,166 @@
+"""Finding and configuring providers.
+
+A provider is a class registered under the entry-point group
+``newsletter.providers``; ours are registered there too, so a third-party
+package adds a service the same way we do.  :func:`load_provider` turns the
+``[provider]`` table of ``config.toml`` into a ready instance.
+
+:class:`OptionReader` is the shared, small validator for that table: every
+provider reads its options through it so that all of them report mistakes
+the same way (``provider.<key>: ...``) and refuse keys they do not know.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Collection, Mapping
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import Any
+
+from newsletter.errors import ConfigError
+from newsletter.interfaces import Provider
+
+__all__ = ["ENTRY_POINT_GROUP", "OptionReader", "load_provider"]
+
+ENTRY_POINT_GROUP = "newsletter.providers"
+
+# Used only when the package metadata is absent (running from a source tree that
+# was never installed); an installed package always goes through entry points so
+# that a plug-in may replace one of ours.
+_BUILTIN: dict[str, str] = {
+    "file": "newsletter.providers.file:FileProvider",
+    "smtp": "newsletter.providers.smtp:SMTPProvider",
+}
+
+# max_batch is left out on purpose: it is often set per instance from the options,
+# so it is checked on the built object instead.
+_CLASS_MEMBERS = ("name", "from_config", "send", "close")
+_METHODS = ("from_config", "send", "close")
+
+
+def load_provider(kind: str, options: Mapping[str, Any], base_dir: Path) -> Provider:
+    """Build the provider called ``kind`` from its options (the ``[provider]`` table
+    without ``kind``).  Raises ConfigError for an unknown kind, a class that is not a
+    provider, or options the provider refuses."""
+    registered = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if kind in registered:
+        cls = _load_entry_point(kind, registered[kind])
+    elif kind in _BUILTIN:
+        cls = _load_reference(kind, _BUILTIN[kind])
+    else:
+        known = ", ".join(sorted(set(registered) | set(_BUILTIN)))
+        raise ConfigError(f"provider.kind: unknown provider '{kind}' (known: {known})")
+
+    if not isinstance(cls, type) or not _looks_like_provider(cls):
+        raise ConfigError(f"provider.kind: '{kind}' does not implement the Provider interface")
+
+    # from_config gets the table without "kind" by contract; tolerate callers that
+    # pass the whole table rather than make every provider special-case it.
+    options = {k: v for k, v in options.items() if k != "kind"}
+    provider = cls.from_config(options, Path(base_dir))
+    if not isinstance(provider, Provider):
+        raise ConfigError(f"provider.kind: '{kind}' does not implement the Provider interface")
+    return provider
+
+
+def _looks_like_provider(cls: type) -> bool:
+    return all(hasattr(cls, m) for m in _CLASS_MEMBERS) and all(callable(getattr(cls, m)) for m in _METHODS)
+
+
+def _load_entry_point(kind: str, ep: EntryPoint) -> object:
+    try:
+        return ep.load()
+    except Exception as exc:  # a broken plug-in must read as a config problem, not a crash
+        raise ConfigError(f"provider.kind: cannot load provider '{kind}' ({ep.value}): {exc}") from exc
+
+
+def _load_reference(kind: str, reference: str) -> object:
+    module_name, _, attr = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"provider.kind: cannot load provider '{kind}' ({reference}): {exc}") from exc
+
+
+class OptionReader:
+    """Typed, validated access to a provider's options.
+
+    Every getter records the key as known; :meth:`finish` then refuses any key
+    nobody asked for, which is how a misspelt ``prot = 587`` gets caught instead
+    of silently falling back to the default port.
+    """
+
+    def __init__(self, options: Mapping[str, Any], provider: str, prefix: str = "provider"):
+        self._options = dict(options)
+        self._provider = provider
+        self._prefix = prefix
+        self._known: set[str] = set()
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        """An error naming ``provider.<key>``, for the caller to raise."""
+        return ConfigError(f"{self._prefix}.{key}: {message}")
+
+    def present(self, key: str) -> bool:
+        return key in self._options
+
+    def text(self, key: str, default: str | None = None, *,
+             choices: Collection[str] | None = None) -> str | None:
+        self._known.add(key)
+        if key not in self._options:
+            return default
+        value = self._options[key]
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, not {_type_name(value)}")
+        if not value.strip():
+            raise self.fail(key, "must not be empty")
+        if choices is not None and value not in choices:
+            raise self.fail(key, f"must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
+        return value
+
+    def integer(self, key: str, default: int, *,
+                minimum: int | None = None, maximum: int | None = None) -> int:
+        self._known.add(key)
+        if key not in self._options:
+            return default
+        value = self._options[key]
+        # bool is an int subclass; "port = true" is a mistake, not port 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be an integer, not {_type_name(value)}")
+        self._check_range(key, value, minimum, maximum)
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float | None = None) -> float:
+        self._known.add(key)
+        if key not in self._options:
+            return default
+        value = self._options[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(key, f"must be a number, not {_type_name(value)}")
+        self._check_range(key, value, minimum, None)
+        return float(value)
+
+    def forbid(self, key: str, message: str) -> None:
+        """Refuse a key that must never be set here (e.g. a literal password)."""
+        if key in self._options:
+            raise self.fail(key, message)
+        self._known.add(key)
+
+    def finish(self) -> None:
+        """Raise for the first key no getter asked about."""
+        for key in self._options:
+            if key not in self._known:
+                known = ", ".join(sorted(self._known))
+                raise self.fail(key, f"unknown option for the '{self._provider}' provider (known: {known})")
+
+    def _check_range(self, key: str, value: float, minimum: float | None, maximum: float | None) -> None:
+        if minimum is not None and value < minimum:
+            raise self.fail(key, f"must be at least {minimum}, not {value}")
+        if maximum is not None and value > maximum:
+            raise self.fail(key, f"must be at most {maximum}, not {value}")
+
+
+def _type_name(value: object) -> str:
+    return {bool: "a boolean", str: "a string", int: "an integer", float: "a number",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
