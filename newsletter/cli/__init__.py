@@ -104,4 +104,4 @@ def init(app: App) -> None:
 
 
 # Each noun's commands live in their own module and register on ``main``.
-from . import articles, subscribers  # noqa: E402,F401
+from . import articles, demo, editions, subscribers  # noqa: E402,F401

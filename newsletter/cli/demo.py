@@ -1,0 +1,79 @@
+"""``newsletter demo``: the whole pipeline on a laptop, from a fresh clone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import articles as arts
+from .. import publish
+from .. import subscribers as subs
+from ..delivery import deliver
+from ..providers import load_provider
+from ..store import editions as q
+from ..store import make_engine, upgrade
+from . import App, main, pass_app
+
+
+@main.command()
+@click.option("--publication", help="Which publication to send (default: the first in config.toml).")
+@pass_app
+def demo(app: App, publication):
+    """Initialise the database, import the sample subscribers and articles, and send an edition.
+
+    Uses config.toml as it is (by default SQLite in var/ and the file outbox in
+    var/outbox/). Running it again is harmless: the samples are already in, so it
+    says there is nothing new to send.
+    """
+    config = app.config
+    engine = make_engine(config.storage_url)
+    upgrade(engine)
+    app._engine = engine
+    base = config.base_dir
+
+    sample_csv = config.subscribers_dir / "sample.csv"
+    report = subs.import_csv(engine, config, sample_csv)
+    click.echo(f"subscribers: {sample_csv.relative_to(base) if sample_csv.is_relative_to(base) else sample_csv}: "
+               f"{report.created} new, {report.updated} updated ({report.rows} rows)")
+    for problem in report.problems:
+        click.echo(f"  error: {problem}", err=True)
+
+    sample_articles = base / "articles" / "sample.json"
+    items = arts.read_source(str(sample_articles), config)
+    areport = arts.import_items(engine, config, items, source="demo")
+    click.echo(f"articles:    articles/sample.json: {areport.created} new, {areport.updated} updated, "
+               f"{areport.unchanged} unchanged")
+    for problem in areport.errors:
+        click.echo(f"  error: {problem}", err=True)
+
+    pub = config.publication(publication) if publication else config.publications[0]
+    provider = load_provider(config.provider.kind, config.provider.options, base)
+    with engine.connect() as conn:
+        row = q.unfinished(conn, pub.slug)
+    if row is None:
+        created = publish.create_edition(engine, config, pub)
+        if created is None:
+            provider.close()
+            click.echo(f"edition:     {pub.slug}: nothing new to send — every sample article is already in an "
+                       "earlier edition. Add one with 'newsletter article add' and run 'newsletter edition send'.")
+            return
+        with engine.connect() as conn:
+            row = q.get_edition(conn, created.edition_id)
+    try:
+        result = deliver(engine, config, row.id, provider)
+    finally:
+        provider.close()
+    with engine.connect() as conn:
+        counts = q.counts(conn, row.id)
+    content = publish.load_content(row)
+    click.echo(f"edition:     {content['publication']['title']} 第{row.number}号, {len(content['articles'])} articles, "
+               f"{result.renders} variants rendered")
+    click.echo(f"delivered:   {counts['sent']} mails sent, {counts['skipped']} skipped, {counts['failed']} failed, "
+               f"{counts['pending']} pending")
+    if config.provider.kind == "file":
+        outbox = Path(config.provider.options.get("path", "var/outbox"))
+        outbox = outbox if outbox.is_absolute() else base / outbox
+        click.echo(f"outbox:      {outbox}  (one .eml file per mail; open one in any mail client)")
+    click.echo(f"preview:     newsletter edition preview {pub.slug} --edition {row.number} --format text")
+    click.echo(f"status:      newsletter edition status {row.number}")

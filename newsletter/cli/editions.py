@@ -1,0 +1,232 @@
+"""``newsletter edition …``: assemble, preview, send and inspect editions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .. import publish
+from ..delivery import Variants, deliver, sending_for
+from ..editions.assemble import VariantKey
+from ..editions.compose import Recipient, compose
+from ..errors import InputError
+from ..providers import load_provider
+from ..store import editions as q
+from ..store.tables import utcnow
+from ..subscribers import normalize_email, parse_fields
+from . import App, main, pass_app
+
+
+@main.group()
+def edition() -> None:
+    """Create, preview, send and inspect editions (第N号)."""
+
+
+def _provider(app: App):
+    cfg = app.config.provider
+    return load_provider(cfg.kind, cfg.options, app.config.base_dir)
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in counts.items() if v or k in ("pending", "sent", "failed", "skipped"))
+
+
+@edition.command("create")
+@click.argument("publication")
+@pass_app
+def edition_create(app: App, publication):
+    """Assemble the next edition of PUBLICATION from the queue and freeze it (does not send)."""
+    pub = app.config.publication(publication)
+    created = publish.create_edition(app.engine, app.config, pub)
+    if created is None:
+        click.echo(f"{pub.slug}: nothing new to send (no queued articles past their embargo)")
+        return
+    click.echo(
+        f"{pub.slug} 第{created.number}号: {created.articles} articles, "
+        f"{created.pending} deliveries planned, {created.skipped} skipped"
+    )
+
+
+def _send(app: App, edition_row, provider) -> int:
+    interactive = sys.stdout.isatty()
+
+    def progress(report):
+        if interactive:
+            click.echo(f"\r  sent {report.sent}  failed {report.failed}  deferred {report.deferred}", nl=False)
+
+    try:
+        report = deliver(app.engine, app.config, edition_row.id, provider, on_batch=progress)
+    finally:
+        provider.close()
+    if interactive:
+        click.echo()
+    with app.engine.connect() as conn:
+        counts = q.counts(conn, edition_row.id)
+        retry = q.next_retry(conn, edition_row.id)
+    click.echo(f"{edition_row.publication} 第{edition_row.number}号: this run sent {report.sent}, "
+               f"failed {report.failed}, deferred {report.deferred}; total {_counts_line(counts)}")
+    for failure in report.failures[:20]:
+        click.echo(f"  failed: {failure}", err=True)
+    if counts["pending"]:
+        click.echo(f"  {counts['pending']} pending; next retry at {app.local_time(retry)} — run 'edition send' again or leave it to 'newsletter run'")
+    return 0
+
+
+@edition.command("send")
+@click.argument("publication", required=False)
+@click.option("--edition", "number", type=int, help="Resume this edition number instead.")
+@click.option("--publication", "pub_opt", help="Publication of --edition when there are several.")
+@click.option("--test-to", metavar="ADDR", help="Send one variant to ADDR only; nothing is logged.")
+@click.option("--fields", help="With --test-to: the variant's fields (default: all of the publication's).")
+@click.option("--format", "fmt", type=click.Choice(["html", "text"]), default="html", help="With --test-to.")
+@pass_app
+def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt):
+    """Deliver PUBLICATION: resume its unfinished edition, else create the next one and send it.
+
+    Sending twice never mails anyone twice: every delivery is logged, and only
+    pending ones are sent.
+    """
+    if test_to:
+        return _test_send(app, publication or pub_opt, number, test_to, fields, fmt)
+    if number is not None:
+        row = publish.resolve_edition(app.engine, app.config, number, publication or pub_opt)
+        if row.status != "sending":
+            click.echo(f"{row.publication} 第{row.number}号 is {row.status}; nothing to send")
+            return
+        _send(app, row, _provider(app))
+        return
+    if not publication:
+        if len(app.config.publications) != 1:
+            raise click.UsageError("name the publication: newsletter edition send PUB")
+        publication = app.config.publications[0].slug
+    pub = app.config.publication(publication)
+    provider = _provider(app)  # a bad provider config fails before anything is created
+    with app.engine.connect() as conn:
+        row = q.unfinished(conn, pub.slug)
+    if row is not None:
+        click.echo(f"resuming {pub.slug} 第{row.number}号")
+    else:
+        created = publish.create_edition(app.engine, app.config, pub)
+        if created is None:
+            provider.close()
+            click.echo(f"{pub.slug}: nothing new to send (no queued articles past their embargo)")
+            return
+        click.echo(f"created {pub.slug} 第{created.number}号: {created.articles} articles, "
+                   f"{created.pending} to send, {created.skipped} skipped (nothing in their fields)")
+        with app.engine.connect() as conn:
+            row = q.get_edition(conn, created.edition_id)
+    _send(app, row, provider)
+
+
+def _content_for(app: App, publication: str | None, number: int | None):
+    """(content, when, edition row or None): a stored edition, or the next one as it would be."""
+    if number is not None:
+        row = publish.resolve_edition(app.engine, app.config, number, publication)
+        return publish.load_content(row), row.scheduled_for or row.created_at, row
+    if not publication:
+        if len(app.config.publications) != 1:
+            raise click.UsageError("name the publication")
+        publication = app.config.publications[0].slug
+    pub = app.config.publication(publication)
+    now = utcnow()
+    with app.engine.connect() as conn:
+        content = publish.next_content(conn, app.config, pub, now)
+    if not content["articles"]:
+        raise InputError(f"{pub.slug}: nothing new to preview (no queued articles past their embargo); use --edition N")
+    return content, now, None
+
+
+def _variant(app: App, pub, fields: str | None, fmt: str) -> VariantKey:
+    try:
+        wanted = parse_fields(app.config, fields).split(",") if fields else list(pub.fields)
+    except ValueError as exc:
+        raise InputError(f"--fields: {exc}") from None
+    chosen = tuple(f for f in pub.fields if f in wanted)
+    if not chosen:
+        raise InputError(f"--fields: none of them is in {pub.slug} ({', '.join(pub.fields)})")
+    return VariantKey(chosen, fmt, pub.charset)
+
+
+def _test_send(app: App, publication, number, address, fields, fmt):
+    address = normalize_email(address)
+    content, when, row = _content_for(app, publication, number)
+    slug = content["publication"]["slug"]
+    pub = app.config.publication(slug)
+    key = _variant(app, pub, fields, fmt)
+    rendered = Variants(app.config, content, when).get(key)
+    fake = row or type("E", (), {"id": 0, "publication": slug, "created_at": when})()
+    message = compose(rendered, Recipient(0, 0, address, ""), sending_for(app.config, fake), charset=key.charset, now=utcnow())
+    provider = _provider(app)
+    try:
+        [result] = provider.send([message])
+    finally:
+        provider.close()
+    click.echo(f"test message to {address}: {result.status} {result.reply}".rstrip())
+    if result.status != "accepted":
+        raise SystemExit(1)
+
+
+@edition.command("preview")
+@click.argument("publication", required=False)
+@click.option("--edition", "number", type=int, help="A stored edition instead of the next one.")
+@click.option("--fields", help="The reader's fields (default: all of the publication's).")
+@click.option("--format", "fmt", type=click.Choice(["html", "text"]), default="html", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
+@pass_app
+def edition_preview(app: App, publication, number, fields, fmt, out):
+    """Render the next edition (or --edition N) for one reader; sends and changes nothing."""
+    content, when, _row = _content_for(app, publication, number)
+    pub = app.config.publication(content["publication"]["slug"])
+    key = _variant(app, pub, fields, fmt)
+    rendered = Variants(app.config, content, when).get(key)
+    from ..editions.compose import substitute
+
+    sample = ("山田 太郎 様" if content["language"] == "ja" else "Dear Taro Yamada,")
+    base = app.config.site.base_url
+    args = (sample, f"{base}/unsubscribe/PREVIEW", f"{base}/preferences/PREVIEW")
+    body = substitute(rendered.html, *args, escape=True) if fmt == "html" else substitute(rendered.text, *args, escape=False)
+    if out:
+        out.write_text(body, encoding="utf-8")
+        click.echo(f"Subject: {rendered.subject}")
+        click.echo(f"wrote {out} ({len(rendered.article_ids)} articles)")
+    else:
+        if fmt == "text":
+            click.echo(f"Subject: {rendered.subject}\n")
+        click.echo(body)
+
+
+@edition.command("list")
+@click.argument("publication", required=False)
+@pass_app
+def edition_list(app: App, publication):
+    """Editions, newest first, with delivery counts."""
+    if publication:
+        app.config.publication(publication)
+    with app.engine.connect() as conn:
+        for row in q.list_editions(conn, publication):
+            counts = q.counts(conn, row.id)
+            click.echo(f"{row.publication}\t第{row.number}号\t{app.local_time(row.created_at)}\t{row.status}\t{_counts_line(counts)}")
+
+
+@edition.command("status")
+@click.argument("number", type=int)
+@click.option("--publication", help="When several publications have an edition N.")
+@pass_app
+def edition_status(app: App, number, publication):
+    """Delivery counts of edition NUMBER (pending/sent/failed/skipped)."""
+    row = publish.resolve_edition(app.engine, app.config, number, publication)
+    content = publish.load_content(row)
+    with app.engine.connect() as conn:
+        counts = q.counts(conn, row.id)
+        retry = q.next_retry(conn, row.id)
+    click.echo(f"edition:     {row.publication} 第{row.number}号 ({content['publication']['title']})")
+    click.echo(f"status:      {row.status}")
+    click.echo(f"created:     {app.local_time(row.created_at)}")
+    click.echo(f"finished:    {app.local_time(row.finished_at)}")
+    click.echo(f"articles:    {len(content['articles'])}")
+    for status, n in counts.items():
+        click.echo(f"{status + ':':13}{n}")
+    if counts["pending"] and retry:
+        click.echo(f"next retry:  {app.local_time(retry)}")

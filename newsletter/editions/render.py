@@ -1,0 +1,181 @@
+"""One variant of an edition → subject, HTML and plain text, with placeholders
+for the personal parts.
+
+jinja2 renders the template; premailer inlines the CSS (``allow_network=False``:
+by default it would fetch linked stylesheets with no timeout); html2text makes
+the plain-text alternative from the same HTML.  This runs once per variant,
+never per recipient: :mod:`.compose` substitutes the placeholders below.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import cssutils
+import html2text
+import jinja2
+import lxml.html
+from premailer import Premailer
+
+from ..errors import InputError
+from .assemble import sections
+
+GREETING = "%%NL_GREETING%%"
+UNSUBSCRIBE_URL = "%%NL_UNSUBSCRIBE_URL%%"
+PREFERENCES_URL = "%%NL_PREFERENCES_URL%%"
+PLACEHOLDERS = (GREETING, UNSUBSCRIBE_URL, PREFERENCES_URL)
+
+# cssutils logs every property it does not know (-webkit-*, mso-*), which mail CSS
+# is full of.  Premailer's own logging options add a handler on *every* instance,
+# so the level is set here, once per process.
+cssutils.log.setLevel(logging.CRITICAL)
+
+WEEKDAYS_JA = "月火水木金土日"
+
+
+def date_texts(when: datetime, tz: str, language: str) -> tuple[str, str]:
+    """(long, short) date in the publication's time zone: 2026年12月1日(火), 2026年12月1日."""
+    local = when.astimezone(ZoneInfo(tz))
+    if language == "en":
+        short = f"{local:%B} {local.day}, {local.year}"
+        return f"{local:%A}, {short}", short
+    short = f"{local.year}年{local.month}月{local.day}日"
+    return f"{short}({WEEKDAYS_JA[local.weekday()]})", short
+
+
+@lru_cache(maxsize=8)
+def environment(templates_dir: str) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
+    )
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A variant, ready for :func:`compose.compose`; placeholders still in it."""
+
+    subject: str
+    html: str | None  # None for a text-only variant
+    text: str
+    article_ids: tuple[int, ...]
+    language: str
+
+
+def context(content: Mapping[str, Any], fields: Sequence[str], when: datetime) -> dict[str, Any]:
+    long_date, short_date = date_texts(when, content["timezone"], content["language"])
+    secs = sections(content, fields)
+    titles = [a["title"] for s in secs for a in s["articles"]]
+    return {
+        "language": content["language"],
+        "site": content["site"],
+        "sender": content["sender"],
+        "publication": content["publication"],
+        "edition": {"number": content["number"], "date_text": long_date, "short_date": short_date},
+        "preheader": " / ".join(titles)[:140],
+        "greeting": GREETING,
+        "sections": secs,
+        "full_text": content["full_text"],
+        "links": {"unsubscribe": UNSUBSCRIBE_URL, "preferences": PREFERENCES_URL, "archive": ""},
+    }
+
+
+def _html_for_text(source: str) -> str:
+    """Prepare the HTML for html2text, in the way Japanese mail magazines are laid
+    out as text: no hidden preheader, headings marked with ■ and ◆ instead of
+    Markdown's #, field labels in 【】, and each link as its title followed by the
+    URL on a line of its own (the "read more" links only repeat the title's URL)."""
+    doc = lxml.html.document_fromstring(source)
+    for cls in ("preheader", "read-more"):
+        for el in doc.find_class(cls):
+            el.drop_tree()
+    for el in doc.find_class("label"):
+        el.text, el.tail = f"【{el.text_content().strip()}】", ""
+    for tag, mark in (("h1", ""), ("h2", "■ "), ("h3", "◆ ")):
+        for el in doc.iter(tag):
+            el.tag = "p"
+            el.text = mark + (el.text or "")
+    for a in list(doc.iter("a")):
+        href = (a.get("href") or "").strip()
+        label = a.text_content().strip()
+        if a.tail and not a.tail.replace("|", "").replace("\xa0", "").strip():
+            a.tail = None  # the " | " between footer links
+        if not href or href == label:
+            continue
+        a.clear()
+        a.text = label
+        first, second = lxml.html.Element("br"), lxml.html.Element("br")
+        first.tail = href
+        a.append(first)
+        a.append(second)
+    return lxml.html.tostring(doc, encoding="unicode")
+
+
+def html_to_text(source: str) -> str:
+    conv = html2text.HTML2Text()
+    conv.body_width = 0  # our own wrapper does the wrapping (display-width aware)
+    conv.ignore_links = True  # links were written out above
+    conv.ignore_images = True
+    conv.ignore_emphasis = True  # "**" around Japanese text reads as noise
+    conv.ignore_tables = True  # layout tables, not data
+    conv.unicode_snob = True
+    conv.single_line_break = False
+    text = conv.handle(_html_for_text(source))
+    lines = [line.rstrip() for line in text.splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if not line and (not out or not out[-1]):
+            continue
+        out.append(line)
+    return "\n".join(out).strip() + "\n"
+
+
+def inline_css(source: str) -> str:
+    return Premailer(
+        source,
+        allow_network=False,
+        keep_style_tags=True,  # the @media rules for phones cannot be inlined
+        strip_important=False,
+        disable_validation=True,
+    ).transform()
+
+
+def render_variant(
+    content: Mapping[str, Any],
+    fields: Sequence[str],
+    templates_dir: Path,
+    *,
+    when: datetime,
+    html: bool = True,
+) -> Rendered:
+    """Render the digest for one set of fields. ``html=False`` skips premailer."""
+    env = environment(str(templates_dir))
+    ctx = context(content, fields, when)
+    try:
+        subject = env.get_template("subject.txt.j2").render(ctx).strip()
+        raw_html = env.get_template("digest.html.j2").render(ctx)
+        try:
+            text_template = env.get_template("digest.txt.j2")
+        except jinja2.TemplateNotFound:
+            text_template = None
+        text = text_template.render(ctx) if text_template else html_to_text(raw_html)
+    except jinja2.TemplateNotFound as exc:
+        raise InputError(f"{templates_dir}: template '{exc.name}' not found") from None
+    except jinja2.TemplateError as exc:
+        raise InputError(f"{templates_dir}: template error: {exc}") from None
+    return Rendered(
+        subject=" ".join(subject.split()),
+        html=inline_css(raw_html) if html else None,
+        text=text,
+        article_ids=tuple(a["id"] for s in ctx["sections"] for a in s["articles"]),
+        language=content["language"],
+    )

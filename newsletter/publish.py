@@ -1,0 +1,118 @@
+"""Create an edition from the queue and plan its deliveries (store + assemble).
+
+Everything happens in one transaction: the edition row with its frozen content,
+the articles it carries (marked published), and one delivery row per active
+subscriber of the publication — ``pending`` with its variant key, or
+``skipped`` when nothing in the edition is in that subscriber's fields.  The
+delivery rows are the outbox: sending only ever works through them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from .config import Config, Publication
+from .editions.assemble import VariantKey, freeze, select_articles, variant_fields
+from .errors import InputError
+from .store import articles as article_q
+from .store import editions as q
+from .store.tables import utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Created:
+    edition_id: int
+    number: int
+    articles: int
+    pending: int
+    skipped: int
+
+
+def next_content(conn: Connection, config: Config, pub: Publication, now: datetime, number: int | None = None) -> dict[str, Any]:
+    """What the next edition of ``pub`` would carry if created at ``now``."""
+    carried = q.carried_article_ids(conn, pub.slug)
+    rows = [r._asdict() for r in article_q.candidates(conn, fields=pub.fields, now=now, exclude_ids=carried)]
+    chosen = select_articles(rows, pub.max_articles)
+    return freeze(config, pub, number or q.next_number(conn, pub.slug), chosen, now)
+
+
+def receives(pub: Publication, row) -> bool:
+    return row.publications is None or pub.slug in row.publications.split(",")
+
+
+def plan(conn: Connection, pub: Publication, content: dict[str, Any], edition_id: int, now: datetime) -> tuple[int, int]:
+    """Create the delivery rows; returns (pending, skipped)."""
+    pending = skipped = 0
+    batch: list[dict[str, Any]] = []
+    for row in q.subscribers_for(conn, pub.fields):
+        if not receives(pub, row):
+            continue
+        fields = variant_fields(content, row.fields.split(","))
+        key = VariantKey(fields, row.format, row.charset or pub.charset)
+        if fields:
+            status, reply = "pending", None
+            pending += 1
+        else:
+            status, reply = "skipped", "nothing new in the subscriber's fields"
+            skipped += 1
+        batch.append({"edition_id": edition_id, "subscriber_id": row.id, "email": row.email,
+                      "variant": key.encode(), "status": status, "last_reply": reply})
+        if len(batch) >= q.CHUNK:
+            q.insert_deliveries(conn, batch, now)
+            batch = []
+    q.insert_deliveries(conn, batch, now)
+    return pending, skipped
+
+
+def create_edition(
+    engine: Engine, config: Config, pub: Publication, *, now: datetime | None = None,
+    scheduled_for: datetime | None = None,
+) -> Created | None:
+    """The next edition of ``pub``, or None when there is nothing new to carry."""
+    now = now or utcnow()
+    try:
+        with engine.begin() as conn:
+            content = next_content(conn, config, pub, now)
+            if not content["articles"]:
+                return None
+            edition_id = q.insert_edition(
+                conn, publication=pub.slug, number=content["number"], content=content, now=now,
+                scheduled_for=scheduled_for,
+            )
+            pending, skipped = plan(conn, pub, content, edition_id, now)
+    except IntegrityError:
+        # Another process created this number (or this scheduled slot) at the same time.
+        raise InputError(f"{pub.slug}: an edition was created concurrently; try again") from None
+    log.info("edition %s 第%d号 created: %d articles, %d to send, %d skipped",
+             pub.slug, content["number"], len(content["articles"]), pending, skipped)
+    return Created(edition_id, content["number"], len(content["articles"]), pending, skipped)
+
+
+def load_content(row) -> dict[str, Any]:
+    return json.loads(row.content)
+
+
+def resolve_edition(engine: Engine, config: Config, number: int, publication: str | None):
+    """An edition row from its number (and publication, needed only when ambiguous)."""
+    if publication is None and len(config.publications) == 1:
+        publication = config.publications[0].slug
+    if publication:
+        config.publication(publication)
+    with engine.connect() as conn:
+        rows = q.find_edition(conn, publication, number)
+    if not rows:
+        where = f" of {publication}" if publication else ""
+        raise InputError(f"edition {number}{where}: no such edition")
+    if len(rows) > 1:
+        pubs = ", ".join(r.publication for r in rows)
+        raise InputError(f"edition {number} exists in {pubs}; name the publication with --publication")
+    return rows[0]

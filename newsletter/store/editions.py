@@ -1,0 +1,154 @@
+"""Queries on editions and the delivery log (the outbox)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy.engine import Connection, Row
+
+from .articles import field_filter
+from .tables import articles, deliveries, edition_articles, editions, subscribers, utcnow
+
+EDITION_STATUSES = ("sending", "paused", "done", "cancelled")
+DELIVERY_STATUSES = ("pending", "sent", "failed", "skipped", "cancelled")
+CHUNK = 1000
+
+
+def next_number(conn: Connection, publication: str) -> int:
+    current = conn.execute(select(func.max(editions.c.number)).where(editions.c.publication == publication)).scalar()
+    return (current or 0) + 1
+
+
+def carried_article_ids(conn: Connection, publication: str) -> list[int]:
+    q = (
+        select(edition_articles.c.article_id)
+        .join(editions, editions.c.id == edition_articles.c.edition_id)
+        .where(editions.c.publication == publication)
+    )
+    return list(conn.execute(q).scalars())
+
+
+def insert_edition(
+    conn: Connection, *, publication: str, number: int, content: Mapping[str, Any], now: datetime,
+    scheduled_for: datetime | None = None,
+) -> int:
+    edition_id = conn.execute(
+        editions.insert().values(
+            publication=publication, number=number, status="sending", scheduled_for=scheduled_for,
+            created_at=now, content=json.dumps(content, ensure_ascii=False),
+        )
+    ).inserted_primary_key[0]
+    ids = [a["id"] for a in content["articles"]]
+    if ids:
+        conn.execute(edition_articles.insert(), [{"edition_id": edition_id, "article_id": a, "position": i} for i, a in enumerate(ids)])
+        conn.execute(update(articles).where(articles.c.id.in_(ids)).values(status="published", updated_at=now))
+    return edition_id
+
+
+def subscribers_for(conn: Connection, fields: Sequence[str]) -> Iterable[Row]:
+    """Active subscribers with at least one of ``fields``, streamed in id order."""
+    q = (
+        select(subscribers.c.id, subscribers.c.email, subscribers.c.fields, subscribers.c.format,
+               subscribers.c.charset, subscribers.c.publications)
+        .where(subscribers.c.status == "active", or_(*[field_filter(subscribers.c.fields, f) for f in fields]))
+        .order_by(subscribers.c.id)
+    )
+    return conn.execute(q.execution_options(yield_per=CHUNK))
+
+
+def insert_deliveries(conn: Connection, rows: Sequence[Mapping[str, Any]], now: datetime) -> None:
+    if rows:
+        conn.execute(deliveries.insert(), [{"attempts": 0, "created_at": now, "updated_at": now, **r} for r in rows])
+
+
+def get_edition(conn: Connection, edition_id: int) -> Row | None:
+    return conn.execute(select(editions).where(editions.c.id == edition_id)).first()
+
+
+def find_edition(conn: Connection, publication: str | None, number: int) -> list[Row]:
+    q = select(editions).where(editions.c.number == number)
+    if publication:
+        q = q.where(editions.c.publication == publication)
+    return list(conn.execute(q))
+
+
+def unfinished(conn: Connection, publication: str) -> Row | None:
+    """The oldest edition of ``publication`` that is still sending."""
+    return conn.execute(
+        select(editions)
+        .where(editions.c.publication == publication, editions.c.status == "sending")
+        .order_by(editions.c.number)
+        .limit(1)
+    ).first()
+
+
+def list_editions(conn: Connection, publication: str | None = None, limit: int = 50) -> list[Row]:
+    q = select(editions)
+    if publication:
+        q = q.where(editions.c.publication == publication)
+    return list(conn.execute(q.order_by(editions.c.created_at.desc(), editions.c.id.desc()).limit(limit)))
+
+
+def counts(conn: Connection, edition_id: int) -> dict[str, int]:
+    out = dict.fromkeys(DELIVERY_STATUSES, 0)
+    q = select(deliveries.c.status, func.count()).where(deliveries.c.edition_id == edition_id).group_by(deliveries.c.status)
+    for status, n in conn.execute(q):
+        out[status] = n
+    return out
+
+
+def due(conn: Connection, edition_id: int, now: datetime, limit: int) -> list[Row]:
+    """Pending deliveries that may be tried now, oldest first."""
+    q = (
+        select(deliveries, subscribers.c.name)
+        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id, isouter=True)
+        .where(
+            deliveries.c.edition_id == edition_id,
+            deliveries.c.status == "pending",
+            or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= now),
+        )
+        .order_by(deliveries.c.id)
+        .limit(limit)
+    )
+    return list(conn.execute(q))
+
+
+def next_retry(conn: Connection, edition_id: int) -> datetime | None:
+    return conn.execute(
+        select(func.min(deliveries.c.next_attempt_at)).where(
+            deliveries.c.edition_id == edition_id, deliveries.c.status == "pending"
+        )
+    ).scalar()
+
+
+def record(conn: Connection, updates: Sequence[Mapping[str, Any]]) -> None:
+    """Write delivery results: each mapping has ``id`` plus the columns to set."""
+    now = utcnow()
+    by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for u in updates:
+        by_keys.setdefault(tuple(sorted(u)), []).append(dict(u))
+    for keys, rows in by_keys.items():
+        cols = [k for k in keys if k != "id"]
+        stmt = (
+            update(deliveries)
+            .where(deliveries.c.id == bindparam("_id"))
+            .values(updated_at=now, **{c: bindparam(f"_{c}") for c in cols})
+        )
+        conn.execute(stmt, [{f"_{k}": v for k, v in r.items()} for r in rows])
+
+
+def set_status(conn: Connection, edition_id: int, status: str, *, finished: datetime | None = None) -> None:
+    values: dict[str, Any] = {"status": status}
+    if finished is not None:
+        values["finished_at"] = finished
+    conn.execute(update(editions).where(editions.c.id == edition_id).values(**values))
+
+
+def pending_count(conn: Connection, edition_id: int) -> int:
+    return conn.execute(
+        select(func.count()).where(and_(deliveries.c.edition_id == edition_id, deliveries.c.status == "pending"))
+    ).scalar()
