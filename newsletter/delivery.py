@@ -75,17 +75,18 @@ class Variants:
 
     def get(self, key: VariantKey) -> Rendered:
         html = key.format == "html"
-        cache_key = (key.fields, html)
-        if cache_key not in self._cache:
-            # A text variant reuses an HTML render of the same fields (its text part is the same).
-            if not html and (key.fields, True) in self._cache:
-                return self._cache[(key.fields, True)]
-            self._cache[cache_key] = render_variant(
-                self.content, key.fields, self.config.templates_dir, when=self.when, html=html
-            )
+        rendered = self._cache.get((key.fields, True)) or self._cache.get((key.fields, html))
+        if rendered is None:
+            rendered = render_variant(self.content, key.fields, self.config.templates_dir, when=self.when, html=html)
+            self._cache[(key.fields, html)] = rendered
             self.renders += 1
-        rendered = self._cache[cache_key]
+        elif html and rendered.html is None:
+            # Only the text had been needed so far; now the HTML is too.
+            rendered = render_variant(self.content, key.fields, self.config.templates_dir, when=self.when, html=True)
+            self._cache[(key.fields, True)] = rendered
+            self.renders += 1
         if not html and rendered.html is not None:
+            # A text-only reader gets the same text part as the HTML readers of these fields.
             return Rendered(rendered.subject, None, rendered.text, rendered.article_ids, rendered.language)
         return rendered
 
