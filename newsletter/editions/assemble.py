@@ -102,7 +102,7 @@ def sections(content: Mapping[str, Any], fields: Sequence[str]) -> list[dict[str
         for a in content["articles"]:
             if slug in a["fields"] and a["id"] not in placed:
                 placed.add(a["id"])
-                items.append({**a, "field_names": [names[f] for f in a["fields"] if f in names]})
+                items.append({**a, "field_names": [names[f] for f in names if f in a["fields"]]})  # config order
         if items:
             out.append({"field": {"slug": slug, "name": names[slug]}, "articles": items})
     return out

@@ -10,7 +10,9 @@ We write the headers ourselves instead of serialising an ``EmailMessage``:
   without :func:`header_safe`;
 - it chooses quoted-printable for Japanese HTML (about 9 bytes a character).
 Non-ASCII header text is encoded with :class:`email.header.Header`, which folds
-at 76 columns between whole characters (never inside a multibyte sequence).
+between whole characters (never inside a multibyte sequence); its default line
+length is 78, which makes 76-character encoded words: RFC 2047 allows 75 (and
+76 columns per line), hence ``maxlinelen=76``.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def encode_text(value: str, charset: str, header_name: str) -> str:
             return value
     except UnicodeEncodeError:
         pass
-    return Header(value, charset, header_name=header_name).encode(linesep=CRLF)
+    return Header(value, charset, maxlinelen=76, header_name=header_name).encode(linesep=CRLF)
 
 
 _SPECIALS = set('()<>[]:;@\\,."')
@@ -95,7 +97,7 @@ def encode_address(name: str, address: str, charset: str, header_name: str) -> s
     try:
         name.encode("ascii")
     except UnicodeEncodeError:
-        return f"{Header(name, charset, header_name=header_name).encode(linesep=CRLF)} <{address}>"
+        return f"{Header(name, charset, maxlinelen=76, header_name=header_name).encode(linesep=CRLF)} <{address}>"
     if any(c in _SPECIALS for c in name):
         name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{name} <{address}>"

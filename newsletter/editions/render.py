@@ -100,7 +100,8 @@ def _html_for_text(source: str) -> str:
             el.drop_tree()
     for el in doc.find_class("label"):
         el.text, el.tail = f"【{el.text_content().strip()}】", ""
-    for tag, mark in (("h1", ""), ("h2", "■ "), ("h3", "◆ ")):
+    # h4-h6 come from full-text article bodies; html2text would make them "####".
+    for tag, mark in (("h1", ""), ("h2", "■ "), ("h3", "◆ "), ("h4", ""), ("h5", ""), ("h6", "")):
         for el in doc.iter(tag):
             el.tag = "p"
             el.text = mark + (el.text or "")
@@ -111,7 +112,7 @@ def _html_for_text(source: str) -> str:
             a.tail = None  # the " | " between footer links
         if not href or href == label:
             continue
-        a.clear()
+        a.clear(keep_tail=True)  # clear() drops the tail too: "…の資料を参照。" lost "を参照。"
         a.text = label
         first, second = lxml.html.Element("br"), lxml.html.Element("br")
         first.tail = href
@@ -120,8 +121,17 @@ def _html_for_text(source: str) -> str:
     return lxml.html.tostring(doc, encoding="unicode")
 
 
+class _PlainText(html2text.HTML2Text):
+    """html2text without Markdown escapes: a summary line "1. 概要" or "- 項目" would
+    otherwise reach the reader as "1\\. 概要" / "\\- 項目".  (``entity_char=True`` is
+    the only switch html2text has that skips ``escape_md_section``.)"""
+
+    def handle_data(self, data: str, entity_char: bool = False) -> None:
+        super().handle_data(data, entity_char=True)
+
+
 def html_to_text(source: str) -> str:
-    conv = html2text.HTML2Text()
+    conv = _PlainText()
     conv.body_width = 0  # our own wrapper does the wrapping (display-width aware)
     conv.ignore_links = True  # links were written out above
     conv.ignore_images = True
@@ -174,7 +184,9 @@ def render_variant(
         raise InputError(f"{templates_dir}: template error: {exc}") from None
     return Rendered(
         subject=" ".join(subject.split()),
-        html=inline_css(raw_html) if html else None,
+        # premailer writes &nbsp; as U+00A0, which ISO-2022-JP cannot carry: every
+        # iso-2022-jp message would fall back to UTF-8.  The entity means the same.
+        html=inline_css(raw_html).replace("\xa0", "&nbsp;") if html else None,
         text=text,
         article_ids=tuple(a["id"] for s in ctx["sections"] for a in s["articles"]),
         language=content["language"],
