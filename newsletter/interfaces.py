@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
-Status = Literal["accepted", "transient", "permanent"]
+Status = Literal["accepted", "transient", "permanent", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,9 @@ class SendResult:
 
     ``status``: ``accepted`` (the service took responsibility for it),
     ``transient`` (try again later, maybe after ``retry_after`` seconds) or
-    ``permanent`` (do not try again).  ``reply`` is the server's own words, for
+    ``permanent`` (do not try again) or ``unknown`` (the whole message was handed
+    over but the answer never came: it may have been delivered; the engine retries
+    such a message at most once, with the same Message-ID).  ``reply`` is the server's own words, for
     the delivery log; ``provider_id`` the service's message id when it gives one.
     """
 
@@ -62,7 +64,8 @@ class Provider(Protocol):
 
     ``max_batch`` is how many messages one :meth:`send` call may carry.  ``send``
     must never raise for a per-message problem: it returns a result for every
-    message it was given.  It may raise :class:`~newsletter.errors.ConfigError`
+    message it was given.  An optional ``accepts_8bit`` attribute (default False)
+    tells the engine it may compose 8-bit bodies instead of base64.  It may raise :class:`~newsletter.errors.ConfigError`
     when the configuration itself is unusable (a missing password variable...).
     """
 
