@@ -70,24 +70,27 @@ class Variants:
         self.config = config
         self.content = content
         self.when = when
-        self._cache: dict[tuple[tuple[str, ...], bool], Rendered] = {}
+        self._cache: dict[tuple[tuple[str, ...], str], Rendered] = {}
+        self._text_only: dict[tuple, Rendered] = {}
         self.renders = 0
 
     def get(self, key: VariantKey) -> Rendered:
         html = key.format == "html"
-        rendered = self._cache.get((key.fields, True)) or self._cache.get((key.fields, html))
-        if rendered is None:
-            rendered = render_variant(self.content, key.fields, self.config.templates_dir, when=self.when, html=html)
-            self._cache[(key.fields, html)] = rendered
-            self.renders += 1
-        elif html and rendered.html is None:
-            # Only the text had been needed so far; now the HTML is too.
-            rendered = render_variant(self.content, key.fields, self.config.templates_dir, when=self.when, html=True)
-            self._cache[(key.fields, True)] = rendered
+        base = (key.fields, key.charset)
+        rendered = self._cache.get(base)
+        if rendered is None or (html and rendered.html is None):
+            # First use of these fields, or only the text had been needed so far.
+            rendered = render_variant(self.content, key.fields, self.config.templates_dir, when=self.when,
+                                      html=html, charset=key.charset)
+            self._cache[base] = rendered
             self.renders += 1
         if not html and rendered.html is not None:
             # A text-only reader gets the same text part as the HTML readers of these fields.
-            return Rendered(rendered.subject, None, rendered.text, rendered.article_ids, rendered.language)
+            key_text = (key.fields, key.charset, "text")
+            if key_text not in self._text_only:
+                self._text_only[key_text] = Rendered(
+                    rendered.subject, None, rendered.text, rendered.article_ids, rendered.language)
+            return self._text_only[key_text]
         return rendered
 
 

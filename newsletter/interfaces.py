@@ -22,13 +22,40 @@ Status = Literal["accepted", "transient", "permanent", "unknown"]
 
 
 @dataclass(frozen=True)
+class MessageContent:
+    """The readable parts of one variant, shared by every message of that variant.
+
+    ``subject``, ``text`` and ``html`` may hold placeholders (``%%NL_…%%``); each
+    message's ``personal`` mapping gives its values.  ``headers`` are the headers
+    every message of the variant carries (List-Id, List-Unsubscribe-Post,
+    Auto-Submitted, ...), as plain (decoded) text.
+
+    HTTP providers that batch (one request, many recipients, per-recipient
+    substitutions) group messages by ``OutgoingMessage.variant`` and send this
+    once per group; the others use :meth:`OutgoingMessage.personal_text` and
+    :meth:`OutgoingMessage.personal_html`, or the raw MIME ``data``.
+    """
+
+    subject: str
+    text: str
+    html: str | None
+    from_name: str
+    from_address: str
+    reply_to: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class OutgoingMessage:
     """One personal message, ready to hand over.
 
-    ``data`` is the complete RFC 5322 message as bytes with CRLF line endings,
-    already dot-safe for nothing in particular: SMTP providers do their own
-    dot-stuffing.  ``sender`` and ``recipient`` are the SMTP envelope
-    (``sender`` is the bounce address, which may differ from the From header).
+    ``data`` is the complete RFC 5322 message as bytes with CRLF line endings
+    (not dot-stuffed: SMTP providers do that).  ``sender`` and ``recipient``
+    are the SMTP envelope (``sender`` is the bounce address, which may differ
+    from the From header).  ``headers`` are this message's own headers as
+    plain text (Message-ID, List-Unsubscribe...).  The structured fields
+    (``variant``, ``content``, ``to_name``, ``personal``) are for providers
+    that build the message themselves from parts.
     """
 
     delivery_id: int
@@ -37,6 +64,26 @@ class OutgoingMessage:
     message_id: str
     data: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
+    variant: str = ""
+    content: MessageContent | None = None
+    to_name: str = ""
+    personal: Mapping[str, str] = field(default_factory=dict)
+
+    def personal_text(self) -> str:
+        assert self.content is not None
+        return _fill(self.content.text, self.personal, escape=False)
+
+    def personal_html(self) -> str | None:
+        assert self.content is not None
+        return None if self.content.html is None else _fill(self.content.html, self.personal, escape=True)
+
+
+def _fill(template: str, values: Mapping[str, str], *, escape: bool) -> str:
+    import html
+
+    for placeholder, value in values.items():
+        template = template.replace(placeholder, html.escape(value) if escape else value)
+    return template
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,7 @@ def test_list_unsubscribe_url_is_never_encoded_or_folded():
     assert verify_token([KEY], "unsubscribe", https.rsplit("/", 1)[1]) == 987654
     m = re.fullmatch(r"mailto:unsubscribe@news\.example\.jp\?subject=unsubscribe%20(\S+)", mailto)
     assert m and verify_token([KEY], "unsubscribe", m.group(1)) == 987654
-    assert message.headers["List-Unsubscribe"] == f"<{https}>"
+    assert message.headers["List-Unsubscribe"].split(",")[0] == f"<{https}>"
     # What the email package makes of it: the same URL.
     assert f"<{https}>" in str(parse(message)["List-Unsubscribe"])
 

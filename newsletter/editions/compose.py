@@ -22,13 +22,14 @@ import html
 import logging
 import secrets
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from ..interfaces import OutgoingMessage
+from ..interfaces import MessageContent, OutgoingMessage
 from ..sanitize import header_safe
 from ..tokens import make_token
 from .render import GREETING, PREFERENCES_URL, UNSUBSCRIBE_URL, Rendered
@@ -103,23 +104,151 @@ def encode_address(name: str, address: str, charset: str, header_name: str) -> s
     return f"{name} <{address}>"
 
 
-def _base64_body(data: bytes) -> str:
-    encoded = base64.b64encode(data).decode("ascii")
-    return CRLF.join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+def _base64_lines(data: bytes) -> bytes:
+    encoded = base64.b64encode(data)
+    return b"\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
 
 
-def _part(content_type: str, charset: str, text: str) -> str:
+def _fold_inside_tags(line: bytes, limit: int) -> list[bytes]:
+    """Break an over-long HTML line at spaces *inside* tags (between attributes),
+    where a line break changes nothing; text between tags is never touched."""
+    out: list[bytes] = []
+    while len(line) > limit:
+        in_tag = False
+        last_safe = -1
+        for i in range(min(len(line), limit)):
+            c = line[i]
+            if c == 0x3C:  # <
+                in_tag = True
+            elif c == 0x3E:  # >
+                in_tag = False
+            elif c == 0x20 and in_tag:
+                last_safe = i
+        cut = last_safe
+        if cut <= 0:
+            break
+        out.append(line[:cut])
+        line = line[cut + 1 :]
+    out.append(line)
+    return out
+
+
+MAX_LINE = 998
+_PERSONAL_MARGIN = 300  # room for a name and two URLs substituted into a line
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One body part of a variant: its MIME header and its bytes, split where the
+    personal values go (segments alternate: bytes, placeholder, bytes, ...)."""
+
+    header: bytes
+    segments: tuple[bytes | str, ...]
+    encoding: str  # "base64" | "8bit" | "7bit"
+    escape: bool
+
+
+def _split(template: str, codec: str) -> tuple[bytes | str, ...]:
+    out: list[bytes | str] = []
+    rest = template
+    while True:
+        positions = [(rest.find(p), p) for p in (GREETING, UNSUBSCRIBE_URL, PREFERENCES_URL) if p in rest]
+        if not positions:
+            out.append(rest.encode(codec))
+            return tuple(out)
+        index, placeholder = min(positions)
+        out.append(rest[:index].encode(codec))
+        out.append(placeholder)
+        rest = rest[index + len(placeholder) :]
+
+
+def _prepare_part(content_type: str, charset: str, text: str, *, eight_bit: bool, html_part: bool) -> _Part:
     codec = PYTHON_CODECS[charset]
-    data = text.replace("\r\n", "\n").replace("\n", "\r\n").encode(codec)
-    if charset == "iso-2022-jp" and all(len(line) <= 998 for line in data.split(b"\r\n")):
+    body = text.replace("\r\n", "\n").replace("\n", "\r\n")
+    lines = body.encode(codec).split(b"\r\n")
+    longest = max((len(line) for line in lines), default=0)
+    if html_part and longest > MAX_LINE - _PERSONAL_MARGIN:
+        folded = [piece for line in lines for piece in _fold_inside_tags(line, MAX_LINE - _PERSONAL_MARGIN)]
+        longest = max(len(line) for line in folded)
+        if longest <= MAX_LINE - _PERSONAL_MARGIN:
+            body = b"\r\n".join(folded).decode(codec)
+    fits = longest <= MAX_LINE - _PERSONAL_MARGIN
+    if charset == "iso-2022-jp" and fits:
         # ISO-2022-JP is 7-bit by design; clients (and old phones) expect it unencoded.
-        return (
-            f"Content-Type: {content_type}; charset=\"ISO-2022-JP\"{CRLF}"
-            f"Content-Transfer-Encoding: 7bit{CRLF}{CRLF}" + data.decode("ascii")
-        )
-    return (
-        f"Content-Type: {content_type}; charset=\"{charset.upper()}\"{CRLF}"
-        f"Content-Transfer-Encoding: base64{CRLF}{CRLF}" + _base64_body(data)
+        encoding = "7bit"
+    elif eight_bit and fits:
+        encoding = "8bit"
+    else:
+        encoding = "base64"
+    header = (f"Content-Type: {content_type}; charset=\"{charset.upper()}\"{CRLF}"
+              f"Content-Transfer-Encoding: {encoding}{CRLF}{CRLF}").encode("ascii")
+    return _Part(header, _split(body, codec), encoding, html_part)
+
+
+def _render_part(part: _Part, values: dict[str, tuple[bytes, bytes]]) -> bytes:
+    """The part with this recipient's values in (values: placeholder → (plain, escaped))."""
+    body = b"".join(seg if isinstance(seg, bytes) else values[seg][1 if part.escape else 0] for seg in part.segments)
+    if part.encoding == "base64":
+        body = _base64_lines(body)
+    return part.header + body
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Everything about a variant that does not depend on the recipient."""
+
+    charset: str
+    codec: str
+    fixed_headers_before: bytes  # From
+    fixed_headers_after: bytes   # Subject ... MIME-Version, minus the personal ones
+    parts: tuple[_Part, ...]
+    boundary: str
+    content: MessageContent
+    variant: str
+
+
+@lru_cache(maxsize=128)
+def _prepare(rendered: Rendered, sending: Sending, charset: str, eight_bit: bool) -> _Prepared:
+    html_body = rendered.html
+    if html_body is not None and charset != "utf-8":
+        html_body = html_body.replace('<meta charset="utf-8">', f'<meta charset="{charset}">', 1)
+    before = f"From: {encode_address(sending.from_name, sending.from_address, charset, 'From')}{CRLF}"
+    after = [f"Subject: {encode_text(rendered.subject, charset, 'Subject')}"]
+    if sending.reply_to:
+        after.append(f"Reply-To: {ascii_address(sending.reply_to)}")
+    after += [
+        f"List-Id: {encode_text(sending.publication_title, charset, 'List-Id')} "
+        f"<{sending.publication_slug}.{sending.domain}>",
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        "Auto-Submitted: auto-generated",
+        "Precedence: bulk",
+        "MIME-Version: 1.0",
+    ]
+    parts = [_prepare_part("text/plain", charset, rendered.text, eight_bit=eight_bit, html_part=False)]
+    if html_body is not None:
+        parts.append(_prepare_part("text/html", charset, html_body, eight_bit=eight_bit, html_part=True))
+    return _Prepared(
+        charset=charset,
+        codec=PYTHON_CODECS[charset],
+        fixed_headers_before=before.encode("ascii"),
+        fixed_headers_after=(CRLF.join(after) + CRLF).encode("ascii"),
+        parts=tuple(parts),
+        boundary=f"=_nl_{secrets.token_hex(12)}",
+        content=MessageContent(
+            subject=rendered.subject,
+            text=rendered.text,
+            html=html_body,
+            from_name=sending.from_name,
+            from_address=sending.from_address,
+            reply_to=sending.reply_to,
+            headers={
+                "List-Id": f"{sending.publication_title} <{sending.publication_slug}.{sending.domain}>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                "Auto-Submitted": "auto-generated",
+                "Precedence": "bulk",
+            },
+        ),
+        variant=f"{sending.edition_id}:{secrets.token_hex(6)}:{charset}",
     )
 
 
@@ -161,6 +290,11 @@ def message_id(sending: Sending, delivery_id: int) -> str:
     return f"<nl.{sending.edition_stamp}.{sending.edition_id}.{delivery_id}@{sending.domain}>"
 
 
+@lru_cache(maxsize=4)
+def _date_header(epoch: int, timezone: str) -> str:
+    return format_datetime(datetime.fromtimestamp(epoch, ZoneInfo(timezone)))
+
+
 def compose(
     rendered: Rendered,
     recipient: Recipient,
@@ -169,19 +303,29 @@ def compose(
     charset: str = "utf-8",
     now: datetime,
     msgid: str | None = None,
+    eight_bit: bool = False,
 ) -> OutgoingMessage:
-    """The complete message for one recipient (CRLF line endings)."""
+    """The complete message for one recipient (CRLF line endings).
+
+    Everything but the personal parts is prepared once per variant (cached):
+    per recipient this is substitution into pre-encoded bytes, the To,
+    Message-ID and List-Unsubscribe headers, and base64 where the part needs it.
+    ``eight_bit`` allows 8-bit bodies (the server announced 8BITMIME).
+    """
     greet = greeting(recipient.name, rendered.language)
     unsubscribe, preferences = personal_urls(sending, recipient.subscriber_id)
-    text = substitute(rendered.text, greet, unsubscribe, preferences, escape=False)
-    html_body = substitute(rendered.html, greet, unsubscribe, preferences, escape=True) if rendered.html else None
-
-    if charset != "utf-8" and not _fits(charset, rendered.subject, text, html_body or "", recipient.name,
-                                        sending.from_name, sending.publication_title):
+    if charset != "utf-8" and not (
+        _fits(charset, greet, recipient.name) and _variant_fits(rendered, sending, charset)
+    ):
         log.warning("delivery %s: text does not fit %s; sending this message as UTF-8", recipient.delivery_id, charset)
         charset = "utf-8"
-    if html_body is not None and charset != "utf-8":
-        html_body = html_body.replace('<meta charset="utf-8">', f'<meta charset="{charset}">', 1)
+    prepared = _prepare(rendered, sending, charset, eight_bit)
+    codec = prepared.codec
+    values = {
+        GREETING: (greet.encode(codec), html.escape(greet).encode(codec)),
+        UNSUBSCRIBE_URL: (unsubscribe.encode("ascii"), html.escape(unsubscribe).encode("ascii")),
+        PREFERENCES_URL: (preferences.encode("ascii"), html.escape(preferences).encode("ascii")),
+    }
 
     msgid = msgid or message_id(sending, recipient.delivery_id)
     list_unsubscribe = f"<{unsubscribe}>"
@@ -189,42 +333,39 @@ def compose(
         subject = quote(f"unsubscribe {make_token(sending.key, 'unsubscribe', recipient.subscriber_id)}")
         # Folding between the two list items is allowed (RFC 2369); the URL itself is never folded.
         list_unsubscribe += f",{CRLF} <mailto:{sending.unsubscribe_mailto}?subject={subject}>"
-    headers = [
-        ("From", encode_address(sending.from_name, sending.from_address, charset, "From")),
-        ("To", encode_address(recipient.name, recipient.email, charset, "To")),
-        ("Subject", encode_text(rendered.subject, charset, "Subject")),
-        ("Date", format_datetime(now.astimezone(ZoneInfo(sending.timezone)))),
-        ("Message-ID", msgid),
-    ]
-    if sending.reply_to:
-        headers.append(("Reply-To", ascii_address(sending.reply_to)))
-    headers += [
-        ("List-Id", f"{encode_text(sending.publication_title, charset, 'List-Id')} "
-                    f"<{sending.publication_slug}.{sending.domain}>"),
-        ("List-Unsubscribe", list_unsubscribe),
-        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
-        ("Auto-Submitted", "auto-generated"),
-        ("Precedence", "bulk"),
-        ("MIME-Version", "1.0"),
-    ]
-    head = CRLF.join(f"{k}: {v}" for k, v in headers)
-    if html_body is None:
-        body = _part("text/plain", charset, text)
-        message = f"{head}{CRLF}{body}{CRLF}"
+    personal = (
+        f"To: {encode_address(recipient.name, recipient.email, charset, 'To')}{CRLF}"
+        f"Date: {_date_header(int(now.timestamp()), sending.timezone)}{CRLF}"
+        f"Message-ID: {msgid}{CRLF}"
+        f"List-Unsubscribe: {list_unsubscribe}{CRLF}"
+    ).encode("ascii")
+    head = prepared.fixed_headers_before + personal + prepared.fixed_headers_after
+    if len(prepared.parts) == 1:
+        data = head + _render_part(prepared.parts[0], values) + b"\r\n"
     else:
-        boundary = f"=_nl_{secrets.token_hex(12)}"
-        message = (
-            f"{head}{CRLF}Content-Type: multipart/alternative; boundary=\"{boundary}\"{CRLF}{CRLF}"
-            f"This is a multi-part message in MIME format.{CRLF}"
-            f"--{boundary}{CRLF}{_part('text/plain', charset, text)}{CRLF}"
-            f"--{boundary}{CRLF}{_part('text/html', charset, html_body)}{CRLF}"
-            f"--{boundary}--{CRLF}"
-        )
+        b = prepared.boundary.encode("ascii")
+        data = b"".join([
+            head, b'Content-Type: multipart/alternative; boundary="', b, b'"\r\n\r\n',
+            b"This is a multi-part message in MIME format.\r\n",
+            b"--", b, b"\r\n", _render_part(prepared.parts[0], values), b"\r\n",
+            b"--", b, b"\r\n", _render_part(prepared.parts[1], values), b"\r\n",
+            b"--", b, b"--\r\n",
+        ])
     return OutgoingMessage(
         delivery_id=recipient.delivery_id,
         sender=ascii_address(sending.envelope_from),
         recipient=ascii_address(recipient.email),
         message_id=msgid,
-        data=message.encode("ascii"),
-        headers={"Subject": rendered.subject, "List-Unsubscribe": f"<{unsubscribe}>", "Charset": charset},
+        data=data,
+        headers={"Message-ID": msgid, "List-Unsubscribe": list_unsubscribe.replace(CRLF, ""), "Charset": charset},
+        variant=prepared.variant,
+        content=prepared.content,
+        to_name=header_safe(recipient.name),
+        personal={GREETING: greet, UNSUBSCRIBE_URL: unsubscribe, PREFERENCES_URL: preferences},
     )
+
+
+@lru_cache(maxsize=128)
+def _variant_fits(rendered: Rendered, sending: Sending, charset: str) -> bool:
+    return _fits(charset, rendered.subject, rendered.text, rendered.html or "", sending.from_name,
+                 sending.publication_title)

@@ -166,8 +166,12 @@ def render_variant(
     *,
     when: datetime,
     html: bool = True,
+    charset: str = "utf-8",
 ) -> Rendered:
-    """Render the digest for one set of fields. ``html=False`` skips premailer."""
+    """Render the digest for one set of fields. ``html=False`` skips premailer.
+
+    ``charset`` is the one the variant will be sent in (a variant is rendered
+    once per charset: text that must change to fit it changes here, once)."""
     env = environment(str(templates_dir))
     ctx = context(content, fields, when)
     try:
