@@ -80,6 +80,108 @@ class Publication:
 
 
 @dataclass(frozen=True)
+class Rate:
+    """So many messages per so many seconds ("50/s", "300/m", "10000/h")."""
+
+    count: float
+    per_seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.per_seconds
+
+
+@dataclass(frozen=True)
+class DomainLimit:
+    domains: tuple[str, ...]
+    rate: Rate
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """How the delivery engine uses the provider: keys of ``[provider]`` that are
+    the engine's, not the provider's (they mean the same for every kind)."""
+
+    connections: int = 1
+    rate: Rate | None = None
+    hourly_quota: int | None = None
+    daily_quota: int | None = None
+    domain_limits: tuple[DomainLimit, ...] = ()
+    retry_for_seconds: float = 3 * 86400
+    hard_bounce_limit: int = 1
+    max_errors: int = 50
+    batch_size: int = 500
+    lease_seconds: float = 120.0
+
+
+ENGINE_KEYS = (
+    "connections", "rate", "hourly_quota", "daily_quota", "domain_limits", "retry_for",
+    "hard_bounce_limit", "max_errors", "batch_size", "lease_seconds",
+)
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+_UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400}
+
+
+def parse_rate(text: str) -> Rate:
+    m = _RATE_RE.match(text)
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"invalid rate '{text}' (expected e.g. \"50/s\", \"300/m\" or \"10000/h\")")
+    return Rate(float(m.group(1)), _UNIT_SECONDS[m.group(2)])
+
+
+def _parse_delivery(r: "_Reader") -> DeliverySettings:
+    def positive_int(key: str, default):
+        value = r.get(key, int, default)
+        if value is not None and value < 1:
+            r.fail("must be at least 1", key)
+        return value
+
+    rate = None
+    if "rate" in r.data:
+        try:
+            rate = parse_rate(r.get("rate", str))
+        except ValueError as exc:
+            r.fail(str(exc), "rate")
+    retry_for = r.get("retry_for", (str, int), "3d")
+    if isinstance(retry_for, int):
+        retry_seconds = float(retry_for)
+    else:
+        m = _DURATION_RE.match(retry_for)
+        if not m:
+            r.fail(f"invalid duration '{retry_for}' (expected e.g. \"3d\", \"12h\" or seconds)", "retry_for")
+        retry_seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    limits = []
+    raw_limits = r.get("domain_limits", list, [])
+    for i, item in enumerate(raw_limits):
+        sub = _Reader(r.file, f"provider.domain_limits[{i}]", item)
+        domains = sub.get("domains", list, required=True)
+        if not domains or not all(isinstance(d, str) and d.strip() for d in domains):
+            sub.fail("expected a list of domain names", "domains")
+        try:
+            limit_rate = parse_rate(sub.get("rate", str, required=True))
+        except ValueError as exc:
+            sub.fail(str(exc), "rate")
+        sub.done()
+        limits.append(DomainLimit(tuple(d.strip().lower() for d in domains), limit_rate))
+    lease = r.get("lease_seconds", (int, float), 120)
+    if lease <= 0:
+        r.fail("must be more than 0", "lease_seconds")
+    return DeliverySettings(
+        connections=positive_int("connections", 1),
+        rate=rate,
+        hourly_quota=positive_int("hourly_quota", None),
+        daily_quota=positive_int("daily_quota", None),
+        domain_limits=tuple(limits),
+        retry_for_seconds=retry_seconds,
+        hard_bounce_limit=positive_int("hard_bounce_limit", 1),
+        max_errors=positive_int("max_errors", 50),
+        batch_size=positive_int("batch_size", 500),
+        lease_seconds=float(lease),
+    )
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     kind: str
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -92,6 +194,7 @@ class Config:
     sender: Sender
     storage_url: str
     provider: ProviderConfig
+    delivery: DeliverySettings
     fields: tuple[Field, ...]
     publications: tuple[Publication, ...]
     templates_dir: Path
@@ -285,7 +388,8 @@ def parse_config(raw: dict, file: Path) -> Config:
     r.done()
 
     r = _Reader(file, "storage", raw.get("storage", {}))
-    url = os.environ.get(ENV_STORAGE_URL) or r.text("url", "sqlite:///var/newsletter.db")
+    file_url = r.text("url", "sqlite:///var/newsletter.db")  # read first: it must count as a known key
+    url = os.environ.get(ENV_STORAGE_URL) or file_url
     storage_url = resolve_storage_url(url, base)
     r.done()
 
@@ -293,7 +397,8 @@ def parse_config(raw: dict, file: Path) -> Config:
     kind = r.text("kind", "file")
     if not SLUG_RE.match(kind):
         r.fail(f"invalid provider kind '{kind}'", "kind")
-    options = {k: v for k, v in r.data.items() if k != "kind"}
+    delivery = _parse_delivery(r)
+    options = {k: v for k, v in r.data.items() if k != "kind" and k not in ENGINE_KEYS}
     provider = ProviderConfig(kind=kind, options=MappingProxyType(options))
 
     r = _Reader(file, "paths", raw.get("paths", {}))
@@ -364,6 +469,7 @@ def parse_config(raw: dict, file: Path) -> Config:
         sender=sender,
         storage_url=storage_url,
         provider=provider,
+        delivery=delivery,
         fields=tuple(fields),
         publications=tuple(pubs),
         templates_dir=templates_dir,

@@ -62,7 +62,10 @@ def subscribers_for(conn: Connection, fields: Sequence[str]) -> Iterable[Row]:
 
 def insert_deliveries(conn: Connection, rows: Sequence[Mapping[str, Any]], now: datetime) -> None:
     if rows:
-        conn.execute(deliveries.insert(), [{"attempts": 0, "created_at": now, "updated_at": now, **r} for r in rows])
+        conn.execute(deliveries.insert(), [
+            {"attempts": 0, "created_at": now, "updated_at": now, "domain": r["email"].rpartition("@")[2], **r}
+            for r in rows
+        ])
 
 
 def get_edition(conn: Connection, edition_id: int) -> Row | None:
@@ -101,20 +104,100 @@ def counts(conn: Connection, edition_id: int) -> dict[str, int]:
     return out
 
 
-def due(conn: Connection, edition_id: int, now: datetime, limit: int) -> list[Row]:
-    """Pending deliveries that may be tried now, oldest first."""
+def _due(edition_id: int, now: datetime):
+    return and_(
+        deliveries.c.edition_id == edition_id,
+        deliveries.c.status == "pending",
+        or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= now),
+        or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
+    )
+
+
+def claim(
+    conn: Connection,
+    edition_id: int,
+    now: datetime,
+    limit: int,
+    lease_until: datetime,
+    *,
+    domains: Sequence[str] | None = None,
+    exclude_domains: Sequence[str] = (),
+) -> list[Row]:
+    """Lease up to ``limit`` due deliveries (oldest first) and return them with the
+    subscriber's name.
+
+    One UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING: atomic on SQLite (the
+    statement holds the write lock) and, with FOR UPDATE SKIP LOCKED, on
+    PostgreSQL, so two workers or two daemons never claim the same row.
+    """
+    if limit <= 0:
+        return []
+    sub = select(deliveries.c.id).where(_due(edition_id, now))
+    if domains is not None:
+        sub = sub.where(deliveries.c.domain.in_(list(domains)))
+    if exclude_domains:
+        sub = sub.where(deliveries.c.domain.not_in(list(exclude_domains)))
+    sub = sub.order_by(deliveries.c.id).limit(limit)
+    if conn.dialect.name == "postgresql":
+        sub = sub.with_for_update(skip_locked=True)
+    ids = conn.execute(
+        update(deliveries).where(deliveries.c.id.in_(sub)).values(lease_until=lease_until).returning(deliveries.c.id)
+    ).scalars().all()
+    if not ids:
+        return []
     q = (
         select(deliveries, subscribers.c.name)
         .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id, isouter=True)
-        .where(
-            deliveries.c.edition_id == edition_id,
-            deliveries.c.status == "pending",
-            or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= now),
-        )
+        .where(deliveries.c.id.in_(ids))
         .order_by(deliveries.c.id)
-        .limit(limit)
     )
     return list(conn.execute(q))
+
+
+def has_due(conn: Connection, edition_id: int, now: datetime, domains: Sequence[str]) -> bool:
+    q = select(deliveries.c.id).where(_due(edition_id, now), deliveries.c.domain.in_(list(domains))).limit(1)
+    return conn.execute(q).first() is not None
+
+
+def sent_since(conn: Connection, since: datetime) -> int:
+    """Messages handed to the provider since ``since``, all editions (for quotas)."""
+    return conn.execute(
+        select(func.count()).where(deliveries.c.status == "sent", deliveries.c.updated_at > since)
+    ).scalar()
+
+
+def nth_sent_since(conn: Connection, since: datetime, n: int) -> datetime | None:
+    """The time of the n-th (0-based) message sent since ``since``, oldest first."""
+    return conn.execute(
+        select(deliveries.c.updated_at)
+        .where(deliveries.c.status == "sent", deliveries.c.updated_at > since)
+        .order_by(deliveries.c.updated_at)
+        .offset(n)
+        .limit(1)
+    ).scalar()
+
+
+def release(conn: Connection, ids: Sequence[int]) -> None:
+    if ids:
+        conn.execute(update(deliveries).where(deliveries.c.id.in_(list(ids))).values(lease_until=None))
+
+
+def cancel_pending(conn: Connection, edition_id: int, reason: str) -> int:
+    return conn.execute(
+        update(deliveries)
+        .where(deliveries.c.edition_id == edition_id, deliveries.c.status == "pending")
+        .values(status="cancelled", last_reply=reason, lease_until=None, updated_at=utcnow())
+    ).rowcount
+
+
+def rate_since(conn: Connection, edition_id: int, since: datetime) -> int:
+    return conn.execute(
+        select(func.count()).where(
+            deliveries.c.edition_id == edition_id,
+            deliveries.c.status.in_(("sent", "failed")),
+            deliveries.c.updated_at > since,
+        )
+    ).scalar()
 
 
 def next_retry(conn: Connection, edition_id: int) -> datetime | None:
@@ -141,8 +224,14 @@ def record(conn: Connection, updates: Sequence[Mapping[str, Any]]) -> None:
         conn.execute(stmt, [{f"_{k}": v for k, v in r.items()} for r in rows])
 
 
-def set_status(conn: Connection, edition_id: int, status: str, *, finished: datetime | None = None) -> None:
-    values: dict[str, Any] = {"status": status}
+def set_note(conn: Connection, edition_id: int, note: str | None) -> None:
+    conn.execute(update(editions).where(editions.c.id == edition_id).values(note=note))
+
+
+def set_status(
+    conn: Connection, edition_id: int, status: str, *, finished: datetime | None = None, note: str | None = None
+) -> None:
+    values: dict[str, Any] = {"status": status, "note": note}
     if finished is not None:
         values["finished_at"] = finished
     conn.execute(update(editions).where(editions.c.id == edition_id).values(**values))
@@ -152,3 +241,34 @@ def pending_count(conn: Connection, edition_id: int) -> int:
     return conn.execute(
         select(func.count()).where(and_(deliveries.c.edition_id == edition_id, deliveries.c.status == "pending"))
     ).scalar()
+
+
+def count_hard_bounces(conn: Connection, subscriber_ids: Sequence[int], limit: int, now: datetime) -> list[int]:
+    """Add one hard bounce to each subscriber; those reaching ``limit`` become
+    ``bounced`` (with a consent-log row) and lose their other pending deliveries.
+    Returns the ids that were suppressed."""
+    from .tables import consents
+
+    if not subscriber_ids:
+        return []
+    ids = list(subscriber_ids)
+    conn.execute(
+        update(subscribers).where(subscribers.c.id.in_(ids)).values(bounce_count=subscribers.c.bounce_count + 1)
+    )
+    suppressed = conn.execute(
+        select(subscribers.c.id).where(
+            subscribers.c.id.in_(ids), subscribers.c.bounce_count >= limit, subscribers.c.status == "active"
+        )
+    ).scalars().all()
+    if suppressed:
+        conn.execute(update(subscribers).where(subscribers.c.id.in_(suppressed)).values(status="bounced", updated_at=now))
+        conn.execute(consents.insert(), [
+            {"subscriber_id": sid, "event": "bounced", "at": now, "source": "delivery", "detail": "hard bounce"}
+            for sid in suppressed
+        ])
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.subscriber_id.in_(suppressed), deliveries.c.status == "pending")
+            .values(status="cancelled", last_reply="address bounced", lease_until=None, updated_at=now)
+        )
+    return list(suppressed)

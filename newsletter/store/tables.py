@@ -103,6 +103,7 @@ subscribers = Table(
     Column("status", String(16), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("bounce_count", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_subscribers_status", "status"),
 )
 
@@ -136,6 +137,8 @@ editions = Table(
     # The edition as it went out (articles, sections, dates), JSON: a resend, the
     # archive and an audit read this, never the live article rows.
     Column("content", Text, nullable=False),
+    # Why the edition is paused or waiting (quota, too many errors, an operator).
+    Column("note", Text, nullable=True),
     UniqueConstraint("publication", "number", name="uq_editions_publication_number"),
     UniqueConstraint("publication", "scheduled_for", name="uq_editions_publication_scheduled_for"),
 )
@@ -164,6 +167,14 @@ deliveries = Table(
     Column("next_attempt_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # The recipient's domain, lower-cased: per-domain rate limits claim by it.
+    Column("domain", String(255), nullable=False, default="", server_default=""),
+    # A worker that claimed the row holds it until then; a crashed worker's rows
+    # become claimable again when the lease runs out.
+    Column("lease_until", UTCDateTime, nullable=True),
+    # Sent whole but never answered: retried once with the same Message-ID, no more.
+    Column("unknown_outcomes", Integer, nullable=False, default=0, server_default="0"),
     UniqueConstraint("edition_id", "subscriber_id", name="uq_deliveries_edition_subscriber"),
     Index("ix_deliveries_edition_status", "edition_id", "status"),
+    Index("ix_deliveries_status_updated_at", "status", "updated_at"),
 )
