@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from .config import Config
 from .csvio import decode, read_rows, split_list
 from .errors import InputError
-from .sanitize import html_to_plain, sanitize_html
+from .sanitize import header_safe, html_to_plain, sanitize_html
 from .store import articles as q
 
 MAX_TITLE = 500
@@ -121,7 +121,9 @@ def validate(raw: Mapping[str, Any], config: Config, *, default_fields: Sequence
     unknown = sorted(set(raw) - KNOWN_KEYS)
     if unknown:
         raise ValueError(f"unknown key '{unknown[0]}'")
-    title = " ".join(str(raw.get("title") or "").split())
+    # Titles and authors end up in mail headers: no control characters at all (NUL
+    # would also crash PostgreSQL, which cannot store it in a text column).
+    title = " ".join(header_safe(str(raw.get("title") or "")).split())
     if not title:
         raise ValueError("missing title")
     if len(title) > MAX_TITLE:
@@ -141,18 +143,18 @@ def validate(raw: Mapping[str, Any], config: Config, *, default_fields: Sequence
     body_format = str(raw.get("body_format") or "markdown").lower()
     if body_format not in BODY_FORMATS:
         raise ValueError(f"bad body_format '{body_format}' (expected markdown or html)")
-    body = str(raw.get("body") or "")
+    body = str(raw.get("body") or "").replace("\x00", "")
     if body_format == "html":
         body = sanitize_html(body)
     status = str(raw.get("status") or "queued").lower()
     if status not in INPUT_STATUSES:
         raise ValueError(f"bad status '{status}' (expected draft or queued)")
     guid = str(raw.get("guid") or "").strip() or None
-    author = " ".join(str(raw.get("author") or "").split())
+    author = " ".join(header_safe(str(raw.get("author") or "")).split())
     return {
         "title": title,
         "url": url,
-        "summary": str(raw.get("summary") or "").strip(),
+        "summary": str(raw.get("summary") or "").replace("\x00", "").strip(),
         "body": body,
         "body_format": body_format,
         "author": author[:200],
@@ -185,6 +187,11 @@ def save(conn, values: dict[str, Any]) -> tuple[str, int]:
     existing = q.find_existing(conn, guid=values["guid"], url=values["url"])
     if existing is None:
         return "created", q.insert(conn, values)
+    if existing.url != values["url"]:
+        other = q.find_existing(conn, guid=None, url=values["url"])
+        if other is not None and other.id != existing.id:
+            # The GUID names one article and the URL another: updating would break the unique URL.
+            raise ValueError(f"url '{values['url'][:80]}' already belongs to article {other.id}")
     changes = {k: v for k, v in values.items() if k not in ("status",) and getattr(existing, k) != v}
     # A re-import must not resurrect a withdrawn article or re-queue a published one.
     if existing.status == "draft" and values["status"] == "queued":
@@ -224,8 +231,14 @@ def import_items(
     if (strict and report.errors) or dry_run:
         return report
     with engine.begin() as conn:
-        for _where, values in valid:
-            action, article_id = save(conn, values)
+        for where, values in valid:
+            try:
+                action, article_id = save(conn, values)
+            except ValueError as exc:  # a conflict with stored articles, seen only now
+                if strict:
+                    raise InputError(f"{where}: {exc}; nothing imported (--strict)") from None
+                report.errors.append(f"{where}: {exc}")
+                continue
             setattr(report, action, getattr(report, action) + 1)
             report.ids.append(article_id)
     return report

@@ -45,6 +45,8 @@ def _days_of_week(field: str, expr: str) -> str:
             lo, hi = _day(a, expr), _day(b, expr)
             if b.strip() == "7":
                 hi = 7  # "5-7" is Friday to Sunday
+            if a.strip() == "7":
+                lo = 7  # "7-7" is Sunday (not every day); "7-1" is an error, as in cron
             if hi < lo:
                 raise ValueError(f"invalid range '{rng}' in '{expr}'")
         else:

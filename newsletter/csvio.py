@@ -37,7 +37,9 @@ def decode(data: bytes, encoding: str, where: str) -> str:
         return data.decode(codec)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise InputError(f"{where}:{line}: not valid {encoding} (byte offset {exc.start}); try --encoding auto") from None
+        raise InputError(
+            f"{where}:{line}: not valid {encoding} (byte offset {exc.start}); try --encoding auto"
+        ) from None
 
 
 def _utf8_ok(data: bytes) -> bool:
@@ -91,18 +93,20 @@ def read_rows(
             accepted = ", ".join((need, *aliases.get(need, ())))
             raise InputError(f"{where}:1: no '{need}' column in the header (accepted names: {accepted})")
     while True:
+        # An unterminated quote is only noticed at the end of the file: name the line it opened on.
+        start = reader.line_num + 1
         try:
             cells = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raise InputError(f"{where}:{reader.line_num}: malformed CSV line ({exc})") from None
+            raise InputError(f"{where}:{start}: malformed CSV line ({exc})") from None
         line = reader.line_num
         if not any(c.strip() for c in cells):
             continue
         if len(cells) > len(columns) and any(c.strip() for c in cells[len(columns):]):
             raise InputError(f"{where}:{line}: {len(cells)} cells but the header has {len(columns)} columns")
-        row = {col: cells[i].strip() for i, col in enumerate(columns) if col and i < len(cells)}
+        row = {col: excel_unquote(cells[i].strip()) for i, col in enumerate(columns) if col and i < len(cells)}
         yield line, row
 
 
@@ -114,10 +118,21 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def excel_safe(value: object) -> str:
-    """Neutralise formula injection: a cell Excel would evaluate gets a leading quote."""
+    """Neutralise formula injection: a cell Excel would evaluate gets a leading quote.
+
+    A cell that already starts with a quote gets another one, so that
+    ``excel_unquote`` can undo exactly this on import (an export re-imports as it was).
+    """
     text = "" if value is None else str(value)
-    if text.startswith(_FORMULA_START):
+    if text.startswith((*_FORMULA_START, "'")):
         return "'" + text
+    return text
+
+
+def excel_unquote(text: str) -> str:
+    """The inverse of ``excel_safe``: ``'=SUM(A1)`` → ``=SUM(A1)``, ``''x`` → ``'x``; else unchanged."""
+    if len(text) > 1 and text[0] == "'" and text[1] in (*_FORMULA_START, "'"):
+        return text[1:]
     return text
 
 

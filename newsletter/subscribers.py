@@ -15,7 +15,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.engine import Engine
 
-from .config import CHARSETS, FORMATS, Config
+from .config import CHARSETS, Config
 from .csvio import ENCODINGS, decode, read_rows, split_list, write_csv
 from .errors import InputError
 from .sanitize import header_safe
@@ -128,7 +128,8 @@ def add(
         existing = q.get_by_email(conn, values["email"])
         if existing is None:
             q.insert_many(conn, [{**values, "status": status}])
-            q.add_consents(conn, [values["email"]], "subscribe" if status == "active" else status, source=source, **consent)
+            event = "subscribe" if status == "active" else status
+            q.add_consents(conn, [values["email"]], event, source=source, **consent)
             return "created", values
         if existing.status in q.SUPPRESSED:
             raise InputError(
@@ -183,7 +184,10 @@ def import_csv(
         try:
             values = validate(config, row)
         except ValueError as exc:
-            report.problems.append(f"{where}:{line}: {exc}")
+            # row number, address, problem (the address only when the message lacks it)
+            address = row.get("email", "")
+            who = f"{address}: " if address and address not in str(exc) else ""
+            report.problems.append(f"{where}:{line}: {who}{exc}")
             continue
         email = values["email"]
         if email in wanted:
@@ -252,7 +256,9 @@ def export_csv(engine: Engine, path: Path, *, excel: bool = False, status: str |
         return write_csv(path, EXPORT_HEADER, rows, excel=excel)
 
 
-def set_status(engine: Engine, email: str, status: str, *, source: str = "cli", detail: str | None = None) -> tuple[str, int]:
+def set_status(
+    engine: Engine, email: str, status: str, *, source: str = "cli", detail: str | None = None
+) -> tuple[str, int]:
     """Change a subscriber's status; unsubscribing cancels their pending deliveries.
 
     Returns (previous status, number of deliveries cancelled).

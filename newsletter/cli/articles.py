@@ -43,7 +43,9 @@ def _print_row(app: App, row) -> None:
 @click.option("--guid", help="Stable id; re-adding the same guid (or url) updates.")
 @click.option("--draft", is_flag=True, help="Keep out of editions until queued with 'article edit --status queued'.")
 @pass_app
-def article_add(app: App, title, url, fields, summary, body_file, body_format, author, publish_at, priority, pin, guid, draft):
+def article_add(
+    app: App, title, url, fields, summary, body_file, body_format, author, publish_at, priority, pin, guid, draft
+):
     """Queue one article."""
     body = ""
     if body_file:
@@ -65,7 +67,10 @@ def article_add(app: App, title, url, fields, summary, body_file, body_format, a
     except ValueError as exc:
         _fail_on("article", exc)
     with app.engine.begin() as conn:
-        action, article_id = arts.save(conn, values)
+        try:
+            action, article_id = arts.save(conn, values)
+        except ValueError as exc:
+            _fail_on("article", exc)
     click.echo(f"{action} article {article_id}: {values['title']}")
 
 
@@ -156,13 +161,19 @@ def article_show(app: App, article_id):
 @click.option("--pin/--unpin", default=None)
 @click.option("--status", type=click.Choice(["draft", "queued"]))
 @pass_app
-def article_edit(app: App, article_id, title, url, summary, fields, body_file, author, publish_at, priority, pin, status):
+def article_edit(
+    app: App, article_id, title, url, summary, fields, body_file, author, publish_at, priority, pin, status
+):
     """Change an article that has not been published yet."""
     with app.engine.begin() as conn:
         row = _get(app, conn, article_id)
         if row.status in ("published", "withdrawn"):
             raise InputError(f"article {article_id}: is {row.status}; it can no longer be edited")
-        raw = {k: getattr(row, k) for k in ("title", "url", "summary", "body", "body_format", "author", "priority", "pinned", "guid", "status", "source")}
+        raw = {
+            k: getattr(row, k)
+            for k in ("title", "url", "summary", "body", "body_format", "author", "priority", "pinned", "guid",
+                      "status", "source")
+        }
         raw["fields"] = row.fields.split(",")
         raw["publish_at"] = row.publish_at
         for key, value in (("title", title), ("url", url), ("summary", summary), ("author", author),

@@ -39,7 +39,8 @@ def subscriber_add(app: App, email, fields, name, fmt, charset, publications, pe
     """Add one subscriber (an operator vouches for the consent)."""
     action, values = subs.add(
         app.engine, app.config,
-        {"email": email, "fields": fields, "name": name, "format": fmt, "charset": charset, "publications": publications},
+        {"email": email, "fields": fields, "name": name, "format": fmt, "charset": charset,
+         "publications": publications},
         status="pending" if pending else "active", source="cli",
     )
     click.echo(f"{action} {values['email']} ({values['fields']}, {values['format']})")
@@ -58,7 +59,9 @@ def subscriber_import(app: App, file, dry_run, encoding, strict):
     charset, publications. Duplicates are merged; addresses that unsubscribed,
     bounced or complained are left as they are.
     """
-    report = subs.import_csv(app.engine, app.config, _csv_path(app, file), encoding=encoding, dry_run=dry_run, strict=strict)
+    report = subs.import_csv(
+        app.engine, app.config, _csv_path(app, file), encoding=encoding, dry_run=dry_run, strict=strict
+    )
     for problem in report.problems:
         click.echo(f"error: {problem}", err=True)
     if dry_run:
@@ -128,7 +131,9 @@ def subscriber_show(app: App, email):
 def _print_consents(app: App, consents) -> None:
     for c in consents:
         extra = "".join(
-            f" {k}={v}" for k, v in (("ip", c.ip), ("ua", c.user_agent), ("wording", c.wording_version), ("detail", c.detail)) if v
+            f" {k}={v}"
+            for k, v in (("ip", c.ip), ("ua", c.user_agent), ("wording", c.wording_version), ("detail", c.detail))
+            if v
         )
         click.echo(f"  {app.local_time(c.at)}  {c.event:<12} {c.source}{extra}")
 
@@ -153,7 +158,8 @@ def subscriber_consent(app: App, email):
 @pass_app
 def subscriber_set(app: App, email, fields, name, fmt, charset, publications):
     """Change a subscriber's fields, name, format, charset or publications."""
-    changes = {k: v for k, v in (("fields", fields), ("name", name), ("format", fmt), ("charset", charset), ("publications", publications)) if v is not None}
+    given = (("fields", fields), ("name", name), ("format", fmt), ("charset", charset), ("publications", publications))
+    changes = {k: v for k, v in given if v is not None}
     if not changes:
         raise click.UsageError("nothing to change: give --fields, --name, --format, --charset or --publications")
     values = subs.update(app.engine, app.config, email, changes)

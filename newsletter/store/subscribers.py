@@ -48,7 +48,8 @@ def add_consents(conn: Connection, emails: Sequence[str], event: str, **values: 
         chunk = emails[i : i + CHUNK]
         ids = conn.execute(select(subscribers.c.id).where(subscribers.c.email.in_(chunk))).scalars().all()
         if ids:
-            conn.execute(consents.insert(), [{"subscriber_id": sid, "event": event, "at": now, **values} for sid in ids])
+            rows = [{"subscriber_id": sid, "event": event, "at": now, **values} for sid in ids]
+            conn.execute(consents.insert(), rows)
 
 
 def list_subscribers(conn: Connection, *, status: str | None = None, field: str | None = None) -> Iterable[Row]:
