@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .. import publish
-from ..delivery import Variants, deliver, sending_for
+from ..delivery import Variants, deliver, edition_eta, sending_for
 from ..editions.assemble import VariantKey
 from ..editions.compose import Recipient, compose
 from ..errors import InputError
@@ -50,27 +50,63 @@ def edition_create(app: App, publication):
 
 
 def _send(app: App, edition_row, provider) -> int:
-    interactive = sys.stdout.isatty()
+    """Deliver one edition with a progress bar on a terminal, log lines otherwise."""
+    import logging
+    import time
 
-    def progress(report):
-        if interactive:
-            click.echo(f"\r  sent {report.sent}  failed {report.failed}  deferred {report.deferred}", nl=False)
+    log = logging.getLogger("newsletter")
+    with app.engine.connect() as conn:
+        total = sum(q.counts(conn, edition_row.id).values())
+        done_before = total - q.pending_count(conn, edition_row.id)
+    label = f"{edition_row.publication} 第{edition_row.number}号"
+    interactive = sys.stdout.isatty()
+    started = time.monotonic()
+    last_log = [started]
+    progress = None
+    if interactive:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("sent {task.fields[sent]} failed {task.fields[failed]} {task.fields[rate]}/s"),
+                            TimeRemainingColumn())
+        task = progress.add_task(label, total=total, completed=done_before, sent=0, failed=0, rate="-")
+        progress.start()
+
+    def on_batch(report):
+        handled = report.sent + report.failed + report.deferred + report.unknown
+        if progress is not None:
+            rate = f"{handled / max(time.monotonic() - started, 1e-6):.0f}"
+            progress.update(task, completed=done_before + handled, sent=report.sent, failed=report.failed, rate=rate)
+        elif time.monotonic() - last_log[0] >= 5:
+            last_log[0] = time.monotonic()
+            log.info("%s: sent %d, failed %d, deferred %d of %d", label, report.sent, report.failed,
+                     report.deferred, total - done_before)
 
     try:
-        report = deliver(app.engine, app.config, edition_row.id, provider, on_batch=progress)
+        report = deliver(app.engine, app.config, edition_row.id, provider, on_batch=on_batch)
     finally:
+        if progress is not None:
+            progress.stop()
         provider.close()
-    if interactive:
-        click.echo()
     with app.engine.connect() as conn:
         counts = q.counts(conn, edition_row.id)
         retry = q.next_retry(conn, edition_row.id)
-    click.echo(f"{edition_row.publication} 第{edition_row.number}号: this run sent {report.sent}, "
-               f"failed {report.failed}, deferred {report.deferred}; total {_counts_line(counts)}")
+    click.echo(f"{label}: this run sent {report.sent}, failed {report.failed}, "
+               f"deferred {report.deferred + report.unknown}; total {_counts_line(counts)}")
     for failure in report.failures[:20]:
         click.echo(f"  failed: {failure}", err=True)
-    if counts["pending"]:
-        click.echo(f"  {counts['pending']} pending; next retry at {app.local_time(retry)} — run 'edition send' again or leave it to 'newsletter run'")
+    if len(report.failures) > 20:
+        click.echo(f"  … and {len(report.failures) - 20} more (newsletter edition status {edition_row.number})", err=True)
+    if report.bounced:
+        click.echo(f"  {report.bounced} addresses marked bounced")
+    if report.paused:
+        click.echo(f"  edition paused: {report.paused}", err=True)
+        return 1
+    if report.waiting_until:
+        click.echo(f"  quota reached: sending resumes after {app.local_time(report.waiting_until)}")
+    elif counts["pending"]:
+        click.echo(f"  {counts['pending']} pending; next retry at {app.local_time(retry)} — run 'edition send' "
+                   "again or leave it to 'newsletter run'")
     return 0
 
 
@@ -95,8 +131,7 @@ def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt):
         if row.status != "sending":
             click.echo(f"{row.publication} 第{row.number}号 is {row.status}; nothing to send")
             return
-        _send(app, row, _provider(app))
-        return
+        raise SystemExit(_send(app, row, _provider(app)))
     if not publication:
         if len(app.config.publications) != 1:
             raise click.UsageError("name the publication: newsletter edition send PUB")
@@ -117,7 +152,7 @@ def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt):
                    f"{created.pending} to send, {created.skipped} skipped (nothing in their fields)")
         with app.engine.connect() as conn:
             row = q.get_edition(conn, created.edition_id)
-    _send(app, row, provider)
+    raise SystemExit(_send(app, row, provider))
 
 
 def _content_for(app: App, publication: str | None, number: int | None):
@@ -166,6 +201,48 @@ def _test_send(app: App, publication, number, address, fields, fmt):
     click.echo(f"test message to {address}: {result.status} {result.reply}".rstrip())
     if result.status != "accepted":
         raise SystemExit(1)
+
+
+def _change(app: App, number: int, publication: str | None, allowed: tuple[str, ...], new: str, note: str):
+    row = publish.resolve_edition(app.engine, app.config, number, publication)
+    if row.status not in allowed:
+        verb = {"paused": "pause", "resumed": "resume", "cancelled": "cancel"}[note]
+        raise InputError(f"{row.publication} 第{row.number}号 is {row.status}; cannot {verb} it")
+    with app.engine.begin() as conn:
+        cancelled = q.cancel_pending(conn, row.id, "edition cancelled") if new == "cancelled" else 0
+        q.set_status(conn, row.id, new, finished=utcnow() if new == "cancelled" else None,
+                     note=f"{note} by an operator" if new != "sending" else None)
+    return row, cancelled
+
+
+@edition.command("pause")
+@click.argument("number", type=int)
+@click.option("--publication", help="When several publications have an edition N.")
+@pass_app
+def edition_pause(app: App, number, publication):
+    """Pause edition NUMBER: a running send stops within seconds, nothing is lost."""
+    row, _ = _change(app, number, publication, ("sending",), "paused", "paused")
+    click.echo(f"{row.publication} 第{row.number}号: paused")
+
+
+@edition.command("resume")
+@click.argument("number", type=int)
+@click.option("--publication", help="When several publications have an edition N.")
+@pass_app
+def edition_resume(app: App, number, publication):
+    """Resume a paused edition (then 'edition send --edition N', or the daemon, sends it)."""
+    row, _ = _change(app, number, publication, ("paused",), "sending", "resumed")
+    click.echo(f"{row.publication} 第{row.number}号: resumed")
+
+
+@edition.command("cancel")
+@click.argument("number", type=int)
+@click.option("--publication", help="When several publications have an edition N.")
+@pass_app
+def edition_cancel(app: App, number, publication):
+    """Cancel edition NUMBER: its pending deliveries are never sent."""
+    row, cancelled = _change(app, number, publication, ("sending", "paused"), "cancelled", "cancelled")
+    click.echo(f"{row.publication} 第{row.number}号: cancelled ({cancelled} pending deliveries dropped)")
 
 
 @edition.command("preview")
@@ -230,3 +307,9 @@ def edition_status(app: App, number, publication):
         click.echo(f"{status + ':':13}{n}")
     if counts["pending"] and retry:
         click.echo(f"next retry:  {app.local_time(retry)}")
+    if row.status == "sending" and counts["pending"]:
+        rate, eta = edition_eta(app.engine, row.id)
+        click.echo(f"rate:        {rate:.1f}/s over the last minute")
+        click.echo(f"eta:         {app.local_time(eta) if eta else '-'}")
+    if row.note:
+        click.echo(f"note:        {row.note}")
