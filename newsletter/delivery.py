@@ -140,7 +140,7 @@ class TokenBucket:
 
     def available(self, now: float) -> int:
         self._refill(now)
-        return int(self.tokens)
+        return int(self.tokens + 1e-9)  # 0.9999999 after an exact wait is a whole token
 
     def take(self, n: int, now: float) -> None:
         self._refill(now)
@@ -149,7 +149,9 @@ class TokenBucket:
     def wait(self, now: float) -> float:
         """Seconds until one token is there."""
         self._refill(now)
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.per_second
+        if self.tokens + 1e-9 >= 1:
+            return 0.0
+        return max((1 - self.tokens) / self.per_second, 0.001)
 
 
 @dataclass
@@ -388,7 +390,7 @@ class DeliveryRun:
                 self.report.failed += 1
         if updates:
             with self.engine.begin() as conn:
-                q.record(conn, updates)
+                q.record(conn, updates, now)
         if messages:
             self.inbox.put(_Chunk(messages, {r.id: r for r in rows}))
             self.in_flight += 1
@@ -424,7 +426,7 @@ class DeliveryRun:
                 if row.subscriber_id:
                     hard_bounces.append(row.subscriber_id)
         with self.engine.begin() as conn:
-            q.record(conn, updates)
+            q.record(conn, updates, now)
             if hard_bounces:
                 suppressed = q.count_hard_bounces(conn, hard_bounces, self.settings.hard_bounce_limit, now)
                 self.report.bounced += len(suppressed)

@@ -60,6 +60,7 @@ class SMTPTestServer:
         self._rcpt_replies: dict[str, str] = {}
         self._data_replies: dict[str, list[Any]] = {}   # address -> [reply, times left or None]
         self._drops: list[list[Any]] = []               # [stage, address, times left]
+        self._stalls: list[list[Any]] = []              # [stage, address, seconds, times left]
         self._close_after: int | None = None
         self._connections = 0
         self._quits = 0
@@ -151,6 +152,22 @@ class SMTPTestServer:
         with self._lock:
             self._drops.append([stage, address.lower(), times])
 
+    def stall_on(self, stage: Literal["rcpt", "data_after"], address: str, seconds: float, times: int = 1) -> None:
+        """Say nothing for ``seconds`` at ``RCPT TO:<address>`` or after the content of
+        a message to it has arrived (then carry on as usual: a message stalled after
+        its content is still accepted — as a slow real server would)."""
+        with self._lock:
+            self._stalls.append([stage, address.lower(), seconds, times])
+
+    def _take_stall(self, stage: str, addresses: Iterable[str]) -> float:
+        wanted = {a.lower() for a in addresses}
+        with self._lock:
+            for rule in self._stalls:
+                if rule[0] == stage and rule[1] in wanted and rule[3] > 0:
+                    rule[3] -= 1
+                    return rule[2]
+        return 0.0
+
     def close_after(self, n_messages: int | None) -> None:
         """After ``n_messages`` accepted on one connection, answer the next MAIL
         with 421 and close it, like an MTA limiting messages per connection.
@@ -176,6 +193,7 @@ class SMTPTestServer:
             self._rcpt_replies.clear()
             self._data_replies.clear()
             self._drops.clear()
+            self._stalls.clear()
             self._close_after = None
             self._connections = 0
             self._quits = 0
@@ -306,6 +324,9 @@ class _Handler:
 
     async def handle_RCPT(self, server: _ProgrammableSMTP, session: Any, envelope: Any,
                           address: str, rcpt_options: list[str]) -> str:
+        stall = self.owner._take_stall("rcpt", [address])
+        if stall:
+            await asyncio.sleep(stall)
         if self.owner._take_drop("rcpt", [address]):
             server.hang_up()
             return "250 OK (never sent)"
@@ -317,6 +338,9 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: _ProgrammableSMTP, session: Any, envelope: Any) -> str:
+        stall = self.owner._take_stall("data_after", envelope.rcpt_tos)
+        if stall:
+            await asyncio.sleep(stall)
         if self.owner._take_drop("data_after", envelope.rcpt_tos):
             server.hang_up()
             return "250 OK (never sent)"

@@ -208,9 +208,9 @@ def next_retry(conn: Connection, edition_id: int) -> datetime | None:
     ).scalar()
 
 
-def record(conn: Connection, updates: Sequence[Mapping[str, Any]]) -> None:
+def record(conn: Connection, updates: Sequence[Mapping[str, Any]], now: datetime | None = None) -> None:
     """Write delivery results: each mapping has ``id`` plus the columns to set."""
-    now = utcnow()
+    now = now or utcnow()
     by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for u in updates:
         by_keys.setdefault(tuple(sorted(u)), []).append(dict(u))
