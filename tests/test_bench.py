@@ -1,0 +1,42 @@
+"""The benchmarks run with small numbers so they cannot rot (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HAVE_SINK = bool(shutil.which("smtp-sink") or os.path.exists("/usr/sbin/smtp-sink"))
+
+
+def run(*args: str) -> dict:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
+    return json.loads(out.stdout[out.stdout.index("{"):])
+
+
+@pytest.mark.skipif(not HAVE_SINK and os.environ.get("CI") != "true",
+                    reason="Postfix's smtp-sink is not installed (apt-get install postfix)")
+def test_send_benchmark_small():
+    result = run("bench/send.py", "--subscribers", "2000", "--naive-sample", "30")
+    assert result["sent"] == 2000 and result["failed"] == 0
+    assert result["variants"] == 14 and result["renders"] == 7  # once per field set, not per recipient
+    for key in ("import_seconds", "assemble_render_seconds", "send_seconds", "messages_per_s",
+                "avg_message_bytes", "peak_rss_mb", "limit_messages_per_s", "naive_messages_per_s",
+                "ratio_to_limit", "speedup_vs_naive"):
+        assert result[key] > 0, key
+
+
+def test_send_benchmark_file_provider():
+    result = run("bench/send.py", "--subscribers", "500", "--provider", "file")
+    assert result["sent"] == 500 and result["messages_per_s"] > 0
+
+
+def test_import_benchmark_small():
+    result = run("bench/import_subscribers.py", "--rows", "1000")
+    assert result["rows"] == 1000 and result["rows_per_s"] > 0 and result["naive_rows_per_s"] > 0
