@@ -131,8 +131,8 @@ def prepare(folder: Path, n: int, provider: str, port: int | None, connections: 
     from newsletter.config import load_config
     from newsletter.delivery import Variants
     from newsletter.editions.assemble import VariantKey
-    from newsletter.store import make_engine, upgrade
     from newsletter.store import editions as q
+    from newsletter.store import make_engine, upgrade
 
     config = load_config(write_project(folder, provider, port, connections))
     engine = make_engine(config.storage_url)
@@ -203,16 +203,16 @@ def limit_rate(port: int, size: int, messages: int, sessions: int) -> float:
 
 def naive_rate(config_path: str, edition_id: int, port: int, sample: int) -> float:
     """The obvious pipeline: render everything for every recipient, one smtplib connection."""
+    import html2text
     import jinja2
     from premailer import Premailer
     from sqlalchemy import select
 
-    import html2text
     from newsletter.config import load_config
     from newsletter.editions.render import context
     from newsletter.publish import load_content
-    from newsletter.store import open_engine
     from newsletter.store import editions as q
+    from newsletter.store import open_engine
     from newsletter.store.tables import deliveries
 
     config = load_config(config_path)

@@ -112,7 +112,8 @@ class Provider(Protocol):
     ``max_batch`` is how many messages one :meth:`send` call may carry.  ``send``
     must never raise for a per-message problem: it returns a result for every
     message it was given.  An optional ``accepts_8bit`` attribute (default False)
-    tells the engine it may compose 8-bit bodies instead of base64.  It may raise :class:`~newsletter.errors.ConfigError`
+    tells the engine it may compose 8-bit bodies instead of base64.  It may raise
+    :class:`~newsletter.errors.ConfigError`
     when the configuration itself is unusable (a missing password variable...).
     """
 
@@ -120,7 +121,7 @@ class Provider(Protocol):
     max_batch: int
 
     @classmethod
-    def from_config(cls, options: Mapping[str, object], base_dir: Path) -> "Provider":
+    def from_config(cls, options: Mapping[str, object], base_dir: Path) -> Provider:
         """Build from the ``[provider]`` table (minus ``kind``); relative paths resolve
         against ``base_dir``.  Raise ConfigError naming ``provider.<key>`` on bad input."""
         ...

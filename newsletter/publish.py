@@ -37,7 +37,9 @@ class Created:
     skipped: int
 
 
-def next_content(conn: Connection, config: Config, pub: Publication, now: datetime, number: int | None = None) -> dict[str, Any]:
+def next_content(
+    conn: Connection, config: Config, pub: Publication, now: datetime, number: int | None = None
+) -> dict[str, Any]:
     """What the next edition of ``pub`` would carry if created at ``now``."""
     carried = q.carried_article_ids(conn, pub.slug)
     rows = [r._asdict() for r in article_q.candidates(conn, fields=pub.fields, now=now, exclude_ids=carried)]
@@ -49,7 +51,9 @@ def receives(pub: Publication, row) -> bool:
     return row.publications is None or pub.slug in row.publications.split(",")
 
 
-def plan(conn: Connection, pub: Publication, content: dict[str, Any], edition_id: int, now: datetime) -> tuple[int, int]:
+def plan(
+    conn: Connection, pub: Publication, content: dict[str, Any], edition_id: int, now: datetime
+) -> tuple[int, int]:
     """Create the delivery rows; returns (pending, skipped)."""
     pending = skipped = 0
     batch: list[dict[str, Any]] = []

@@ -57,7 +57,9 @@ def storage_url(request, tmp_path):
         admin.dispose()
 
 
-def write_config(folder: Path, storage_url: str, *, provider: str | None = None, extra: str = "", replace: dict | None = None) -> Path:
+def write_config(
+    folder: Path, storage_url: str, *, provider: str | None = None, extra: str = "", replace: dict | None = None
+) -> Path:
     """Copy the project's config.toml into ``folder`` with another storage URL/provider."""
     source = (ROOT / "config.toml").read_text(encoding="utf-8")
     source = re.sub(r'(?m)^url = "sqlite:///var/newsletter.db"$', f'url = "{storage_url}"', source)
@@ -98,7 +100,8 @@ class CLI:
         from newsletter.cli import main
 
         runner = CliRunner()
-        res = runner.invoke(main, ["--config", str(self.config_path), *map(str, args)], input=input, catch_exceptions=True)
+        res = runner.invoke(main, ["--config", str(self.config_path), *map(str, args)], input=input,
+                            catch_exceptions=True)
         exc = res.exception if res.exception and not isinstance(res.exception, SystemExit) else None
         result = Result(res.exit_code, res.stdout, res.stderr, exc)
         if ok and (res.exit_code != 0 or exc):

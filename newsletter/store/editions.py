@@ -44,7 +44,8 @@ def insert_edition(
     ).inserted_primary_key[0]
     ids = [a["id"] for a in content["articles"]]
     if ids:
-        conn.execute(edition_articles.insert(), [{"edition_id": edition_id, "article_id": a, "position": i} for i, a in enumerate(ids)])
+        conn.execute(edition_articles.insert(),
+                     [{"edition_id": edition_id, "article_id": a, "position": i} for i, a in enumerate(ids)])
         conn.execute(update(articles).where(articles.c.id.in_(ids)).values(status="published", updated_at=now))
     return edition_id
 
@@ -98,7 +99,8 @@ def list_editions(conn: Connection, publication: str | None = None, limit: int =
 
 def counts(conn: Connection, edition_id: int) -> dict[str, int]:
     out = dict.fromkeys(DELIVERY_STATUSES, 0)
-    q = select(deliveries.c.status, func.count()).where(deliveries.c.edition_id == edition_id).group_by(deliveries.c.status)
+    q = (select(deliveries.c.status, func.count())
+         .where(deliveries.c.edition_id == edition_id).group_by(deliveries.c.status))
     for status, n in conn.execute(q):
         out[status] = n
     return out
@@ -261,7 +263,9 @@ def count_hard_bounces(conn: Connection, subscriber_ids: Sequence[int], limit: i
         )
     ).scalars().all()
     if suppressed:
-        conn.execute(update(subscribers).where(subscribers.c.id.in_(suppressed)).values(status="bounced", updated_at=now))
+        conn.execute(
+            update(subscribers).where(subscribers.c.id.in_(suppressed)).values(status="bounced", updated_at=now)
+        )
         conn.execute(consents.insert(), [
             {"subscriber_id": sid, "event": "bounced", "at": now, "source": "delivery", "detail": "hard bounce"}
             for sid in suppressed
