@@ -49,6 +49,15 @@ CSV_ALIASES = {
 KNOWN_KEYS = set(CSV_ALIASES) | {"source"}
 
 
+_SPACES = re.compile(r"[^\S\u3000]+")
+
+
+def fold_spaces(text: str) -> str:
+    """Runs of white space to one space, except U+3000: the ideographic space is part
+    of Japanese text (「素案を公表\u3000県の…」), not layout."""
+    return _SPACES.sub(" ", text).strip(" ")
+
+
 def check_url(value: str) -> str:
     url = value.strip()
     if not url:
@@ -123,7 +132,7 @@ def validate(raw: Mapping[str, Any], config: Config, *, default_fields: Sequence
         raise ValueError(f"unknown key '{unknown[0]}'")
     # Titles and authors end up in mail headers: no control characters at all (NUL
     # would also crash PostgreSQL, which cannot store it in a text column).
-    title = " ".join(header_safe(str(raw.get("title") or "")).split())
+    title = fold_spaces(header_safe(str(raw.get("title") or "")))
     if not title:
         raise ValueError("missing title")
     if len(title) > MAX_TITLE:
@@ -150,7 +159,7 @@ def validate(raw: Mapping[str, Any], config: Config, *, default_fields: Sequence
     if status not in INPUT_STATUSES:
         raise ValueError(f"bad status '{status}' (expected draft or queued)")
     guid = str(raw.get("guid") or "").strip() or None
-    author = " ".join(header_safe(str(raw.get("author") or "")).split())
+    author = fold_spaces(header_safe(str(raw.get("author") or "")))
     return {
         "title": title,
         "url": url,

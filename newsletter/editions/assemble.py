@@ -40,6 +40,7 @@ def freeze(
         "timezone": pub.timezone,
         "language": pub.language,
         "full_text": pub.full_text,
+        "text_width": pub.text_width,
         "site": {"name": config.site.name, "base_url": config.site.base_url},
         "sender": {
             "name": config.sender.name,

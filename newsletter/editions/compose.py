@@ -22,14 +22,15 @@ import html
 import logging
 import secrets
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime
+from functools import lru_cache
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from ..interfaces import MessageContent, OutgoingMessage
+from ..japanese import map_for_jis, unmappable
 from ..sanitize import header_safe
 from ..tokens import make_token
 from .render import GREETING, PREFERENCES_URL, UNSUBSCRIBE_URL, Rendered
@@ -105,8 +106,9 @@ def encode_address(name: str, address: str, charset: str, header_name: str) -> s
 
 
 def _base64_lines(data: bytes) -> bytes:
-    encoded = base64.b64encode(data)
-    return b"\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+    """Base64 in 76-character lines joined by CRLF (no final line break).
+    ``encodebytes`` makes the lines in C; slicing them in Python cost more than the encoding."""
+    return base64.encodebytes(data).rstrip(b"\n").replace(b"\n", b"\r\n")
 
 
 def _fold_inside_tags(line: bytes, limit: int) -> list[bytes]:
@@ -212,12 +214,13 @@ def _prepare(rendered: Rendered, sending: Sending, charset: str, eight_bit: bool
     html_body = rendered.html
     if html_body is not None and charset != "utf-8":
         html_body = html_body.replace('<meta charset="utf-8">', f'<meta charset="{charset}">', 1)
-    before = f"From: {encode_address(sending.from_name, sending.from_address, charset, 'From')}{CRLF}"
+    from_name, title = _for_charset(sending.from_name, charset), _for_charset(sending.publication_title, charset)
+    before = f"From: {encode_address(from_name, sending.from_address, charset, 'From')}{CRLF}"
     after = [f"Subject: {encode_text(rendered.subject, charset, 'Subject')}"]
     if sending.reply_to:
         after.append(f"Reply-To: {ascii_address(sending.reply_to)}")
     after += [
-        f"List-Id: {encode_text(sending.publication_title, charset, 'List-Id')} "
+        f"List-Id: {encode_text(title, charset, 'List-Id')} "
         f"<{sending.publication_slug}.{sending.domain}>",
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
         "Auto-Submitted: auto-generated",
@@ -312,13 +315,23 @@ def compose(
     Message-ID and List-Unsubscribe headers, and base64 where the part needs it.
     ``eight_bit`` allows 8-bit bodies (the server announced 8BITMIME).
     """
-    greet = greeting(recipient.name, rendered.language)
+    name = recipient.name
+    greet = greeting(name, rendered.language)
     unsubscribe, preferences = personal_urls(sending, recipient.subscriber_id)
+    if charset == "iso-2022-jp":
+        # Only what is the same character at another code point (ﾀﾛｳ → タロウ, NBSP):
+        # a person's name is never rewritten (① or 髙 in it → this message goes as UTF-8).
+        name, _ = map_for_jis(recipient.name, names=True)
+        greet = greeting(name, rendered.language)
     if charset != "utf-8" and not (
-        _fits(charset, greet, recipient.name) and _variant_fits(rendered, sending, charset)
+        _fits(charset, greet, name) and _variant_fits(rendered, sending, charset)
     ):
-        log.warning("delivery %s: text does not fit %s; sending this message as UTF-8", recipient.delivery_id, charset)
+        misfits = "".join(unmappable(greet)) if charset == "iso-2022-jp" else ""
+        log.warning("delivery %s: %s does not fit %s; sending this message as UTF-8", recipient.delivery_id,
+                    f"the name ({misfits})" if misfits else "the edition's text (see 'edition check')", charset)
         charset = "utf-8"
+        name = recipient.name
+        greet = greeting(name, rendered.language)
     prepared = _prepare(rendered, sending, charset, eight_bit)
     codec = prepared.codec
     values = {
@@ -334,7 +347,7 @@ def compose(
         # Folding between the two list items is allowed (RFC 2369); the URL itself is never folded.
         list_unsubscribe += f",{CRLF} <mailto:{sending.unsubscribe_mailto}?subject={subject}>"
     personal = (
-        f"To: {encode_address(recipient.name, recipient.email, charset, 'To')}{CRLF}"
+        f"To: {encode_address(name, recipient.email, charset, 'To')}{CRLF}"
         f"Date: {_date_header(int(now.timestamp()), sending.timezone)}{CRLF}"
         f"Message-ID: {msgid}{CRLF}"
         f"List-Unsubscribe: {list_unsubscribe}{CRLF}"
@@ -360,12 +373,19 @@ def compose(
         headers={"Message-ID": msgid, "List-Unsubscribe": list_unsubscribe.replace(CRLF, ""), "Charset": charset},
         variant=prepared.variant,
         content=prepared.content,
-        to_name=header_safe(recipient.name),
+        to_name=header_safe(name),
         personal={GREETING: greet, UNSUBSCRIBE_URL: unsubscribe, PREFERENCES_URL: preferences},
     )
 
 
 @lru_cache(maxsize=128)
 def _variant_fits(rendered: Rendered, sending: Sending, charset: str) -> bool:
-    return _fits(charset, rendered.subject, rendered.text, rendered.html or "", sending.from_name,
-                 sending.publication_title)
+    return _fits(charset, rendered.subject, rendered.text, rendered.html or "",
+                 _for_charset(sending.from_name, charset), _for_charset(sending.publication_title, charset))
+
+
+def _for_charset(text: str, charset: str) -> str:
+    """The publisher's own names (From, List-Id) get the same ISO-2022-JP mapping as
+    the edition's text (render.py), so a ① in the title does not push every
+    message to UTF-8; a reader's name is treated more carefully (see compose)."""
+    return map_for_jis(text)[0] if charset == "iso-2022-jp" else text

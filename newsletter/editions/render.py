@@ -10,6 +10,7 @@ never per recipient: :mod:`.compose` substitutes the placeholders below.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,7 @@ import jinja2
 import lxml.html
 from premailer import Premailer
 
+from .. import japanese
 from ..errors import InputError
 from .assemble import sections
 
@@ -38,14 +40,19 @@ PLACEHOLDERS = (GREETING, UNSUBSCRIBE_URL, PREFERENCES_URL)
 cssutils.log.setLevel(logging.CRITICAL)
 
 WEEKDAYS_JA = "月火水木金土日"
+# Not strftime's %A/%B: those follow the process locale (a server under ja_JP.UTF-8
+# would write "火曜日, 12月 1, 2026" into an English mail).
+WEEKDAYS_EN = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+MONTHS_EN = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+             "October", "November", "December")
 
 
 def date_texts(when: datetime, tz: str, language: str) -> tuple[str, str]:
     """(long, short) date in the publication's time zone: 2026年12月1日(火), 2026年12月1日."""
     local = when.astimezone(ZoneInfo(tz))
     if language == "en":
-        short = f"{local:%B} {local.day}, {local.year}"
-        return f"{local:%A}, {short}", short
+        short = f"{MONTHS_EN[local.month - 1]} {local.day}, {local.year}"
+        return f"{WEEKDAYS_EN[local.weekday()]}, {short}", short
     short = f"{local.year}年{local.month}月{local.day}日"
     return f"{short}({WEEKDAYS_JA[local.weekday()]})", short
 
@@ -69,6 +76,8 @@ class Rendered:
     text: str
     article_ids: tuple[int, ...]
     language: str
+    # What was rewritten to fit the charset (ISO-2022-JP): ① → (1) ×3 ...
+    replacements: tuple[japanese.Replacement, ...] = ()
 
 
 def context(content: Mapping[str, Any], fields: Sequence[str], when: datetime) -> dict[str, Any]:
@@ -121,13 +130,31 @@ def _html_for_text(source: str) -> str:
     return lxml.html.tostring(doc, encoding="unicode")
 
 
+# Whitespace html2text may collapse: all of Python's \s except U+3000.
+_COLLAPSE = re.compile(r"[^\S\u3000]+")
+
+
 class _PlainText(html2text.HTML2Text):
     """html2text without Markdown escapes: a summary line "1. 概要" or "- 項目" would
     otherwise reach the reader as "1\\. 概要" / "\\- 項目".  (``entity_char=True`` is
-    the only switch html2text has that skips ``escape_md_section``.)"""
+    the only switch html2text has that skips ``escape_md_section``.)
+
+    And without eating the ideographic space: html2text collapses text with
+    ``re.sub(r"\\s+", " ")``, and for ``str`` patterns ``\\s`` matches U+3000, so
+    "素案を公表\\u3000県の…" lost its full-width space.  U+3000 is a character of
+    Japanese text (a separator in titles, the paragraph indent), not layout."""
 
     def handle_data(self, data: str, entity_char: bool = False) -> None:
         super().handle_data(data, entity_char=True)
+
+    def o(self, data: str, puredata: bool = False, force: bool | str = False) -> None:
+        if puredata and not self.pre:
+            # What html2text.o() does for puredata, with U+3000 kept.
+            data = _COLLAPSE.sub(" ", data)
+            if data and data[0] == " ":
+                self.space = True
+                data = data[1:]
+        super().o(data, False, force)
 
 
 def html_to_text(source: str) -> str:
@@ -167,11 +194,19 @@ def render_variant(
     when: datetime,
     html: bool = True,
     charset: str = "utf-8",
+    width: int | None = None,
 ) -> Rendered:
     """Render the digest for one set of fields. ``html=False`` skips premailer.
 
     ``charset`` is the one the variant will be sent in (a variant is rendered
-    once per charset: text that must change to fit it changes here, once)."""
+    once per charset: text that must change to fit it changes here, once).
+    For ISO-2022-JP the subject, text and HTML go through
+    :func:`japanese.map_for_jis` (① → (1) ...); what was replaced is recorded
+    on the result, what cannot be mapped is left for compose's UTF-8 fallback.
+
+    The text part is wrapped to ``width`` display columns (default: the
+    content's ``text_width``, else 70) with kinsoku (:func:`japanese.wrap`),
+    after the mapping, which can change widths (ｱ → ア, ① → (1))."""
     env = environment(str(templates_dir))
     ctx = context(content, fields, when)
     try:
@@ -186,12 +221,32 @@ def render_variant(
         raise InputError(f"{templates_dir}: template '{exc.name}' not found") from None
     except jinja2.TemplateError as exc:
         raise InputError(f"{templates_dir}: template error: {exc}") from None
+    subject = " ".join(subject.split())
+    # premailer writes &nbsp; as U+00A0, which ISO-2022-JP cannot carry: every
+    # iso-2022-jp message would fall back to UTF-8.  The entity means the same.
+    body = inline_css(raw_html).replace("\xa0", "&nbsp;") if html else None
+    replacements: tuple[japanese.Replacement, ...] = ()
+    if charset == "iso-2022-jp":
+        subject, in_subject = japanese.map_for_jis(subject)
+        text, in_text = japanese.map_for_jis(text)
+        in_html: tuple[japanese.Replacement, ...] = ()
+        if body is not None:
+            body, in_html = japanese.map_for_jis(body)
+        # The HTML repeats the text's words (and more: the preheader): count a
+        # character once per part the reader sees it in, the larger count.
+        per_part = {(r.original, r.replacement): r.count for r in in_text}
+        for r in in_html:
+            key = (r.original, r.replacement)
+            per_part[key] = max(per_part.get(key, 0), r.count)
+        replacements = japanese.merge_replacements(
+            in_subject, (japanese.Replacement(o, n, c) for (o, n), c in per_part.items()))
+    width = width or content.get("text_width") or japanese.DEFAULT_WIDTH
+    text = japanese.wrap(text, width, ambiguous=1 if content["language"] == "en" else 2)
     return Rendered(
-        subject=" ".join(subject.split()),
-        # premailer writes &nbsp; as U+00A0, which ISO-2022-JP cannot carry: every
-        # iso-2022-jp message would fall back to UTF-8.  The entity means the same.
-        html=inline_css(raw_html).replace("\xa0", "&nbsp;") if html else None,
+        subject=subject,
+        html=body,
         text=text,
         article_ids=tuple(a["id"] for s in ctx["sections"] for a in s["articles"]),
         language=content["language"],
+        replacements=replacements,
     )

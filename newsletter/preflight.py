@@ -1,0 +1,351 @@
+"""Preflight: what would reach readers broken, found before an edition is sent.
+
+:func:`check_edition` looks at what ``edition send PUB`` would send now — the
+publication's unfinished edition if there is one (its pending deliveries),
+else the next edition as it would be created (the distinct variants of the
+active subscribers, exactly as :func:`publish.plan` would key them) — renders
+every variant once and checks it.  It writes nothing.
+
+Severities (``error`` stops ``edition send`` unless ``--force``; ``edition check``
+exits 1):
+
+=========  =================================================================
+error      the HTML is over Gmail's clipping limit (the footer with the
+           unsubscribe link and the sender display the Act on Specified
+           Electronic Mail requires would be cut off); a link that goes
+           nowhere (empty, relative, ``javascript:``, no host, spaces); no
+           unsubscribe link in a part; an empty subject; an untitled article
+           or an empty section; a template that does not render
+warning    characters not in ISO-2022-JP (compose sends those mails as UTF-8,
+           readable almost everywhere but not on every old phone — which is
+           why a reader chose ISO-2022-JP); ``http://`` or non-ASCII links;
+           text lines over the width that are not a lone URL; a subject
+           longer than 40 full-width characters; HTML near the clipping
+           limit; an article card with neither summary nor body; nobody
+           to send to
+info       what ISO-2022-JP mapping replaced (① → (1) ×3); sizes and
+           counts that are fine
+=========  =================================================================
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import lxml.html
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from . import japanese
+from .config import Config, Publication
+from .editions.assemble import VariantKey, sections, variant_fields
+from .editions.compose import PYTHON_CODECS
+from .editions.render import GREETING, PLACEHOLDERS, PREFERENCES_URL, UNSUBSCRIBE_URL, Rendered, render_variant
+from .errors import NewsletterError
+from .publish import load_content, next_content, receives
+from .store import editions as q
+from .store.tables import deliveries, subscribers, utcnow
+
+GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" past about 102 KB of HTML
+HTML_WARN_BYTES = 90 * 1024
+SUBJECT_WARN_COLUMNS = 80  # 40 full-width characters: about what a phone's inbox list shows
+# Stand-ins for the personal parts, as long as real ones (a 43-character token).
+_SAMPLE_NAME = "山田 太郎"
+_SAMPLE_TOKEN = "x" * 43
+
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing preflight noticed.  ``variant`` is the variant's key
+    (``fields|format|charset``), ``""`` for the edition as a whole."""
+
+    severity: str  # "error" | "warning" | "info"
+    code: str  # html-size, charset-mapped, charset-unmappable, text-width, subject, link, section, ...
+    message: str
+    variant: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.message}"
+
+
+def has_errors(findings: Iterable[Finding]) -> bool:
+    return any(f.severity == "error" for f in findings)
+
+
+def summary(findings: Iterable[Finding]) -> str:
+    counts = Counter(f.severity for f in findings)
+    return f"{counts['error']} error(s), {counts['warning']} warning(s)"
+
+
+# --------------------------------------------------------------------------- what the send needs
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``edition send`` would send: the content and readers per variant."""
+
+    content: dict[str, Any]
+    when: datetime
+    number: int
+    resumed: bool  # True: the unfinished edition, False: the next one
+    variants: dict[VariantKey, int]  # variant → readers
+    # Display names of ISO-2022-JP readers that cannot be written in it (their mail goes as UTF-8).
+    names_not_in_jis: tuple[str, ...] = ()
+
+
+def _names_not_in_jis(conn, ids: list[int]) -> tuple[str, ...]:
+    out: list[str] = []
+    for start in range(0, len(ids), q.CHUNK):
+        chunk = ids[start : start + q.CHUNK]
+        for (name,) in conn.execute(select(subscribers.c.name).where(subscribers.c.id.in_(chunk))):
+            if name and japanese.unmappable(japanese.map_for_jis(name, names=True)[0]):
+                out.append(name)
+    return tuple(out)
+
+
+def plan_send(engine: Engine, config: Config, pub: Publication, *, now: datetime | None = None) -> Plan | None:
+    """The edition ``edition send PUB`` would work on now, or None (nothing new)."""
+    now = now or utcnow()
+    with engine.connect() as conn:
+        row = q.unfinished(conn, pub.slug)
+        if row is not None:
+            pending = conn.execute(
+                select(deliveries.c.variant, func.count())
+                .where(deliveries.c.edition_id == row.id, deliveries.c.status == "pending")
+                .group_by(deliveries.c.variant)
+            )
+            variants = {VariantKey.decode(v): n for v, n in pending}
+            jis_ids = [i for (i,) in conn.execute(
+                select(deliveries.c.subscriber_id).where(
+                    deliveries.c.edition_id == row.id, deliveries.c.status == "pending",
+                    deliveries.c.variant.like("%|iso-2022-jp"), deliveries.c.subscriber_id.is_not(None)))]
+            return Plan(load_content(row), row.scheduled_for or row.created_at, row.number, True, variants,
+                        _names_not_in_jis(conn, jis_ids))
+        content = next_content(conn, config, pub, now)
+        if not content["articles"]:
+            return None
+        counts: Counter[VariantKey] = Counter()
+        jis_ids = []
+        for sub in q.subscribers_for(conn, pub.fields):
+            if not receives(pub, sub):
+                continue
+            fields = variant_fields(content, sub.fields.split(","))
+            if fields:
+                key = VariantKey(fields, sub.format, sub.charset or pub.charset)
+                counts[key] += 1
+                if key.charset == "iso-2022-jp":
+                    jis_ids.append(sub.id)
+        names = _names_not_in_jis(conn, jis_ids)
+    return Plan(content, now, content["number"], False, dict(counts), names)
+
+
+def check_edition(engine: Engine, config: Config, pub: Publication, *, now: datetime | None = None) -> list[Finding]:
+    """Every finding for what ``edition send PUB`` would send now (changes nothing).
+
+    ``edition send`` calls this first and refuses to start when
+    :func:`has_errors` is true, unless ``--force``."""
+    plan = plan_send(engine, config, pub, now=now)
+    if plan is None:
+        return [Finding("info", "nothing", f"{pub.slug}: nothing new to send (no queued articles past their embargo)")]
+    return check_plan(config, pub, plan)
+
+
+def check_plan(config: Config, pub: Publication, plan: Plan) -> list[Finding]:
+    """The checks themselves: pure, given the plan (no database)."""
+    findings: list[Finding] = []
+    if not plan.variants:
+        findings.append(Finding("warning", "readers", "no active subscriber would receive this edition"))
+    if any(k.charset == "iso-2022-jp" for k in plan.variants):
+        for what, value in (("sender name", config.sender.name), ("publication title", pub.title)):
+            rest = japanese.unmappable(value)
+            if rest:
+                findings.append(Finding(
+                    "warning", "charset-unmappable",
+                    f"{what} '{value}' has {_chars(rest)}, not in ISO-2022-JP: every ISO-2022-JP reader "
+                    "gets UTF-8 (From/List-Id headers are not mapped)"))
+    if plan.names_not_in_jis:
+        shown = "、".join(plan.names_not_in_jis[:5]) + ("…" if len(plan.names_not_in_jis) > 5 else "")
+        findings.append(Finding(
+            "warning", "charset-unmappable",
+            f"{len(plan.names_not_in_jis)} ISO-2022-JP reader(s) have a name that cannot be written in it "
+            f"({shown}): their mail goes out as UTF-8"))
+    rendered: dict[tuple[tuple[str, ...], str], Rendered] = {}
+    for key in sorted(plan.variants, key=VariantKey.encode):
+        label = key.encode()
+        readers = plan.variants[key]
+        findings.append(Finding("info", "readers", f"{readers} reader(s)", label))
+        base = (key.fields, key.charset)
+        if base not in rendered:
+            try:
+                rendered[base] = render_variant(plan.content, key.fields, config.templates_dir, when=plan.when,
+                                                html=True, charset=key.charset, width=pub.text_width)
+            except NewsletterError as exc:
+                findings.append(Finding("error", "render", f"does not render: {exc}", label))
+                continue
+        findings += [Finding(f.severity, f.code, f.message, label)
+                     for f in check_variant(rendered[base], key, readers, plan.content, config, pub.text_width)]
+    return findings
+
+
+# --------------------------------------------------------------------------- one variant
+
+
+def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Mapping[str, Any], config: Config,
+                  width: int) -> list[Finding]:
+    out: list[Finding] = []
+    html = rendered.html if key.format == "html" else None
+    base = config.site.base_url
+    personal = {GREETING: f"{_SAMPLE_NAME} 様", UNSUBSCRIBE_URL: f"{base}/unsubscribe/{_SAMPLE_TOKEN}",
+                PREFERENCES_URL: f"{base}/preferences/{_SAMPLE_TOKEN}"}
+
+    # Charset: what was mapped, what cannot be.
+    if key.charset == "iso-2022-jp":
+        if rendered.replacements:
+            out.append(Finding("info", "charset-mapped", f"mapped: {japanese.describe(rendered.replacements)}"))
+        rest = japanese.unmappable(rendered.subject + rendered.text + (html or ""))
+        if rest:
+            out.append(Finding("warning", "charset-unmappable",
+                               f"{_chars(rest)} not in ISO-2022-JP: these {readers} mail(s) go out as UTF-8"))
+    codec = PYTHON_CODECS[key.charset] if key.charset == "utf-8" or japanese.fits_jis(html or "") else "utf-8"
+
+    # HTML size, as Gmail counts it: the bytes of the HTML part.
+    if html is not None:
+        size = len(_substitute(html, personal).encode(codec, errors="replace"))
+        kb = f"{size / 1024:.1f} KB"
+        if size > GMAIL_CLIP_BYTES:
+            out.append(Finding("error", "html-size",
+                               f"HTML is {kb}: Gmail clips mail over 102 KB, hiding the footer and the "
+                               "unsubscribe link — carry fewer articles or no full text"))
+        elif size > HTML_WARN_BYTES:
+            out.append(Finding("warning", "html-size", f"HTML is {kb}, close to Gmail's 102 KB clipping limit"))
+        else:
+            out.append(Finding("info", "html-size", f"HTML {kb} (Gmail clips at 102 KB)"))
+
+    # Subject.
+    columns = japanese.display_width(rendered.subject)
+    if not rendered.subject.strip():
+        out.append(Finding("error", "subject", "the subject is empty"))
+    elif columns > SUBJECT_WARN_COLUMNS:
+        out.append(Finding("warning", "subject", f"subject is {columns / 2:g} full-width characters long; "
+                                                 f"phones show about {SUBJECT_WARN_COLUMNS // 2}"))
+    else:
+        out.append(Finding("info", "subject", f"subject {columns / 2:g} full-width characters"))
+
+    # Text lines.
+    over = [line for line in rendered.text.splitlines()
+            if japanese.display_width(line) > width and len(japanese.wrap_line(line.strip(), width)) > 1]
+    if over:
+        out.append(Finding("warning", "text-width", f"{len(over)} text line(s) over {width} columns, "
+                                                    f"e.g. '{over[0][:40]}…'"))
+    else:
+        out.append(Finding("info", "text-width", f"text lines within {width} columns (long URLs alone on a line)"))
+
+    # The opt-out the law requires, in every part the reader may see.
+    for part, body in (("text", rendered.text), ("HTML", html)):
+        if body is not None and UNSUBSCRIBE_URL not in body:
+            out.append(Finding("error", "unsubscribe", f"the {part} part has no unsubscribe link"))
+
+    # Sections and articles.
+    secs = sections(content, key.fields)
+    if not secs:
+        out.append(Finding("error", "section", "no article at all: the digest would be empty"))
+    for sec in secs:
+        if not sec["articles"]:
+            out.append(Finding("error", "section", f"section '{sec['field']['name']}' is empty"))
+        for art in sec["articles"]:
+            if not (art.get("title") or "").strip():
+                out.append(Finding("error", "section", f"article {art['id']} has no title"))
+            body = art.get("body_html") if content.get("full_text") else art.get("summary")
+            if not (body or "").strip():
+                what = "body" if content.get("full_text") else "summary"
+                out.append(Finding("warning", "section", f"'{_short(art.get('title'))}' has no {what}: "
+                                                         "its card shows only the title"))
+
+    # Links.
+    links: dict[str, str] = {}
+    for sec in secs:
+        for art in sec["articles"]:
+            links.setdefault(art.get("url") or "", _short(art.get("title")))
+    if html is not None:
+        doc = lxml.html.document_fromstring(html)
+        for el in doc.iter("a", "img"):
+            attr = "href" if el.tag == "a" else "src"
+            links.setdefault((el.get(attr) or "").strip(), _short(el.text_content()) or el.tag)
+    for url, label in links.items():
+        problem = link_problem(url)
+        if problem:
+            severity, why = problem
+            out.append(Finding(severity, "link", f"link '{label}': {url or '(empty)'} — {why}"))
+    return out
+
+
+def link_problem(url: str) -> tuple[str, str] | None:
+    """(severity, why) when a link in a mail would not work (or only over plain HTTP)."""
+    url = url.strip()
+    if not url:
+        return "error", "empty link"
+    if url in PLACEHOLDERS:
+        return None
+    if any(c.isspace() for c in url) or any(ord(c) < 32 for c in url):
+        return "error", "has spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        return "error", f"malformed ({exc})"
+    scheme = parts.scheme.lower()
+    if scheme == "mailto":
+        return None if "@" in parts.path else ("error", "mailto: without an address")
+    if scheme == "tel":
+        return None
+    if not scheme:
+        return "error", "no scheme: a relative link goes nowhere in a mail"
+    if scheme not in ("http", "https"):
+        return "error", f"'{scheme}:' is not a web link"
+    host = parts.hostname or ""
+    if not host or "." not in host or host.startswith(".") or host.endswith("."):
+        return "error", "no valid host name"
+    if not url.isascii():
+        return "warning", "not ASCII: some clients break it; percent-encode it"
+    if scheme == "http":
+        return "warning", "not https"
+    return None
+
+
+def _substitute(text: str, values: Mapping[str, str]) -> str:
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    return text
+
+
+def _chars(chars: Iterable[str]) -> str:
+    return ", ".join(f"{c} (U+{ord(c):04X})" for c in chars)
+
+
+def _short(text: str | None, n: int = 30) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def format_findings(findings: Iterable[Finding], *, verbose: bool = True) -> list[str]:
+    """Lines for a terminal, grouped by variant (``verbose=False``: errors and warnings only)."""
+    lines: list[str] = []
+    current = None
+    for f in findings:
+        if not verbose and f.severity == "info":
+            continue
+        if f.variant != current:
+            current = f.variant
+            if current:
+                fields, fmt, charset = current.split("|")
+                lines.append(f"variant {fields or '-'} | {fmt} | {charset}")
+        mark = {"error": "ERROR  ", "warning": "warning", "info": "info   "}[f.severity]
+        lines.append(f"  {mark} {f.message}" if f.variant else f"{mark} {f.message}")
+    return lines
