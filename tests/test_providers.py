@@ -126,7 +126,8 @@ def test_entry_point_providers(tmp_path):
         load_provider("nope", {}, tmp_path)
     with pytest.raises(ConfigError, match=r"^provider.kind: cannot load provider 'missing'"):
         load_provider("missing", {}, tmp_path)
-    with pytest.raises(ConfigError, match=r"known: file, memory, missing, nope, smtp\)"):
+    known = r"known: file, mailgun, memory, missing, nope, postmark, sendgrid, ses, smtp\)"
+    with pytest.raises(ConfigError, match=known):
         load_provider("pigeon", {}, tmp_path)
 
 

@@ -31,6 +31,10 @@ ENTRY_POINT_GROUP = "newsletter.providers"
 _BUILTIN: dict[str, str] = {
     "file": "newsletter.providers.file:FileProvider",
     "smtp": "newsletter.providers.smtp:SMTPProvider",
+    "sendgrid": "newsletter.providers.sendgrid:SendGridProvider",
+    "mailgun": "newsletter.providers.mailgun:MailgunProvider",
+    "postmark": "newsletter.providers.postmark:PostmarkProvider",
+    "ses": "newsletter.providers.ses:SESProvider",
 }
 
 # max_batch is left out on purpose: it is often set per instance from the options,
