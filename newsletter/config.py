@@ -13,6 +13,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -38,6 +39,8 @@ class Site:
     secret_env: str = "NEWSLETTER_SECRET"
     language: str = "ja"
     timezone: str = "Asia/Tokyo"
+    # Comma-separated old signing keys, still accepted when verifying links (key rotation).
+    old_secrets_env: str = "NEWSLETTER_OLD_SECRETS"
 
     @property
     def domain(self) -> str:
@@ -73,6 +76,9 @@ class Publication:
     full_text: bool = False
     language: str = "ja"
     description: str = ""
+    text_width: int = 70  # display columns of the text part (a full-width character takes 2)
+    on_holiday: str = "send"  # "send" | "skip" | "next_business_day" (see calendar_jp)
+    misfire_grace: float = 6 * 3600.0  # seconds: a slot missed by less is still sent
 
     @property
     def tz(self) -> ZoneInfo:
@@ -130,7 +136,7 @@ def parse_rate(text: str) -> Rate:
     return Rate(float(m.group(1)), _UNIT_SECONDS[m.group(2)])
 
 
-def _parse_delivery(r: "_Reader") -> DeliverySettings:
+def _parse_delivery(r: _Reader) -> DeliverySettings:
     def positive_int(key: str, default):
         value = r.get(key, int, default)
         if value is not None and value < 1:
@@ -181,6 +187,193 @@ def _parse_delivery(r: "_Reader") -> DeliverySettings:
     )
 
 
+ON_HOLIDAY = ("send", "skip", "next_business_day")
+
+
+@dataclass(frozen=True)
+class CalendarSettings:
+    """``[calendar]``: the days no edition goes out on besides Japan's public holidays.
+
+    ``closure`` is the year-end closure as ((month, day), (month, day)), inclusive,
+    wrapping over the new year (default 12/29–1/3, the 年末年始 of public offices);
+    None when ``closure = []``.  ``closed_dates`` are extra single days (お盆, an
+    office's own holidays)."""
+
+    closure: tuple[tuple[int, int], tuple[int, int]] | None = ((12, 29), (1, 3))
+    closed_dates: tuple[date, ...] = ()
+
+
+def _duration(r: _Reader, key: str, default: str) -> float:
+    """Seconds from "30m", "6h", "2d" or an integer of seconds."""
+    value = r.get(key, (str, int), default)
+    if isinstance(value, int):
+        if value < 0:
+            r.fail("must not be negative", key)
+        return float(value)
+    m = _DURATION_RE.match(value)
+    if not m:
+        r.fail(f"invalid duration '{value}' (expected e.g. \"30m\", \"6h\", \"2d\" or seconds)", key)
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+def _parse_calendar(r: _Reader) -> CalendarSettings:
+    closure = None
+    raw = r.get("closure", list, ["12-29", "01-03"])
+    if raw:
+        if len(raw) != 2 or not all(isinstance(x, str) for x in raw):
+            r.fail('expected ["MM-DD", "MM-DD"] (first and last day, inclusive) or [] for none', "closure")
+        ends = []
+        for x in raw:
+            m = re.match(r"^(\d{1,2})-(\d{1,2})$", x.strip())
+            try:
+                if not m:
+                    raise ValueError
+                date(2000, int(m.group(1)), int(m.group(2)))  # a leap year: 02-29 is a day
+            except ValueError:
+                r.fail(f"invalid day '{x}' (expected MM-DD)", "closure")
+            ends.append((int(m.group(1)), int(m.group(2))))
+        closure = (ends[0], ends[1])
+    dates = []
+    for x in r.get("closed_dates", list, []):
+        try:
+            dates.append(date.fromisoformat(x) if isinstance(x, str) else x)
+        except ValueError:
+            r.fail(f"invalid date '{x}' (expected YYYY-MM-DD)", "closed_dates")
+        if not isinstance(dates[-1], date):
+            r.fail(f"invalid date {x!r} (expected YYYY-MM-DD)", "closed_dates")
+    r.done()
+    return CalendarSettings(closure=closure, closed_dates=tuple(sorted(set(dates))))
+
+
+@dataclass(frozen=True)
+class WindowLimit:
+    """At most ``count`` events per ``seconds`` ("10/h", "3/d", "5/10m")."""
+
+    count: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """``[web.webhooks]``: how each provider's bounce/complaint webhook is authenticated.
+    An endpoint whose credentials are not configured answers 404."""
+
+    max_age_seconds: float = 86400.0
+    sendgrid_public_key: str | None = None  # base64 DER or PEM; public, so it may live in the file
+    sendgrid_public_key_env: str | None = None
+    mailgun_signing_key_env: str | None = None
+    postmark_username: str | None = None
+    postmark_password_env: str | None = None
+    ses_certificates: Path | None = None  # folder of SNS signing certificates, named as in SigningCertURL
+    ses_certificate_hosts: tuple[str, ...] = ("sns.*.amazonaws.com", "sns.*.amazonaws.com.cn")
+    ses_fetch_certificates: bool = False
+    ses_topic_arns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """``[web]``: the subscriber web service (``newsletter serve``)."""
+
+    consent_version: str = "1"
+    confirm_expiry_seconds: float = 72 * 3600.0
+    signup_limit_ip: WindowLimit = WindowLimit(10, 3600.0)
+    signup_limit_address: WindowLimit = WindowLimit(3, 86400.0)
+    max_body_bytes: int = 64 * 1024
+    trusted_proxies: tuple[str, ...] = ()
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+
+
+@dataclass(frozen=True)
+class BounceSettings:
+    """``[bounces]``: soft bounces suppress an address after ``soft_limit`` in ``soft_window``."""
+
+    soft_limit: int = 3
+    soft_window_seconds: float = 30 * 86400.0
+
+
+_WINDOW_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(s|m|h|d)\s*$")
+
+
+def _web_duration(r: _Reader, key: str, default: str) -> float:
+    value = r.get(key, (str, int), default)
+    if isinstance(value, int):
+        seconds = float(value)
+    else:
+        m = _DURATION_RE.match(value)
+        if not m:
+            r.fail(f"invalid duration '{value}' (expected e.g. \"72h\", \"30d\" or seconds)", key)
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    if seconds <= 0:
+        r.fail("must be more than 0", key)
+    return seconds
+
+
+def _window_limit(r: _Reader, key: str, default: WindowLimit) -> WindowLimit:
+    if key not in r.data:
+        r.used.add(key)
+        return default
+    text = r.get(key, str)
+    m = _WINDOW_RE.match(text)
+    if not m or int(m.group(1)) < 1:
+        r.fail(f"invalid limit '{text}' (expected e.g. \"10/h\", \"3/d\" or \"5/10m\")", key)
+    return WindowLimit(int(m.group(1)), float(m.group(2) or 1) * _UNIT_SECONDS[m.group(3)])
+
+
+def _str_list(r: _Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = r.get(key, list, list(default))
+    if not all(isinstance(v, str) and v.strip() for v in value):
+        r.fail("expected a list of strings", key)
+    return tuple(v.strip() for v in value)
+
+
+def _parse_web(file: Path, raw: Any) -> WebSettings:
+    r = _Reader(file, "web", raw)
+    version = r.text("consent_version", "1")
+    if not version.strip():
+        r.fail("must not be empty", "consent_version")
+    max_body = r.get("max_body_bytes", int, 64 * 1024)
+    if max_body < 1024:
+        r.fail("must be at least 1024", "max_body_bytes")
+    w = _Reader(file, "web.webhooks", r.get("webhooks", dict, {}))
+    certs = w.get("ses_certificates", str, None)
+    webhooks = WebhookSettings(
+        max_age_seconds=_web_duration(w, "max_age", "1d"),
+        sendgrid_public_key=w.get("sendgrid_public_key", str, None),
+        sendgrid_public_key_env=w.get("sendgrid_public_key_env", str, None),
+        mailgun_signing_key_env=w.get("mailgun_signing_key_env", str, None),
+        postmark_username=w.get("postmark_username", str, None),
+        postmark_password_env=w.get("postmark_password_env", str, None),
+        ses_certificates=(file.parent / certs) if certs else None,
+        ses_certificate_hosts=_str_list(w, "ses_certificate_hosts", WebhookSettings.ses_certificate_hosts),
+        ses_fetch_certificates=w.get("ses_fetch_certificates", bool, False),
+        ses_topic_arns=_str_list(w, "ses_topic_arns", ()),
+    )
+    if bool(webhooks.postmark_username) != bool(webhooks.postmark_password_env):
+        w.fail("postmark_username and postmark_password_env go together", "postmark_username")
+    w.done()
+    settings = WebSettings(
+        consent_version=version.strip(),
+        confirm_expiry_seconds=_web_duration(r, "confirm_expiry", "72h"),
+        signup_limit_ip=_window_limit(r, "signup_limit_ip", WindowLimit(10, 3600.0)),
+        signup_limit_address=_window_limit(r, "signup_limit_address", WindowLimit(3, 86400.0)),
+        max_body_bytes=max_body,
+        trusted_proxies=_str_list(r, "trusted_proxies", ()),
+        webhooks=webhooks,
+    )
+    r.done()
+    return settings
+
+
+def _parse_bounces(file: Path, raw: Any) -> BounceSettings:
+    r = _Reader(file, "bounces", raw)
+    limit = r.get("soft_limit", int, 3)
+    if limit < 1:
+        r.fail("must be at least 1", "soft_limit")
+    settings = BounceSettings(soft_limit=limit, soft_window_seconds=_web_duration(r, "soft_window", "30d"))
+    r.done()
+    return settings
+
+
 @dataclass(frozen=True)
 class ProviderConfig:
     kind: str
@@ -199,6 +392,9 @@ class Config:
     publications: tuple[Publication, ...]
     templates_dir: Path
     subscribers_dir: Path
+    calendar: CalendarSettings = field(default_factory=CalendarSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    bounces: BounceSettings = field(default_factory=BounceSettings)
 
     @property
     def base_dir(self) -> Path:
@@ -372,6 +568,7 @@ def parse_config(raw: dict, file: Path) -> Config:
         secret_env=r.text("secret_env", "NEWSLETTER_SECRET"),
         language=r.choice("language", LANGUAGES, "ja"),
         timezone=_timezone(r, "timezone", "Asia/Tokyo"),
+        old_secrets_env=r.text("old_secrets_env", "NEWSLETTER_OLD_SECRETS"),
     )
     r.done()
 
@@ -445,6 +642,9 @@ def parse_config(raw: dict, file: Path) -> Config:
         max_articles = r.get("max_articles", int, 20)
         if max_articles < 1:
             r.fail("must be at least 1", "max_articles")
+        text_width = r.get("text_width", int, 70)
+        if text_width < 30:
+            r.fail("must be at least 30 (15 full-width characters)", "text_width")
         pubs.append(
             Publication(
                 slug=slug,
@@ -457,11 +657,19 @@ def parse_config(raw: dict, file: Path) -> Config:
                 full_text=r.get("full_text", bool, False),
                 language=r.choice("language", LANGUAGES, site.language),
                 description=r.get("description", str, ""),
+                text_width=text_width,
+                on_holiday=r.choice("on_holiday", ON_HOLIDAY, "send"),
+                misfire_grace=_duration(r, "misfire_grace", "6h"),
             )
         )
         r.done()
 
-    top.used.update({"site", "sender", "storage", "provider", "fields", "publications", "paths"})
+    calendar = _parse_calendar(_Reader(file, "calendar", raw.get("calendar", {})))
+
+    web = _parse_web(file, raw.get("web", {}))
+    bounces = _parse_bounces(file, raw.get("bounces", {}))
+    top.used.update({"web", "bounces"})
+    top.used.update({"site", "sender", "storage", "provider", "fields", "publications", "paths", "calendar"})
     top.done()
     return Config(
         path=file,
@@ -474,4 +682,7 @@ def parse_config(raw: dict, file: Path) -> Config:
         publications=tuple(pubs),
         templates_dir=templates_dir,
         subscribers_dir=subscribers_dir,
+        calendar=calendar,
+        web=web,
+        bounces=bounces,
     )

@@ -339,3 +339,129 @@ def publications_of(config: Config, row) -> Sequence[str]:
     mine = set(row.fields.split(","))
     named = set(row.publications.split(",")) if row.publications else None
     return [p.slug for p in config.publications if (named is None or p.slug in named) and mine & set(p.fields)]
+
+
+# -- The subscriber web service (double opt-in, preference center, unsubscribe) ----
+
+@dataclass(frozen=True)
+class SignupRequested:
+    """What a sign-up form submission led to.  ``already`` is True when the
+    address is active: it gets a notice instead of a confirmation link, and the
+    page shown is the same (no address enumeration)."""
+
+    subscriber_id: int
+    signup_id: int | None
+    email: str
+    already: bool
+
+
+def request_signup(
+    engine: Engine, values: dict[str, Any], *, ip: str | None, user_agent: str | None, wording_version: str,
+    now, expires,
+) -> SignupRequested:
+    """Record a sign-up waiting for confirmation (``values`` already validated).
+
+    A new address becomes a ``pending`` subscriber; an existing one keeps its
+    status (an unsubscribed address comes back only through the link). The
+    requested fields/format/name wait in ``signups`` until confirmation."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        return _request_signup(engine, values, ip=ip, user_agent=user_agent, wording_version=wording_version,
+                               now=now, expires=expires)
+    except IntegrityError:  # the same new address signed up twice at the same moment: the other one won
+        return _request_signup(engine, values, ip=ip, user_agent=user_agent, wording_version=wording_version,
+                               now=now, expires=expires)
+
+
+def _request_signup(engine: Engine, values: dict[str, Any], *, ip, user_agent, wording_version, now,
+                    expires) -> SignupRequested:
+    from .store import web as wq
+
+    with engine.begin() as conn:
+        row = q.get_by_email(conn, values["email"])
+        if row is None:
+            q.insert_many(conn, [{**values, "status": "pending"}])
+            row = q.get_by_email(conn, values["email"])
+        if row.status == "active":
+            return SignupRequested(row.id, None, row.email, already=True)
+        q.add_consent(conn, row.id, "signup", at=now, source="web", ip=ip, user_agent=user_agent,
+                      wording_version=wording_version)
+        signup_id = wq.insert_signup(conn, {
+            "subscriber_id": row.id, "name": values.get("name") or "", "fields": values["fields"],
+            "format": values["format"], "ip": ip, "user_agent": user_agent, "wording_version": wording_version,
+            "created_at": now, "expires_at": expires,
+        })
+        return SignupRequested(row.id, signup_id, row.email, already=False)
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    subscriber_id: int
+    email: str
+    fields: str
+    format: str
+
+
+def confirm_signup(engine: Engine, signup_id: int, *, ip: str | None, user_agent: str | None, now) -> Confirmed | str:
+    """Activate the subscriber of a sign-up; "used" if it was confirmed before,
+    "gone" if the sign-up no longer exists (the subscriber was erased)."""
+    from .store import web as wq
+
+    with engine.begin() as conn:
+        signup = wq.get_signup(conn, signup_id)
+        if signup is None:
+            return "gone"
+        if not wq.mark_confirmed(conn, signup_id, now):
+            return "used"
+        row = q.get_by_id(conn, signup.subscriber_id)
+        changes = {"fields": signup.fields, "format": signup.format, "status": "active", "bounce_count": 0}
+        if signup.name:
+            changes["name"] = signup.name
+        q.update_subscriber(conn, row.id, changes)
+        q.add_consent(
+            conn, row.id, "confirm", at=now, source="web", ip=ip, user_agent=user_agent,
+            wording_version=signup.wording_version,
+            detail=f"signed up {signup.created_at.isoformat(timespec='seconds')} from {signup.ip or '-'}",
+        )
+        return Confirmed(row.id, row.email, signup.fields, signup.format)
+
+
+def set_preferences(
+    engine: Engine, config: Config, subscriber_id: int, fields: Iterable[str], fmt: str, *,
+    ip: str | None, user_agent: str | None,
+) -> dict[str, Any] | None:
+    """The preference center: replace fields and format. ValueError for bad
+    values; None when the subscriber no longer exists."""
+    values = {"fields": parse_fields(config, list(fields)), "format": parse_format(fmt)}
+    with engine.begin() as conn:
+        row = q.get_by_id(conn, subscriber_id)
+        if row is None:
+            return None
+        changed = sorted(k for k, v in values.items() if getattr(row, k) != v)
+        if changed:
+            q.update_subscriber(conn, subscriber_id, values)
+            q.add_consent(conn, subscriber_id, "change", source="web", ip=ip, user_agent=user_agent,
+                          detail=", ".join(f"{k}={values[k]}" for k in changed))
+    return values
+
+
+def unsubscribe_id(
+    engine: Engine, subscriber_id: int, *, source: str, ip: str | None = None, user_agent: str | None = None,
+    detail: str | None = None,
+) -> tuple[str | None, int]:
+    """Unsubscribe by id (a signed link or a mailed request): the pending
+    deliveries are cancelled and a consent row written; repeating it, or doing
+    it to a bounced/complained address, changes nothing.
+
+    Returns (the status before or None when there is no such subscriber, the
+    number of deliveries cancelled)."""
+    with engine.begin() as conn:
+        row = q.get_by_id(conn, subscriber_id)
+        if row is None:
+            return None, 0
+        if row.status in q.SUPPRESSED:
+            return row.status, 0
+        q.update_subscriber(conn, subscriber_id, {"status": "unsubscribed"})
+        q.add_consent(conn, subscriber_id, "unsubscribed", source=source, ip=ip, user_agent=user_agent, detail=detail)
+        return row.status, q.cancel_pending_deliveries(conn, subscriber_id)

@@ -5,6 +5,15 @@ the purpose and the id, truncated to 128 bits and base64url-encoded.
 Unsubscribe and preference tokens do not expire: a link in a mail from last
 year must still work.  Verification accepts the current key and any old ones,
 so that keys can be rotated without breaking links already sent.
+
+Confirmation links of the sign-up form (double opt-in) are different: they
+expire and are used once.  Their token is ``<sign-up id>.<expiry>.<signature>``
+(expiry in epoch seconds, inside the signed text, so it cannot be extended);
+single use is the store's business (``signups.confirmed_at``).
+
+Key rotation: :func:`signing_keys` is the current key (``config.secret()``)
+followed by the old ones from the variable named by ``[site] old_secrets_env``
+(comma-separated).  New links are always signed with the first.
 """
 
 from __future__ import annotations
@@ -12,9 +21,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 PURPOSES = ("unsubscribe", "preferences")
+EXPIRING_PURPOSES = ("confirm",)
 
 
 def _sig(key: bytes, purpose: str, subscriber_id: int) -> str:
@@ -37,4 +50,55 @@ def verify_token(keys: Iterable[bytes], purpose: str, token: str) -> int | None:
     for key in keys:
         if hmac.compare_digest(_sig(key, purpose, sid), sig):
             return sid
+    return None
+
+
+def signing_keys(config) -> list[bytes]:
+    """The current key, then the old ones still accepted (rotation)."""
+    keys = [config.secret()]
+    env = getattr(config.site, "old_secrets_env", None)
+    for old in (os.environ.get(env, "") if env else "").split(","):
+        old = old.strip()
+        if old and old.encode() not in keys:
+            keys.append(old.encode())
+    return keys
+
+
+@dataclass(frozen=True)
+class Expiring:
+    """A verified expiring token: whose it is, and whether it has run out."""
+
+    ident: int
+    expires: int
+    expired: bool
+
+
+_DIGITS = re.compile(r"[0-9]{1,15}")
+
+
+def _expiring_sig(key: bytes, purpose: str, ident: int, expires: int) -> str:
+    text = f"newsletter:{purpose}:{ident}:{expires}".encode()
+    return base64.urlsafe_b64encode(hmac.new(key, text, hashlib.sha256).digest()[:16]).rstrip(b"=").decode()
+
+
+def make_expiring_token(key: bytes, purpose: str, ident: int, expires: int) -> str:
+    """A token for ``ident`` that stops working at ``expires`` (epoch seconds)."""
+    if purpose not in EXPIRING_PURPOSES:
+        raise ValueError(f"unknown token purpose {purpose!r}")
+    return f"{ident}.{expires}.{_expiring_sig(key, purpose, ident, expires)}"
+
+
+def verify_expiring_token(keys: Iterable[bytes], purpose: str, token: str, now: float) -> Expiring | None:
+    """None for a token none of ``keys`` made (forged, truncated, other purpose);
+    otherwise its id, with ``expired`` set when ``now`` is past its expiry."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    ident_text, expires_text, sig = parts
+    if not (_DIGITS.fullmatch(ident_text) and _DIGITS.fullmatch(expires_text)):
+        return None
+    ident, expires = int(ident_text), int(expires_text)
+    for key in keys:
+        if hmac.compare_digest(_expiring_sig(key, purpose, ident, expires), sig):
+            return Expiring(ident, expires, expired=now >= expires)
     return None

@@ -7,7 +7,6 @@ file/line/key/address), 2 usage error (click's own).
 from __future__ import annotations
 
 import logging
-import sys
 from datetime import datetime
 
 import click
@@ -69,20 +68,20 @@ pass_app = click.make_pass_decorator(App)
     help="config.toml to use (default: $NEWSLETTER_CONFIG, else ./config.toml).",
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", envvar="NEWSLETTER_LOG_FORMAT",
+              show_default=True, help="Log lines on stderr as text or as JSON lines.")
 @click.version_option(__version__, prog_name="newsletter")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+def main(ctx: click.Context, config_path: str | None, verbose: int, log_format: str) -> None:
     """newsletter — a mail-magazine publishing pipeline.
 
     Editors queue articles, operators manage subscribers, and editions (第N号)
     go out as a digest of each subscriber's fields.
     """
     # Our own events at INFO; libraries (alembic, premailer's cssutils...) only when asked.
-    logging.basicConfig(
-        level=logging.DEBUG if verbose >= 2 else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from ..logs import configure
+
+    configure(log_format, debug=verbose >= 2)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     ctx.obj = App(config_path)
 
@@ -104,4 +103,4 @@ def init(app: App) -> None:
 
 
 # Each noun's commands live in their own module and register on ``main``.
-from . import articles, demo, editions, subscribers  # noqa: E402,F401
+from . import articles, bounces, check, demo, editions, run, schedule, subscribers, web  # noqa: E402,F401

@@ -76,3 +76,13 @@ def cancel_pending_deliveries(conn: Connection, subscriber_id: int) -> int:
 
 def delete_subscriber(conn: Connection, subscriber_id: int) -> None:
     conn.execute(delete(subscribers).where(subscribers.c.id == subscriber_id))
+
+
+def add_consent(conn: Connection, subscriber_id: int, event: str, **values: Any) -> None:
+    """One consent row for one subscriber (by id), e.g. from the web service."""
+    at = values.pop("at", None) or utcnow()
+    conn.execute(consents.insert().values(subscriber_id=subscriber_id, event=event, at=at, **values))
+
+
+def get_by_id(conn: Connection, subscriber_id: int) -> Row | None:
+    return conn.execute(select(subscribers).where(subscribers.c.id == subscriber_id)).first()

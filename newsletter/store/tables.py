@@ -178,3 +178,86 @@ deliveries = Table(
     Index("ix_deliveries_edition_status", "edition_id", "status"),
     Index("ix_deliveries_status_updated_at", "status", "updated_at"),
 )
+
+# -- scheduling (issue 5): the runtime state of each publication's schedule ----------
+# The schedule itself (cron, time zone, holiday policy) is config.toml; this is what a
+# running daemon must not forget across a restart.  Our own table rather than
+# APScheduler's SQLAlchemyJobStore: see newsletter/scheduling.py.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("publication", String(64), primary_key=True),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("paused_at", UTCDateTime, nullable=True),
+    # Every slot up to this time has been dealt with (sent, skipped or missed): the
+    # catch-up after a restart starts here.
+    Column("handled_until", UTCDateTime, nullable=False),
+    Column("next_run_at", UTCDateTime, nullable=True),
+    Column("last_slot", UTCDateTime, nullable=True),
+    Column("last_run_at", UTCDateTime, nullable=True),
+    Column("last_result", Text, nullable=True),
+    # cron | time zone | on_holiday | calendar as last seen: a change is noticed.
+    Column("signature", String(500), nullable=False, default=""),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# One row per running `newsletter run` (heartbeat), for `newsletter status`.
+daemons = Table(
+    "daemons",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("host", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+)
+
+# --- The subscriber web service (newsletter/web, newsletter/bounces.py) ---
+
+# A sign-up waiting for its confirmation link: what the person asked for, and
+# where from.  The subscriber row changes only on confirmation; ``confirmed_at``
+# makes the link single-use.
+signups = Table(
+    "signups",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subscriber_id", Integer, ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False, default=""),
+    Column("fields", String(500), nullable=False),
+    Column("format", String(8), nullable=False),
+    Column("ip", String(64), nullable=True),
+    Column("user_agent", String(500), nullable=True),
+    Column("wording_version", String(64), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("confirmed_at", UTCDateTime, nullable=True),
+    Index("ix_signups_subscriber_id", "subscriber_id"),
+)
+
+# Bounces, complaints and mailed unsubscribe requests, one row per provider
+# event: the unique (source, event_id) makes every intake idempotent, and the
+# soft bounces of the last window are counted from here.  No address is kept:
+# an erased subscriber leaves nothing behind (ON DELETE CASCADE).
+mail_events = Table(
+    "mail_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source", String(32), nullable=False),
+    Column("event_id", String(300), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("subscriber_id", Integer, ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("detail", Text, nullable=True),
+    UniqueConstraint("source", "event_id", name="uq_mail_events_source_event_id"),
+    Index("ix_mail_events_subscriber_kind_at", "subscriber_id", "kind", "at"),
+)
+
+# Fixed-window counters for the sign-up form's per-IP and per-address limits
+# (in the database, so that several server processes share them).
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("window_start", UTCDateTime, nullable=False),
+    Column("count", Integer, nullable=False),
+)

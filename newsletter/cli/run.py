@@ -1,0 +1,89 @@
+"""``newsletter run`` (the daemon) and ``newsletter status`` (what it is doing)."""
+
+from __future__ import annotations
+
+import click
+
+from ..delivery import edition_eta
+from ..scheduling import next_slot
+from ..store import editions as edition_q
+from ..store import schedules as store
+from ..store.tables import utcnow
+from . import App, main, pass_app
+from .schedule import live_daemons, slot_text
+
+
+@main.command("run")
+@click.option("--poll", type=click.FloatRange(0.2, 60), default=10.0, show_default=True,
+              help="Seconds between looks at config.toml, the schedule table and due deliveries.")
+@click.option("--stop-timeout", type=click.FloatRange(0, 3600), default=60.0, show_default=True,
+              help="On SIGTERM/SIGINT, how long messages in flight may take to finish.")
+@pass_app
+def run_daemon(app: App, poll, stop_timeout):
+    """Run the scheduler and the delivery worker until SIGTERM or SIGINT.
+
+    Editions go out on their publication's schedule; unfinished ones are resumed
+    at start; config.toml changes and CLI actions apply within POLL seconds.
+    """
+    from ..daemon import Daemon
+
+    daemon = Daemon(app.config_path, poll_seconds=poll, stop_timeout=stop_timeout)
+    raise SystemExit(daemon.run())
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return " ".join(f"{k}={counts[k]}" for k in ("sent", "pending", "failed", "skipped", "cancelled")
+                    if counts[k] or k != "cancelled")
+
+
+@main.command("status")
+@click.option("--finished", type=click.IntRange(0, 100), default=5, show_default=True,
+              help="How many finished editions to show.")
+@pass_app
+def status(app: App, finished):
+    """The daemon, next scheduled runs, editions in progress and the last finished ones."""
+    now = utcnow()
+    daemons = live_daemons(app)
+    if daemons:
+        for d in daemons:
+            ago = int((now - d.seen_at).total_seconds())
+            click.echo(f"daemon:   running on {d.host} (pid {d.pid}) since {app.local_time(d.started_at)}, "
+                       f"seen {ago}s ago")
+    else:
+        click.echo("daemon:   not running")
+    with app.engine.connect() as conn:
+        states = store.all_states(conn)
+        progress = [(row, edition_q.counts(conn, row.id)) for row in store.in_progress(conn)]
+        done = [(row, edition_q.counts(conn, row.id)) for row in store.last_finished(conn, finished)]
+
+    click.echo("\nnext runs:")
+    for pub in app.config.publications:
+        state = states.get(pub.slug)
+        if state is not None and state.paused:
+            nxt = "paused"
+        else:
+            slot = next_slot(pub, app.config.calendar, now)
+            nxt = slot_text(app, slot, pub.timezone) if slot else "-"
+        last = ""
+        if state is not None and state.last_slot is not None:
+            last = f"  (last {app.local_time(state.last_slot, pub.timezone)}: {state.last_result})"
+        click.echo(f"  {pub.slug}\t{nxt}{last}")
+
+    click.echo("\nin progress:")
+    if not progress:
+        click.echo("  -")
+    for row, counts in progress:
+        line = f"  {row.publication} 第{row.number}号\t{row.status}\t{_counts(counts)}"
+        if row.status == "sending" and counts["pending"]:
+            rate, eta = edition_eta(app.engine, row.id, now)
+            line += f"\t{rate:.1f}/s\teta {app.local_time(eta) if eta else '-'}"
+        if row.note:
+            line += f"\t({row.note})"
+        click.echo(line)
+
+    click.echo("\nlast finished:")
+    if not done:
+        click.echo("  -")
+    for row, counts in done:
+        click.echo(f"  {row.publication} 第{row.number}号\t{row.status} {app.local_time(row.finished_at)}\t"
+                   f"{_counts(counts)}")

@@ -1,0 +1,297 @@
+"""``newsletter run``: the scheduler and the delivery worker in one process.
+
+Threads:
+
+- main: signals, the heartbeat of the process, and the orderly stop;
+- APScheduler's one executor thread (:class:`newsletter.scheduling.ScheduleRunner`):
+  ``tick`` on each publication's slot, and ``sync`` every ``poll`` seconds, which
+  re-reads config.toml when its mtime changed and ticks every publication (so a
+  CLI action from another process — ``schedule pause/resume/run-now`` — is seen);
+- ``delivery``: sends every edition that has due work (``store.schedules.due_editions``),
+  one at a time, through :func:`newsletter.delivery.deliver`, then sleeps until
+  woken (a new edition) or ``poll`` seconds pass.  ``edition pause/cancel`` reach
+  a running send through ``deliver``'s own status check (every second); a resumed
+  edition is picked up on the next poll.
+
+Crash recovery is the store's: the delivery rows are the outbox and claims are
+leases.  At start every edition still ``sending`` is simply due again; rows a
+killed process had claimed come back when their lease (``[provider]
+lease_seconds``) runs out.  A crash can therefore duplicate at most the messages
+in flight (``connections`` × 2 chunks of ``max_batch``, see delivery.py) and
+lose none.
+
+SIGTERM/SIGINT: no new claims, no new ticks; what is in flight is sent and
+recorded (bounded by ``stop_timeout``), then exit 0.  If the timeout passes, exit
+1: the unrecorded rows are still leased and will be sent again after a restart.
+A second signal exits at once (same guarantee).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from .config import Config, find_config_path, load_config
+from .delivery import Report, deliver, edition_eta
+from .errors import ConfigError
+from .scheduling import SchedulerCore, ScheduleRunner
+from .store import editions as edition_q
+from .store import open_engine
+from .store import schedules as store
+from .store.tables import utcnow
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 10.0  # seconds between progress lines of a running send
+RETRY_AFTER_ERROR = timedelta(seconds=60)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config_path: str | os.PathLike | None = None,
+        *,
+        poll_seconds: float = 10.0,
+        stop_timeout: float = 60.0,
+        clock: Callable[[], datetime] = utcnow,
+    ):
+        self.config_path = find_config_path(config_path).absolute()
+        self.config: Config = load_config(self.config_path)
+        self._config_stamp = self._stamp()
+        self.engine = open_engine(self.config.storage_url)
+        self.poll_seconds = poll_seconds
+        self.stop_timeout = stop_timeout
+        self.clock = clock
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self._run_stop = threading.Event()  # the current delivery run's; replaced per run
+        self._tick_lock = threading.Lock()
+        self._not_before: dict[int, datetime] = {}
+        self.core = SchedulerCore(self.engine, self.config, on_created=lambda _id: self.wake.set())
+        self.runner = ScheduleRunner(self.tick, self.sync, poll_seconds)
+        self.started_at = clock()
+        self.host = socket.gethostname()
+        self.id = f"{self.host}:{os.getpid()}:{int(self.started_at.timestamp())}"
+
+    # -- config and schedule ---------------------------------------------------------
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.config_path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def reload_config(self) -> bool:
+        """Load config.toml again if it changed; a broken file is logged and ignored."""
+        stamp = self._stamp()
+        if stamp == self._config_stamp:
+            return False
+        self._config_stamp = stamp
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("config not reloaded, keeping the running one: %s", exc, extra={"event": "config.error"})
+            return False
+        old = self.config
+        if new.storage_url != old.storage_url:
+            log.warning("storage.url changed: restart the daemon to use the new database; keeping %s",
+                        old.storage_url, extra={"event": "config.storage_changed"})
+            new = _replace_storage(new, old.storage_url)
+        self.config = new
+        self.core.config = new
+        self.runner.apply(new)
+        log.info("config reloaded from %s", self.config_path, extra={"event": "config.reloaded"})
+        sending_changed = (new.provider, new.delivery, new.sender, new.site, new.templates_dir) != (
+            old.provider, old.delivery, old.sender, old.site, old.templates_dir)
+        if sending_changed:
+            self._run_stop.set()  # the running send starts again with the new settings
+        self.wake.set()
+        return True
+
+    def tick(self, only: str | None = None) -> None:
+        with self._tick_lock:
+            if self.stop.is_set():
+                return
+            try:
+                self.core.tick(self.clock(), only=only)
+            except Exception:  # the next tick tries again; the slot stays due within its grace
+                log.exception("schedule tick failed", extra={"event": "schedule.error"})
+
+    def heartbeat(self) -> None:
+        try:
+            with self.engine.begin() as conn:
+                store.heartbeat(conn, self.id, self.host, os.getpid(), self.started_at, self.clock())
+        except Exception:
+            log.warning("heartbeat failed", exc_info=True)
+
+    def sync(self) -> None:
+        try:
+            self.reload_config()
+        except Exception:
+            log.exception("config reload failed")
+        self.heartbeat()
+        self.tick()
+
+    # -- delivery --------------------------------------------------------------------
+
+    def deliver_due(self) -> bool:
+        """One pass over the editions with due work; True when something was sent."""
+        now = self.clock()
+        with self.engine.connect() as conn:
+            due = store.due_editions(conn, now)
+        busy = False
+        for edition_id in due:
+            if self.stop.is_set() or self._run_stop.is_set():
+                break
+            not_before = self._not_before.get(edition_id)
+            if not_before is not None and not_before > now:
+                continue
+            busy = self.deliver_one(edition_id) or busy
+        return busy
+
+    def deliver_one(self, edition_id: int) -> bool:
+        config = self.config
+        with self.engine.connect() as conn:
+            row = edition_q.get_edition(conn, edition_id)
+            counts = edition_q.counts(conn, edition_id)
+        label = f"{row.publication} 第{row.number}号"
+        fields = {"publication": row.publication, "edition": edition_id, "number": row.number}
+        verb = "resuming" if counts["sent"] or counts["failed"] else "sending"
+        log.info("%s: %s, %d pending", label, verb, counts["pending"],
+                 extra={"event": "delivery.started", **fields, "counts": counts})
+        last = [time.monotonic()]
+
+        def on_batch(report: Report) -> None:
+            if time.monotonic() - last[0] < PROGRESS_EVERY:
+                return
+            last[0] = time.monotonic()
+            rate, eta = edition_eta(self.engine, edition_id, self.clock())
+            with self.engine.connect() as c:
+                now_counts = edition_q.counts(c, edition_id)
+            log.info("%s: %s, %.1f/s", label, _counts_text(now_counts), rate,
+                     extra={"event": "delivery.progress", **fields, "counts": now_counts, "rate": round(rate, 1),
+                            "eta": eta.isoformat() if eta else None})
+
+        try:
+            report = deliver(self.engine, config, edition_id, stop=self._run_stop, clock=self.clock,
+                             on_batch=on_batch)
+        except ConfigError as exc:
+            log.error("%s: %s; trying again in a minute", label, exc, extra={"event": "delivery.error", **fields})
+            self._not_before[edition_id] = self.clock() + RETRY_AFTER_ERROR
+            return False
+        except Exception:
+            log.exception("%s: delivery failed; trying again in a minute", label,
+                          extra={"event": "delivery.error", **fields})
+            self._not_before[edition_id] = self.clock() + RETRY_AFTER_ERROR
+            return False
+        with self.engine.connect() as conn:
+            counts = edition_q.counts(conn, edition_id)
+            retry = edition_q.next_retry(conn, edition_id)
+            status = edition_q.get_edition(conn, edition_id).status
+        if report.finished:
+            how, event = "finished", "delivery.finished"
+        elif report.paused:
+            how, event = f"paused: {report.paused}", "delivery.paused"
+        elif status in ("paused", "cancelled"):
+            how, event = f"{status} by an operator", f"delivery.{status}"
+        elif report.waiting_until:
+            how, event = f"quota full until {report.waiting_until.isoformat()}", "delivery.waiting"
+            self._not_before[edition_id] = report.waiting_until
+        elif self.stop.is_set():
+            how, event = "stopped (daemon stopping)", "delivery.stopped"
+        elif counts["pending"] and retry:
+            how, event = f"{counts['pending']} waiting to retry from {retry.isoformat()}", "delivery.deferred"
+        else:
+            how, event = "run ended", "delivery.ended"
+        log.info("%s: %s; this run sent %d, failed %d, deferred %d; total %s", label, how, report.sent,
+                 report.failed, report.deferred + report.unknown, _counts_text(counts),
+                 extra={"event": event, **fields, "counts": counts})
+        return bool(report.sent or report.failed or report.deferred or report.unknown or report.finished)
+
+    def _worker(self) -> None:
+        while not self.stop.is_set():
+            self.wake.clear()
+            self._run_stop = threading.Event()
+            if self.stop.is_set():  # a signal between the loop test and the new event
+                break
+            busy = False
+            try:
+                busy = self.deliver_due()
+            except Exception:
+                log.exception("delivery pass failed", extra={"event": "delivery.error"})
+            if not busy:
+                self.wake.wait(self.poll_seconds)
+
+    # -- the process -----------------------------------------------------------------
+
+    def _on_signal(self, signum, _frame) -> None:
+        name = signal.Signals(signum).name
+        if self.stop.is_set():
+            log.error("%s again: exiting now; unrecorded messages go again after their lease", name,
+                      extra={"event": "daemon.killed"})
+            os._exit(1)
+        log.info("%s: stopping (no new claims; finishing what is in flight)", name, extra={"event": "daemon.stopping"})
+        self.stop.set()
+        self._run_stop.set()
+        self.wake.set()
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit code."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        with self.engine.begin() as conn:
+            store.prune_daemons(conn, self.clock() - timedelta(days=1))
+            store.heartbeat(conn, self.id, self.host, os.getpid(), self.started_at, self.clock())
+            unfinished = store.in_progress(conn)
+            resumable = [(r, edition_q.pending_count(conn, r.id)) for r in unfinished if r.status == "sending"]
+        log.info("daemon started (pid %d, poll %gs): %d publications, %d editions to resume", os.getpid(),
+                 self.poll_seconds, len(self.config.publications), len(resumable),
+                 extra={"event": "daemon.started", "pid": os.getpid()})
+        for row, pending in resumable:
+            log.info("%s 第%d号: %d pending deliveries to resume", row.publication, row.number, pending,
+                     extra={"event": "delivery.resume", "publication": row.publication, "edition": row.id,
+                            "number": row.number, "counts": {"pending": pending}})
+        self.tick()  # slots missed while the daemon was down
+        self.runner.start(self.config)
+        worker = threading.Thread(target=self._worker, name="delivery", daemon=True)
+        worker.start()
+        code = 0
+        while not self.stop.wait(0.5):
+            if not worker.is_alive():
+                log.error("the delivery worker stopped unexpectedly", extra={"event": "daemon.error"})
+                self.stop.set()
+                code = 1
+        deadline = time.monotonic() + self.stop_timeout
+        self.runner.shutdown()
+        self._run_stop.set()
+        self.wake.set()
+        worker.join(max(0.0, deadline - time.monotonic()))
+        tick_done = self._tick_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        if worker.is_alive() or not tick_done:
+            log.error("messages still in flight after %gs; exiting anyway (they are leased and go again "
+                      "after a restart)", self.stop_timeout, extra={"event": "daemon.stop_timeout"})
+            code = 1
+        try:
+            with self.engine.begin() as conn:
+                store.forget_daemon(conn, self.id)
+        except Exception:
+            log.warning("could not remove the heartbeat row", exc_info=True)
+        log.info("daemon stopped", extra={"event": "daemon.stopped", "pid": os.getpid()})
+        return code
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in counts.items() if v or k in ("pending", "sent", "failed", "skipped"))
+
+
+def _replace_storage(config: Config, url: str) -> Config:
+    from dataclasses import replace
+
+    return replace(config, storage_url=url)

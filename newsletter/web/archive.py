@@ -1,0 +1,168 @@
+"""The public archive: each publication's finished editions, shown as they
+were sent, and an Atom feed (RFC 4287).
+
+An edition is rendered from its frozen content (what went out, whatever
+happened to the articles since) for all of its fields, with the article
+bodies passed through the HTML allow-list once more.  The personal parts of
+the digest become neutral: the greeting addresses every reader, and the
+preferences/unsubscribe links point at the explanation on the sign-up page —
+no token of anyone is ever on these pages.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from ..editions.render import (
+    GREETING,
+    PREFERENCES_URL,
+    UNSUBSCRIBE_URL,
+    context,
+    date_texts,
+    environment,
+    render_variant,
+)
+from ..sanitize import sanitize_html
+from ..store import web as wq
+from .security import ARCHIVE_CSP
+
+if TYPE_CHECKING:
+    from .app import Service
+
+CACHE_SECONDS = 300
+CACHE_ENTRIES = 500
+
+
+def _remember(svc: Service, key: tuple, value: Any) -> Any:
+    """Keep a rendering: an edition's content never changes.  Bounded, so a
+    crawler walking every old edition cannot grow the process without end."""
+    if len(svc.cache) >= CACHE_ENTRIES:
+        svc.cache.clear()
+    svc.cache[key] = value
+    return value
+
+
+def _svc(request: Request) -> Service:
+    return request.app.state.svc
+
+
+def _when(row) -> datetime:
+    return row.scheduled_for or row.created_at
+
+
+def _content(row) -> dict[str, Any]:
+    content = json.loads(row.content)
+    for article in content.get("articles", []):
+        if article.get("body_html"):
+            article["body_html"] = sanitize_html(article["body_html"])
+    return content
+
+
+def _all_fields(content: dict[str, Any]) -> list[str]:
+    return [f["slug"] for f in content["fields"]]
+
+
+def _summary(svc: Service, row) -> dict[str, Any]:
+    """What a list or a feed shows of one edition (cached: content never changes)."""
+    key = ("summary", row.id)
+    if key not in svc.cache:
+        content = _content(row)
+        when = _when(row)
+        subject_ctx = context(content, _all_fields(content), when)
+        subject = " ".join(environment(str(svc.config.templates_dir)).get_template("subject.txt.j2")
+                           .render(subject_ctx).split())
+        _remember(svc, key, {
+            "publication": row.publication,
+            "number": row.number,
+            "subject": subject,
+            "date": date_texts(when, content["timezone"], content["language"])[1],
+            "when": when,
+            "updated": row.finished_at or when,
+            "titles": [a["title"] for a in content["articles"]],
+            "path": f"/archive/{row.publication}/{row.number}/",
+        })
+    return svc.cache[key]
+
+
+def _publication(svc: Service, slug: str | None):
+    if slug is None:
+        return None
+    for pub in svc.config.publications:
+        if pub.slug == slug:
+            return pub
+    raise HTTPException(404, svc.t["err_not_found"])
+
+
+def _rows(svc: Service, publication: str | None) -> list:
+    with svc.engine.connect() as conn:
+        return wq.archived_editions(conn, publication)
+
+
+async def index(request: Request) -> Response:
+    svc = _svc(request)
+    pub = _publication(svc, request.path_params.get("publication"))
+    rows = await run_in_threadpool(_rows, svc, pub.slug if pub else None)
+    sections = []
+    for p in [pub] if pub else svc.config.publications:
+        items = [_summary(svc, r) for r in rows if r.publication == p.slug]
+        sections.append({"publication": p, "editions": items, "feed": f"/archive/{p.slug}/feed.atom"})
+    return svc.page("archive.html.j2", sections=sections, single=pub is not None,
+                    headers={"Cache-Control": f"public, max-age={CACHE_SECONDS}"})
+
+
+def _render_edition(svc: Service, publication: str, number: int) -> str | None:
+    key = ("edition", publication, number)
+    if key in svc.cache:
+        return svc.cache[key]
+    with svc.engine.connect() as conn:
+        row = wq.archived_edition(conn, publication, number)
+    if row is None:
+        return None
+    content = _content(row)
+    rendered = render_variant(content, _all_fields(content), svc.config.templates_dir, when=_when(row), html=True)
+    greeting = "Dear reader," if content["language"] == "en" else "読者の皆さま"
+    html = (rendered.html or "").replace(GREETING, greeting).replace(UNSUBSCRIBE_URL, "/#manage") \
+        .replace(PREFERENCES_URL, "/#manage")
+    return _remember(svc, key, html)
+
+
+async def edition(request: Request) -> Response:
+    svc = _svc(request)
+    pub = _publication(svc, request.path_params["publication"])
+    number = request.path_params["number"]
+    if not 0 < number < 2**31:  # the column is a 32-bit integer on PostgreSQL
+        raise HTTPException(404, svc.t["err_not_found"])
+    html = await run_in_threadpool(_render_edition, svc, pub.slug, number)
+    if html is None:
+        raise HTTPException(404, svc.t["err_not_found"])
+    return HTMLResponse(html, headers={"Content-Security-Policy": ARCHIVE_CSP,
+                                       "Cache-Control": f"public, max-age={CACHE_SECONDS}"})
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def feed(request: Request) -> Response:
+    svc = _svc(request)
+    pub = _publication(svc, request.path_params.get("publication"))
+    rows = await run_in_threadpool(_rows, svc, pub.slug if pub else None)
+    entries = [_summary(svc, r) for r in rows[:50]]
+    base = svc.config.site.base_url
+    path = f"/archive/{pub.slug}/" if pub else "/archive/"
+    title = pub.title if pub else svc.config.site.name
+    updated = max((e["updated"] for e in entries), default=datetime(2000, 1, 1, tzinfo=UTC))
+    xml = svc.env.get_template("feed.atom.j2").render(
+        base=base, path=path, title=title, updated=_iso(updated), domain=svc.config.site.domain,
+        author=svc.config.sender.name, language=svc.config.site.language,
+        entries=[{**e, "updated_iso": _iso(e["updated"]), "published_iso": _iso(e["when"])} for e in entries],
+    )
+    return Response(xml, media_type="application/atom+xml; charset=utf-8",
+                    headers={"Cache-Control": f"public, max-age={CACHE_SECONDS}"})

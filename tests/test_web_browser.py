@@ -1,0 +1,264 @@
+"""The web service as people and mailbox providers meet it: a real uvicorn
+server on 127.0.0.1, mail through the real SMTP test server, and
+
+- Chromium (Debian's, headless, driven by Playwright) signing up on the page,
+  confirming from the mail's link, changing fields and unsubscribing — with a
+  screenshot of each page in tests/artifacts/;
+- an RFC 8058 one-click unsubscribe exactly as Gmail sends it, to the URL in
+  the List-Unsubscribe header of a delivered edition;
+- ``newsletter serve`` itself, started as a command.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import uvicorn
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from newsletter.config import Config, load_config
+from newsletter.store import open_engine
+from newsletter.store.tables import consents, deliveries, subscribers
+from newsletter.web import create_app
+from tests.conftest import CLI, ROOT, write_config
+from tests.test_editions import smtp_provider
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+
+@dataclass
+class Live:
+    base: str
+    port: int
+    cli: CLI
+    config: Config
+    engine: Engine
+
+    def subscriber(self, address: str):
+        with self.engine.connect() as conn:
+            return conn.execute(select(subscribers).where(subscribers.c.email == address)).first()
+
+    def consent_events(self, address: str) -> list:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(consents).where(consents.c.subscriber_id == self.subscriber(address).id)
+                                     .order_by(consents.c.id)))
+
+
+@contextmanager
+def live_server(folder: Path, smtp_server) -> Iterator[Live]:
+    """What ``newsletter serve`` runs (create_app on uvicorn), in a thread, with
+    base_url pointing at it so that the links in mails lead here."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    cli = CLI(write_config(folder, f"sqlite:///{folder / 'var' / 'newsletter.db'}", provider=smtp_provider(smtp_server),
+                           replace={'base_url = "https://news.example.jp"': f'base_url = "{base}"'}))
+    cli("init")
+    config = load_config(cli.config_path)
+    engine = open_engine(config.storage_url)
+    server = uvicorn.Server(uvicorn.Config(create_app(config, engine), log_level="warning", access_log=False,
+                                           lifespan="off", proxy_headers=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield Live(base, port, cli, config, engine)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+        engine.dispose()
+
+
+@pytest.fixture
+def live(tmp_path, smtp_server) -> Iterator[Live]:
+    with live_server(tmp_path / "project", smtp_server) as server:
+        yield server
+
+
+def confirmation_url(smtp_server, address: str) -> str:
+    mail = [m for m in smtp_server.messages if m.rcpt_tos == (address,)][-1].message
+    return re.search(r"http://\S+/confirm/\S+", mail.get_body(("plain",)).get_content()).group(0)
+
+
+def test_a_reader_signs_up_confirms_changes_fields_and_leaves(live, smtp_server):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    address = "browser.reader@example.jp"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(locale="ja-JP", viewport={"width": 900, "height": 1100})
+        try:
+            def shot(name: str) -> None:
+                page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+            page.goto(f"{live.base}/")
+            assert page.title().startswith("メールマガジン配信登録")
+            page.fill("#email", address)
+            page.fill("#name", "山田 太郎")
+            page.uncheck("input[name=fields][value=local-government]")
+            page.uncheck("input[name=fields][value=administration]")
+            page.check("input[name=agree]")
+            shot("01-signup")
+            page.click("#signup-form button[type=submit]")
+            page.wait_for_selector("text=確認メールをお送りしました")
+            shot("02-check-your-inbox")
+            row = live.subscriber(address)
+            assert (row.status, row.fields) == ("pending", "education")
+            signup = live.consent_events(address)[0]
+            assert signup.event == "signup" and signup.ip == "127.0.0.1" and "Chrome" in signup.user_agent
+
+            url = confirmation_url(smtp_server, address)
+            assert url.startswith(f"{live.base}/confirm/")
+            page.goto(url)
+            page.wait_for_selector("#confirm-form")
+            shot("03-confirm")
+            assert live.subscriber(address).status == "pending"  # opening the link is not enough
+            page.click("#confirm-form button[type=submit]")
+            page.wait_for_selector("text=登録が完了しました")
+            shot("04-confirmed")
+            row = live.subscriber(address)
+            assert (row.status, row.fields, row.name) == ("active", "education", "山田 太郎")
+            assert [c.event for c in live.consent_events(address)] == ["signup", "confirm"]
+
+            page.click("text=配信設定を変更する")
+            page.wait_for_selector("#preferences-form")
+            shot("05-preferences")
+            page.check("input[name=fields][value=local-government]")
+            page.uncheck("input[name=fields][value=education]")
+            page.check("input[name=format][value=text]")
+            page.click("#preferences-form button[type=submit]")
+            page.wait_for_selector("text=設定を保存しました")
+            shot("06-preferences-saved")
+            row = live.subscriber(address)
+            assert (row.status, row.fields, row.format) == ("active", "local-government", "text")
+
+            page.click("#unsubscribe-form button[type=submit]")
+            page.wait_for_selector("text=配信を停止しました")
+            shot("07-unsubscribed")
+            assert live.subscriber(address).status == "unsubscribed"
+            assert [c.event for c in live.consent_events(address)] == ["signup", "confirm", "change", "unsubscribed"]
+
+            live.cli("article", "import", ROOT / "articles" / "sample.json")
+            live.cli("subscriber", "add", "someone@example.jp", "--fields", "education")
+            live.cli("edition", "send", "weekly")
+            page.goto(f"{live.base}/archive/")
+            page.wait_for_selector("text=第1号")
+            shot("08-archive")
+            page.click("text=第1号")
+            page.wait_for_selector("text=読者の皆さま")
+            shot("09-archive-edition")
+        finally:
+            browser.close()
+
+
+def test_rfc8058_one_click_exactly_as_gmail_sends_it(live, smtp_server):
+    live.cli("subscriber", "import", ROOT / "subscribers" / "sample.csv")
+    live.cli("article", "import", ROOT / "articles" / "sample.json")
+    live.cli("edition", "send", "weekly")
+    received = {m.rcpt_tos[0]: m for m in smtp_server.messages}
+    assert len(received) == 12
+    address, message = sorted(received.items())[0]
+    assert message.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # The header as it is on the wire (folded between its two URIs, never inside one).
+    raw = message.data.decode("ascii", "replace")
+    header = re.search(r"^List-Unsubscribe: (.*?)\r\n(?! )", raw, re.S | re.M).group(1)
+    url = re.search(r"<(https?://[^>]+)>", header).group(1)
+    assert url.startswith(f"{live.base}/unsubscribe/")
+    target = urlsplit(url)
+
+    def post() -> http.client.HTTPResponse:
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+        body = b"List-Unsubscribe=One-Click"
+        conn.request("POST", target.path, body=body, headers={
+            "Content-Type": "application/x-www-form-urlencoded", "Content-Length": str(len(body)),
+            "User-Agent": "Mozilla/5.0 (compatible; Google-One-Click-Unsubscribe)"})
+        res = conn.getresponse()
+        res.read()
+        conn.close()
+        return res
+
+    res = post()
+    assert res.status == 200  # RFC 8058: no redirect, no cookie, no page to click through
+    assert res.getheader("Location") is None and res.getheader("Set-Cookie") is None
+    assert live.subscriber(address).status == "unsubscribed"
+    assert post().status == 200
+    assert live.subscriber(address).status == "unsubscribed"
+    [event] = [c for c in live.consent_events(address) if c.event == "unsubscribed"]
+    assert event.source == "one-click"
+    others = [a for a in received if a != address]
+    assert all(live.subscriber(a).status == "active" for a in others)
+
+    # A GET on another reader's link (a scanner's prefetch) shows a page and changes nothing.
+    other_url = re.search(r"<(https?://[^>]+)>", received[others[0]].data.decode("ascii", "replace")
+                          .split("List-Unsubscribe: ", 1)[1]).group(1)
+    conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+    conn.request("GET", urlsplit(other_url).path)
+    assert conn.getresponse().status == 200
+    conn.close()
+    assert live.subscriber(others[0]).status == "active"
+    with live.engine.connect() as conn:
+        assert conn.execute(select(deliveries.c.status).where(deliveries.c.email == address)).scalar() == "sent"
+
+
+def test_newsletter_serve_command(tmp_path):
+    """``newsletter serve --host --port`` as an operator starts it."""
+    cli = CLI(write_config(tmp_path / "project", f"sqlite:///{tmp_path / 'project' / 'var' / 'newsletter.db'}"))
+    cli("init")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--config", str(cli.config_path), "serve",
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/")
+                res = conn.getresponse()
+                body = res.read().decode()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "newsletter serve did not start"
+                time.sleep(0.1)
+        assert res.status == 200 and "メールマガジン配信登録" in body
+        assert res.getheader("X-Frame-Options") == "DENY" and res.getheader("Server") is None
+        conn.request("GET", "/unsubscribe/1.secretlookingtoken0000")
+        conn.getresponse().read()
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=10)[0].decode()
+    assert f"serving 地方行政ニュース on http://127.0.0.1:{port}/" in out
+    assert "secretlookingtoken" not in out  # the access log never has tokens
+    assert '"GET /unsubscribe/…" 400' in out
