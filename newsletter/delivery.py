@@ -32,6 +32,7 @@ while the others go on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import random
@@ -118,8 +119,7 @@ class Variants:
             # A text-only reader gets the same text part as the HTML readers of these fields.
             key_text = (key.fields, key.charset, "text")
             if key_text not in self._text_only:
-                self._text_only[key_text] = Rendered(
-                    rendered.subject, None, rendered.text, rendered.article_ids, rendered.language)
+                self._text_only[key_text] = dataclasses.replace(rendered, html=None)
             return self._text_only[key_text]
         return rendered
 

@@ -96,7 +96,8 @@ def _send(app: App, edition_row, provider) -> int:
     for failure in report.failures[:20]:
         click.echo(f"  failed: {failure}", err=True)
     if len(report.failures) > 20:
-        click.echo(f"  … and {len(report.failures) - 20} more (newsletter edition status {edition_row.number})", err=True)
+        click.echo(f"  … and {len(report.failures) - 20} more (newsletter edition status {edition_row.number})",
+                   err=True)
     if report.bounced:
         click.echo(f"  {report.bounced} addresses marked bounced")
     if report.paused:
@@ -117,12 +118,14 @@ def _send(app: App, edition_row, provider) -> int:
 @click.option("--test-to", metavar="ADDR", help="Send one variant to ADDR only; nothing is logged.")
 @click.option("--fields", help="With --test-to: the variant's fields (default: all of the publication's).")
 @click.option("--format", "fmt", type=click.Choice(["html", "text"]), default="html", help="With --test-to.")
+@click.option("--force", is_flag=True, help="Send even when the preflight check ('edition check') finds errors.")
 @pass_app
-def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt):
+def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt, force):
     """Deliver PUBLICATION: resume its unfinished edition, else create the next one and send it.
 
     Sending twice never mails anyone twice: every delivery is logged, and only
-    pending ones are sent.
+    pending ones are sent. The checks of 'edition check' run first; an error
+    stops the send unless --force.
     """
     if test_to:
         return _test_send(app, publication or pub_opt, number, test_to, fields, fmt)
@@ -131,6 +134,7 @@ def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt):
         if row.status != "sending":
             click.echo(f"{row.publication} 第{row.number}号 is {row.status}; nothing to send")
             return
+        _preflight(app, app.config.publication(row.publication), force)
         raise SystemExit(_send(app, row, _provider(app)))
     if not publication:
         if len(app.config.publications) != 1:
@@ -138,6 +142,11 @@ def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt):
         publication = app.config.publications[0].slug
     pub = app.config.publication(publication)
     provider = _provider(app)  # a bad provider config fails before anything is created
+    try:
+        _preflight(app, pub, force)
+    except BaseException:
+        provider.close()
+        raise
     with app.engine.connect() as conn:
         row = q.unfinished(conn, pub.slug)
     if row is not None:
@@ -153,6 +162,19 @@ def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt):
         with app.engine.connect() as conn:
             row = q.get_edition(conn, created.edition_id)
     raise SystemExit(_send(app, row, provider))
+
+
+def _preflight(app: App, pub, force: bool) -> None:
+    """The checks of 'edition check' before anything is created or sent."""
+    from ..preflight import check_edition, format_findings, has_errors
+
+    findings = check_edition(app.engine, app.config, pub)
+    errors = has_errors(findings)
+    for line in format_findings([f for f in findings if f.severity in ("error", "warning")], verbose=False):
+        click.echo(line, err=True)
+    if errors and not force:
+        raise InputError(f"{pub.slug}: the preflight check found errors (see above); fix them, "
+                         "or send anyway with --force")
 
 
 def _content_for(app: App, publication: str | None, number: int | None):
@@ -192,7 +214,8 @@ def _test_send(app: App, publication, number, address, fields, fmt):
     key = _variant(app, pub, fields, fmt)
     rendered = Variants(app.config, content, when).get(key)
     fake = row or type("E", (), {"id": 0, "publication": slug, "created_at": when})()
-    message = compose(rendered, Recipient(0, 0, address, ""), sending_for(app.config, fake), charset=key.charset, now=utcnow())
+    message = compose(rendered, Recipient(0, 0, address, ""), sending_for(app.config, fake),
+                      charset=key.charset, now=utcnow())
     provider = _provider(app)
     try:
         [result] = provider.send([message])
@@ -251,19 +274,38 @@ def edition_cancel(app: App, number, publication):
 @click.option("--fields", help="The reader's fields (default: all of the publication's).")
 @click.option("--format", "fmt", type=click.Choice(["html", "text"]), default="html", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
+@click.option("--charset", type=click.Choice(["utf-8", "iso-2022-jp"]),
+              help="The reader's charset (default: the publication's).")
 @pass_app
-def edition_preview(app: App, publication, number, fields, fmt, out):
-    """Render the next edition (or --edition N) for one reader; sends and changes nothing."""
+def edition_preview(app: App, publication, number, fields, fmt, out, charset):
+    """Render the next edition (or --edition N) for one reader; sends and changes nothing.
+
+    For an ISO-2022-JP reader it reports on stderr what had to be replaced
+    (① → (1) ...) and what cannot be sent in that charset at all."""
     content, when, _row = _content_for(app, publication, number)
     pub = app.config.publication(content["publication"]["slug"])
     key = _variant(app, pub, fields, fmt)
+    if charset:
+        key = VariantKey(key.fields, key.format, charset)
     rendered = Variants(app.config, content, when).get(key)
+    if key.charset == "iso-2022-jp":
+        from ..japanese import describe, unmappable
+
+        if rendered.replacements:
+            click.echo(f"replaced: {describe(rendered.replacements)}", err=True)
+        rest = unmappable(rendered.subject + rendered.text + (rendered.html or ""))
+        if rest:
+            click.echo(f"not in ISO-2022-JP (these mails go out as UTF-8): "
+                       f"{' '.join(f'{c} (U+{ord(c):04X})' for c in rest)}", err=True)
     from ..editions.compose import substitute
 
     sample = ("山田 太郎 様" if content["language"] == "ja" else "Dear Taro Yamada,")
     base = app.config.site.base_url
     args = (sample, f"{base}/unsubscribe/PREVIEW", f"{base}/preferences/PREVIEW")
-    body = substitute(rendered.html, *args, escape=True) if fmt == "html" else substitute(rendered.text, *args, escape=False)
+    if fmt == "html":
+        body = substitute(rendered.html, *args, escape=True)
+    else:
+        body = substitute(rendered.text, *args, escape=False)
     if out:
         out.write_text(body, encoding="utf-8")
         click.echo(f"Subject: {rendered.subject}")
