@@ -89,7 +89,7 @@ def write_project(folder: Path, provider: str, port: int | None, connections: in
     end = text.index("[[fields]]")
     if provider == "smtp":
         table = (f'[provider]\nkind = "smtp"\nhost = "127.0.0.1"\nport = {port}\ntimeout = 30\n'
-                 f"connections = {connections}\nmax_batch = 50\n\n")
+                 f"connections = {connections}\nmax_batch = 100\n\n")
     else:
         table = '[provider]\nkind = "file"\npath = "var/outbox"\nmax_batch = 500\n\n'
     text = text[:start] + table + text[end:]

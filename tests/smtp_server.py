@@ -54,7 +54,8 @@ class SMTPTestServer:
     """
 
     def __init__(self, *, hostname: str = "127.0.0.1", port: int = 0,
-                 credentials: Mapping[str, str] | None = None):
+                 credentials: Mapping[str, str] | None = None, pipelining: bool = True):
+        self.pipelining = pipelining
         self._lock = threading.Lock()
         self._messages: list[ReceivedMessage] = []
         self._rcpt_replies: dict[str, str] = {}
@@ -361,6 +362,15 @@ class _Handler:
         ))
         server.delivered += 1
         return reply or f"250 2.0.0 Ok: queued as {qid}"
+
+    async def handle_EHLO(self, server: _ProgrammableSMTP, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.owner.pipelining:
+            # Real MTAs announce RFC 2920 pipelining; aiosmtpd handles pipelined
+            # commands (it reads line by line) but does not say so.
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_QUIT(self, server: _ProgrammableSMTP, session: Any, envelope: Any) -> str:
         self.owner._quit()

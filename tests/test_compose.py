@@ -128,7 +128,7 @@ def test_headers():
     to = msg["To"].addresses[0]
     assert (to.display_name, to.addr_spec) == ("山田 太郎", "yamada@example.jp")
     assert msg["Subject"] == SUBJECT
-    assert raw_header(message.data, "Subject").startswith(b"=?utf-8?b?")
+    assert raw_header(message.data, "Subject").lower().startswith(b"=?utf-8?b?")
     assert msg["Date"].datetime == NOW
     assert msg["Date"].datetime.utcoffset().total_seconds() == 9 * 3600  # shown in Tokyo time
     assert msg["Message-ID"] == message.message_id

@@ -544,3 +544,27 @@ def test_smtp_server_fixture_clear(smtp_server):
     with smtp_provider(smtp_server) as provider:
         assert [r.status for r in provider.send(batch(3))] == ["accepted"] * 3
     assert smtp_server.connections == 1
+
+
+def test_smtp_without_pipelining_sends_one_command_at_a_time():
+    """The same transactions against a server that does not announce PIPELINING."""
+    from tests.smtp_server import SMTPTestServer
+
+    with SMTPTestServer(pipelining=False) as server:
+        server.reply_to_rcpt("reader2@example.jp", "550 5.1.1 No such user")
+        with smtp_provider(server) as provider:
+            results = by_id(provider.send(batch(3)))
+        assert [results[i].status for i in (1, 2, 3)] == ["accepted", "permanent", "accepted"]
+        assert results[2].reply.startswith("550 5.1.1")
+        assert [m.rcpt_tos[0] for m in server.messages] == ["reader1@example.jp", "reader3@example.jp"]
+
+
+def test_smtp_pipelined_refusals_leave_the_connection_usable(smtp_server):
+    """With PIPELINING, MAIL/RCPT/DATA go in one write: a refused sender or recipient
+    makes DATA fail too, and the next message on the same connection still goes."""
+    smtp_server.reply_to_rcpt("reader1@example.jp", "550 5.1.1 No such user")
+    smtp_server.reply_to_rcpt("reader2@example.jp", "451 4.7.1 Greylisted")
+    with smtp_provider(smtp_server) as provider:
+        results = by_id(provider.send(batch(4)))
+    assert [results[i].status for i in (1, 2, 3, 4)] == ["permanent", "transient", "accepted", "accepted"]
+    assert smtp_server.connections == 1

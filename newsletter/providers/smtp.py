@@ -228,18 +228,26 @@ class SMTPProvider:
         self._on_conn += 1
         stage = "MAIL FROM"
         try:
-            code, text = conn.mail(sender, options)
-            if 200 <= code < 300:
-                stage = "RCPT TO"
-                code, text = conn.rcpt(message.recipient)
-            if 200 <= code < 300:
-                stage = "DATA"
-                code, text = conn.docmd("DATA")
-                if code == 354:
-                    stage = "the end of DATA"
-                    conn.send(_stuffed(message.data))
-                    stage = "the reply to DATA"
-                    code, text = conn.getreply()
+            if conn.has_extn("pipelining"):
+                where = [stage]
+                try:
+                    code, text, stage = self._pipelined(conn, sender, options, message, where)
+                except (smtplib.SMTPException, OSError):
+                    stage = where[0]  # the reply we were waiting for when the connection broke
+                    raise
+            else:
+                code, text = conn.mail(sender, options)
+                if 200 <= code < 300:
+                    stage = "RCPT TO"
+                    code, text = conn.rcpt(message.recipient)
+                if 200 <= code < 300:
+                    stage = "DATA"
+                    code, text = conn.docmd("DATA")
+            if code == 354:
+                stage = "the end of DATA"
+                conn.send(_stuffed(message.data))
+                stage = "the reply to DATA"
+                code, text = conn.getreply()
         except (smtplib.SMTPException, OSError) as exc:
             self._drop()
             if stage == "the reply to DATA":
@@ -263,6 +271,35 @@ class SMTPProvider:
             self._reset()
         stale = stage == "MAIL FROM" and code == 421
         return SendResult(message.delivery_id, classify_smtp_reply(code, reply), reply=reply), stale
+
+    def _pipelined(self, conn: smtplib.SMTP, sender: str, options: list[str],
+                   message: OutgoingMessage, where: list[str]) -> tuple[int, bytes, str]:
+        """MAIL, RCPT and DATA in one write (RFC 2920), then their three replies in
+        order: one round trip instead of three.  The addresses are bare (validated
+        when they were stored, and free of CR/LF): smtplib's quoteaddr re-parses
+        each with the email package's address parser.  Returns the reply that decides
+        (the first that is not a success; 354 when the content may follow) and the
+        stage it answered."""
+        extra = (" " + " ".join(options)) if options else ""
+        # UTF-8 on the wire: non-ASCII addresses only get here with SMTPUTF8 (see _mail_options).
+        conn.send(f"MAIL FROM:<{sender}>{extra}\r\n"
+                  f"RCPT TO:<{message.recipient}>\r\n"
+                  "DATA\r\n".encode())
+        decided: tuple[int, bytes, str] | None = None
+        for stage, ok in (("MAIL FROM", 250), ("RCPT TO", 250), ("DATA", 354)):
+            where[0] = stage  # the reply being read, for the caller when the connection drops
+            code, text = conn.getreply()
+            if code == 421:
+                # The server is closing the channel: the replies after this one will not come.
+                return code, text, stage
+            if decided is None and not (code == ok or (ok == 250 and 200 <= code < 300)):
+                decided = (code, text, stage)
+            elif decided is not None and stage == "DATA" and code == 354:
+                # A server that took DATA after refusing the sender or recipient: end
+                # the empty message; _transaction's RSET then starts clean.
+                conn.send(b".\r\n")
+                conn.getreply()
+        return decided or (354, b"", "DATA")
 
     def _mail_options(self, conn: smtplib.SMTP, sender: str,
                       message: OutgoingMessage) -> list[str] | SendResult:
@@ -365,16 +402,17 @@ def _stuffed(data: bytes) -> bytes:
     ``smtplib.SMTP.data`` re-scans every message twice with regular expressions
     (line endings, then dots), about a millisecond per 60 KB message.  Composed
     messages already have CRLF line endings and base64 bodies never start a line
-    with a dot, so the common case is one substring search.
+    with a dot.
     """
-    if data.startswith(b".") or b"\n." in data:
-        data = _LEADING_DOT.sub(b"..", data)
+    # Lines end in CRLF, so "\n." finds every line that starts with a dot (an HTML
+    # part's <style> block has plenty); bytes.replace does it in C.
+    if b"\n." in data:
+        data = data.replace(b"\n.", b"\n..")
+    if data.startswith(b"."):
+        data = b"." + data
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data + b".\r\n"
-
-
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 def _decode(text: bytes | str) -> str:

@@ -147,8 +147,11 @@ def claim(
     ).scalars().all()
     if not ids:
         return []
+    # Only what sending needs: every datetime column costs a conversion per row.
     q = (
-        select(deliveries, subscribers.c.name)
+        select(deliveries.c.id, deliveries.c.subscriber_id, deliveries.c.email, deliveries.c.variant,
+               deliveries.c.attempts, deliveries.c.message_id, deliveries.c.unknown_outcomes,
+               deliveries.c.created_at, subscribers.c.name)
         .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id, isouter=True)
         .where(deliveries.c.id.in_(ids))
         .order_by(deliveries.c.id)
