@@ -163,7 +163,6 @@ class Report:
     deferred: int = 0
     unknown: int = 0
     bounced: int = 0
-    skipped: int = 0
     batches: int = 0
     renders: int = 0
     finished: bool = False
