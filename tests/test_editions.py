@@ -317,3 +317,18 @@ def test_status_of_unknown_edition_is_a_clear_error(project):
 
 def test_files_are_in_place():
     assert Path(ROOT / "templates" / "digest.html.j2").exists()
+
+
+def test_article_text_cannot_smuggle_a_personal_placeholder(project):
+    """An article that quotes the pipeline's placeholder must not become each
+    reader's own unsubscribe link."""
+    cli = project
+    cli("subscriber", "add", "reader@example.jp", "--fields", "education")
+    cli("article", "add", "--field", "education", "--title", "配信停止は %%NL_UNSUBSCRIBE_URL%% から",
+        "--url", "https://news.example.jp/e/x", "--summary", "解説: %%NL_GREETING%% の仕組み")
+    cli("edition", "send", "weekly")
+    [path] = (cli.folder / "var" / "outbox").glob("*.eml")
+    msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+    text = msg.get_body(("plain",)).get_content()
+    assert "%%NL\uff3fUNSUBSCRIBE_URL%%" in text and "%%NL\uff3fGREETING%%" in text
+    assert text.count("/unsubscribe/") == 1  # only the footer's link
