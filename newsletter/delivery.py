@@ -52,10 +52,10 @@ from .editions.compose import Recipient, Sending, compose
 from .editions.render import Rendered, render_variant
 from .interfaces import OutgoingMessage, Provider, SendResult
 from .providers import load_provider
-from .providers.smtp import enhanced_status
 from .publish import load_content
 from .store import editions as q
 from .store.tables import utcnow
+from .subscribers import count_bad_addresses
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,6 @@ def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
     """2, 4, 8 ... minutes (capped at 6 h), with ±20 % jitter so retries spread out."""
     base = min(FIRST_RETRY * (2 ** max(attempts - 1, 0)), MAX_BACKOFF)
     return base * (rng or random).uniform(0.8, 1.2)
-
-
-def is_hard_bounce(reply: str) -> bool:
-    """5.1.x (bad mailbox, bad domain...): the address does not work.  5.7.x
-    (policy) and the rest fail the message but say nothing about the address."""
-    code = enhanced_status(reply)
-    return code is not None and code.startswith("5.1.")
 
 
 def sending_for(config: Config, edition) -> Sending:
@@ -419,7 +412,7 @@ class DeliveryRun:
             results = []
         by_id = {r.delivery_id: r for r in results}
         updates = []
-        hard_bounces = []
+        hard_bounces: dict[int, str] = {}  # subscriber id -> reason
         for message in chunk.messages:
             result = by_id.get(message.delivery_id) or SendResult(
                 message.delivery_id, "transient",
@@ -428,13 +421,14 @@ class DeliveryRun:
             row = chunk.rows[message.delivery_id]
             update = self._outcome(row, message, result, now)
             updates.append(update)
-            if update["status"] == "failed" and result.status == "permanent" and is_hard_bounce(result.reply):
+            if update["status"] == "failed" and result.status == "permanent" and result.bad_address:
                 if row.subscriber_id:
-                    hard_bounces.append(row.subscriber_id)
+                    hard_bounces[row.subscriber_id] = f"hard bounce: {result.reply}"
         with self.engine.begin() as conn:
             q.record(conn, updates, now)
             if hard_bounces:
-                suppressed = q.count_hard_bounces(conn, hard_bounces, self.settings.hard_bounce_limit, now)
+                suppressed = count_bad_addresses(conn, hard_bounces, limit=self.settings.hard_bounce_limit,
+                                                 source="delivery")
                 self.report.bounced += len(suppressed)
             if self.consecutive_errors >= self.settings.max_errors and not self.report.paused:
                 reason = (f"paused after {self.consecutive_errors} permanent failures in a row "

@@ -15,8 +15,9 @@ from sqlalchemy import select
 from newsletter import publish
 from newsletter import subscribers as subs
 from newsletter.config import load_config
-from newsletter.delivery import backoff, deliver, is_hard_bounce
+from newsletter.delivery import backoff, deliver
 from newsletter.providers import load_provider
+from newsletter.replies import smtp_outcome
 from newsletter.store import open_engine
 from newsletter.store.tables import consents, deliveries, editions, subscribers
 from tests.conftest import CLI, write_config
@@ -269,9 +270,11 @@ def test_backoff_is_jittered_exponential():
 @pytest.mark.parametrize(("reply", "hard"), [
     ("550 5.1.1 User unknown", True), ("550 5.1.2 Bad destination system", True),
     ("554 5.7.1 Policy", False), ("552 5.2.2 Mailbox full", False), ("550 Rejected", False),
+    ("450 5.1.1 Try later", False),  # a temporary answer never makes the address bad
 ])
 def test_hard_bounce_classification(reply, hard):
-    assert is_hard_bounce(reply) is hard
+    code = int(reply[:3])
+    assert smtp_outcome(code, reply)[1] is hard
 
 
 def test_parallel_connections_each_reused(make, smtp_server):
