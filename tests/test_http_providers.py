@@ -497,6 +497,42 @@ def test_postmark_per_message_codes():
     assert not any(r.bad_address for i, r in enumerate(outcome.results) if i != 1)
 
 
+def test_a_postmark_inactive_recipient_bounces_the_subscriber_by_the_typed_field(tmp_path, monkeypatch):
+    """The engine learns "bad address" from SendResult.bad_address, not from reply
+    text: Postmark's ErrorCode 406 suppresses the subscriber, and neither the log nor
+    the reply carries a made-up SMTP code."""
+    from newsletter import subscribers as subs
+    from newsletter.store.tables import consents
+
+    with running("postmark", monkeypatch) as kit:
+        cli = CLI(write_config(tmp_path / "p", f"sqlite:///{tmp_path / 'p' / 'db.sqlite'}", provider=kit.toml()))
+        cli("init")
+        config = load_config(cli.config_path)
+        engine = open_engine(config.storage_url)
+        for address in ("kyuu@example.jp", "genki@example.jp"):
+            subs.add(engine, config, {"email": address, "fields": "education", "name": "試験 次郎"})
+        cli("article", "add", "--field", "education", "--title", "公民館の耐震改修が完了",
+            "--url", "https://news.example.jp/e/kominkan", "--summary", "改修の概要です。")
+        created = publish.create_edition(engine, config, config.publication("weekly"))
+        kit.server.reject("kyuu@example.jp")
+        provider = load_provider(config.provider.kind, config.provider.options, config.base_dir)
+        try:
+            report = deliver(engine, config, created.edition_id, provider)
+        finally:
+            provider.close()
+        assert (report.sent, report.failed, report.bounced) == (1, 1, 1)
+        assert kit.server.recipients() == ["genki@example.jp"]
+        with engine.connect() as conn:
+            row = conn.execute(select(deliveries).where(deliveries.c.email == "kyuu@example.jp")).one()
+            sub = conn.execute(select(subscribers).where(subscribers.c.email == "kyuu@example.jp")).one()
+            consent = conn.execute(select(consents).where(consents.c.subscriber_id == sub.id)
+                                   .order_by(consents.c.id.desc())).first()
+        assert row.status == "failed" and row.last_reply.startswith("Postmark ErrorCode 406")
+        assert "5.1." not in row.last_reply
+        assert sub.status == "bounced" and consent.event == "bounced"
+        assert consent.detail.startswith("hard bounce: Postmark ErrorCode 406")
+
+
 def test_postmark_message_carries_our_message_id_and_stream():
     m = message(1)
     body = json.loads(PostmarkProvider("t", "http://x", message_stream="news").build_payload([m]).body)[0]
