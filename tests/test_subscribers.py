@@ -588,7 +588,8 @@ def test_unsubscribe_cancels_with_its_reason_and_clears_the_lease(project):
         assert rows["hanako@example.jp"].status == "pending" and rows["hanako@example.jp"].lease_until is not None
         # Again: nothing changes, and the consent record does not grow.
         before = count(project, consents)
-        assert "0 pending deliveries cancelled" in project("subscriber", "unsubscribe", "taro@example.jp").stdout
+        again = project("subscriber", "unsubscribe", "taro@example.jp").stdout
+        assert "already unsubscribed (0 pending deliveries cancelled)" in again
         assert count(project, consents) == before
     finally:
         engine.dispose()
