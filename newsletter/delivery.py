@@ -14,7 +14,12 @@ Rules that keep data safe (see DESIGN.md):
 - an *unknown* outcome (the whole message went out, no answer came) is retried
   once, with the same Message-ID so that a receiving system that got both can
   tell they are one message; a second unknown outcome is ``failed``;
-- rendering happens once per variant (cached for the run), never per recipient.
+- rendering happens once per variant (cached for the run), never per recipient;
+- the engine reads a provider's typed answer (``SendResult.status``,
+  ``bad_address``, ``retry_after``), never its reply text; a ``bad_address``
+  answer counts towards ``hard_bounce_limit`` through
+  :func:`newsletter.subscribers.count_bad_addresses`, which suppresses the
+  address the one way every other path does.
 
 Concurrency: the calling thread claims, composes and records (the database
 work stays in one thread); ``connections`` worker threads each own one provider

@@ -12,6 +12,9 @@ limits messages per connection) is retried once on a fresh connection:
 nothing of the message has been sent at that point, so this cannot duplicate it.
 A connection lost any later counts as ``transient`` for the message in flight.
 
+What a reply means (accepted / transient / permanent, and whether it says the
+address is bad) is :mod:`newsletter.replies`; this module only talks SMTP.
+
 Not thread-safe: one provider instance per sending thread.
 """
 

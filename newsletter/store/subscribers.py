@@ -1,4 +1,9 @@
-"""Queries on subscribers and their consent records."""
+"""Queries on subscribers and their consent records.
+
+The rule for stopping mail to an address is not here but in
+:func:`newsletter.subscribers.suppress`, which strings these queries together
+in one transaction; nothing else should call :func:`mark_suppressed` or
+:func:`cancel_pending_deliveries`."""
 
 from __future__ import annotations
 
