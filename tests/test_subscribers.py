@@ -627,3 +627,36 @@ def test_erased_subscriber_gets_nothing_from_an_edition_created_before(project):
                     assert not any("kesu@" in str(v) for v in row), (tbl.name, row)
     finally:
         engine.dispose()
+
+
+def test_concurrent_unsubscribes_write_one_consent_row(project):
+    """Many one-click POSTs on one token at once (mail clients and scanners do this):
+    the status changes once and the consent record gets one row."""
+    import threading
+
+    config = load_config(project.config_path)
+    project("subscriber", "add", "renda@example.jp", "--fields", "education")
+    engine = make_engine(config.storage_url)
+    try:
+        sid = by_email(project)["renda@example.jp"].id
+        before = count(project, consents)
+        start = threading.Barrier(12)
+        errors: list[BaseException] = []
+
+        def click() -> None:
+            start.wait()
+            try:
+                subs.unsubscribe_id(engine, sid, source="one-click")
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=click) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert count(project, consents) == before + 1
+        assert by_email(project)["renda@example.jp"].status == "unsubscribed"
+    finally:
+        engine.dispose()
