@@ -9,7 +9,7 @@ or a message to ``[sender] unsubscribe_mailto`` whose subject is
 
 - ``hard`` (the address does not work: a 5.1.x status, or the service's own
   "hard/permanent bounce" when it gives no code — the rule is
-  :mod:`newsletter.replies`) counts towards ``[delivery] hard_bounce_limit``
+  :mod:`newsletter.replies`) counts towards ``[provider] hard_bounce_limit``
   (:func:`newsletter.subscribers.count_bad_addresses`, the same count the
   delivery engine keeps) and then makes the address ``bounced``;
   ``complaint`` → ``complained``; ``unsubscribe`` → ``unsubscribed``.

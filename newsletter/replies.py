@@ -24,7 +24,7 @@ Rules this module keeps:
   5.2.x mailbox, 5.3.x/5.4.x/5.5.x/5.6.x — fails the message and says nothing
   about the address: as a reported bounce it counts as *soft*.
 - **The hard-bounce rule — after how many** is kept by
-  :func:`newsletter.subscribers.count_bad_addresses`: ``[delivery]
+  :func:`newsletter.subscribers.count_bad_addresses`: ``[provider]
   hard_bounce_limit`` bad-address answers (default 1) make the subscriber
   ``bounced``, for the engine and the bounce intake alike.
 """

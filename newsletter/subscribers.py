@@ -308,7 +308,7 @@ def count_bad_addresses(conn, reasons: Mapping[int, str], *, limit: int, source:
     """The hard-bounce rule, "after how many": each subscriber in ``reasons``
     (id → "hard bounce: <the answer>") had one more bad-address answer
     (:mod:`newsletter.replies` says which answers are); those that have had
-    ``limit`` of them (``[delivery] hard_bounce_limit``, default 1) are suppressed
+    ``limit`` of them (``[provider] hard_bounce_limit``, default 1) are suppressed
     as ``bounced`` with that reason.  The count is ``subscribers.bounce_count``
     (reset when the person confirms a new sign-up).  Returns the ids whose status
     changed now."""
