@@ -7,12 +7,20 @@ or a message to ``[sender] unsubscribe_mailto`` whose subject is
 ``unsubscribe <token>`` (the RFC 2369 mailto in every mail's List-Unsubscribe)
 — and then :func:`apply_events` records them:
 
-- ``hard`` (a 5.x.x status) → ``bounced``; ``complaint`` → ``complained``;
-  ``unsubscribe`` → ``unsubscribed``.  All three suppress the address and cancel
-  its pending deliveries, with a consent-log row saying why.
-- ``soft`` (4.x.x) is counted; ``[bounces] soft_limit`` of them within
-  ``soft_window`` suppress the address as ``bounced``.
+- ``hard`` (the address does not work: a 5.1.x status, or the service's own
+  "hard/permanent bounce" when it gives no code — the rule is
+  :mod:`newsletter.replies`) counts towards ``[provider] hard_bounce_limit``
+  (:func:`newsletter.subscribers.count_bad_addresses`, the same count the
+  delivery engine keeps) and then makes the address ``bounced``;
+  ``complaint`` → ``complained``; ``unsubscribe`` → ``unsubscribed``.
+- ``soft`` (4.x.x, and 5.x.x codes that say nothing about the address, such as
+  5.7.1 policy) is counted; ``[bounces] soft_limit`` of them within
+  ``soft_window`` make the address ``bounced``.
 - ``ignored`` (deliveries, opens, delay warnings...) is only counted.
+
+Every suppression goes through :func:`newsletter.subscribers.suppress`: a
+consent-log row saying why, and the pending deliveries cancelled with the real
+reason ("hard bounce: …", "complaint", "unsubscribed", "N soft bounces in …").
 
 Each event carries the id its source gave it (the provider's event id, the
 DSN's Message-ID and recipient...); the pair (source, id) is unique in
@@ -40,17 +48,17 @@ from sqlalchemy.engine import Engine
 
 from .config import Config
 from .errors import InputError
+from .replies import bounce_kind
 from .store import subscribers as sq
 from .store import web as wq
 from .store.tables import utcnow
-from .subscribers import normalize_email
+from .subscribers import count_bad_addresses, normalize_email, suppress
 from .tokens import signing_keys, verify_token
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["hard", "soft", "complaint", "unsubscribe", "ignored"]
 KINDS = ("hard", "soft", "complaint", "unsubscribe", "ignored")
-_STATUS_RE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 @dataclass(frozen=True)
@@ -93,15 +101,7 @@ class Report:
                 f"{self.unknown} unknown addresses; {len(self.suppressed)} addresses suppressed")
 
 
-def classify_status(status: str) -> Kind:
-    """``hard`` for 5.x.x, ``soft`` for 4.x.x, ``ignored`` otherwise (2.x.x, unreadable)."""
-    m = _STATUS_RE.search(status or "")
-    if not m:
-        return "ignored"
-    return {"5": "hard", "4": "soft"}.get(m.group(1), "ignored")
-
-
-_SUPPRESS = {"hard": "bounced", "complaint": "complained", "unsubscribe": "unsubscribed"}
+_SUPPRESS = {"complaint": "complained", "unsubscribe": "unsubscribed"}
 
 
 def apply_events(engine: Engine, config: Config, events: Iterable[MailEvent], *, dry_run: bool = False) -> Report:
@@ -148,18 +148,21 @@ def _apply_one(conn, config: Config, ev: MailEvent, report: Report) -> None:
     if row is None:
         report.unknown += 1
         return
-    status = _SUPPRESS.get(ev.kind)
-    if ev.kind == "soft":
+    changed: list[int] = []
+    if ev.kind == "hard":
+        reason = f"hard bounce: {detail or ev.source}"
+        changed = count_bad_addresses(conn, {row.id: reason}, limit=config.delivery.hard_bounce_limit,
+                                      source=ev.source)
+    elif ev.kind == "soft":
         n = wq.count_events(conn, row.id, "soft", now - window)
         if n >= config.bounces.soft_limit:
-            status = "bounced"
-            detail = f"{n} soft bounces in {_days(window)}: {detail or ''}".strip()
-    if status and row.status not in sq.SUPPRESSED:
-        sq.update_subscriber(conn, row.id, {"status": status})
-        sq.add_consent(conn, row.id, status, source=ev.source, detail=detail)
-        sq.cancel_pending_deliveries(conn, row.id)
+            reason = f"{n} soft bounces in {_days(window)}: {detail or ''}".strip()
+            changed = suppress(conn, [row.id], "bounced", ev.source, reason).changed
+    elif ev.kind in _SUPPRESS:
+        changed = suppress(conn, [row.id], _SUPPRESS[ev.kind], ev.source, detail=detail).changed
+    if changed:
         report.suppressed.append(row.email)
-        log.info("%s: %s (%s)", row.email, status, ev.source)
+        log.info("%s: %s (%s)", row.email, ev.kind, ev.source)
 
 
 def _days(window: timedelta) -> str:
@@ -219,7 +222,7 @@ def parse_report(msg: Message, source: str = "dsn") -> list[MailEvent]:
                     continue
                 action = str(block.get("Action", "")).strip().lower()
                 status = str(block.get("Status", "")).strip()
-                kind = classify_status(status) if action == "failed" else "ignored"
+                kind = bounce_kind(status) if action == "failed" else "ignored"
                 diagnostic = " ".join(str(block.get("Diagnostic-Code", "")).split())
                 events.append(MailEvent(source, f"{mid}:{recipient.lower()}", kind, email=recipient,
                                         detail=f"{action} {status} {diagnostic}".strip()))

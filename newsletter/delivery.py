@@ -14,7 +14,12 @@ Rules that keep data safe (see DESIGN.md):
 - an *unknown* outcome (the whole message went out, no answer came) is retried
   once, with the same Message-ID so that a receiving system that got both can
   tell they are one message; a second unknown outcome is ``failed``;
-- rendering happens once per variant (cached for the run), never per recipient.
+- rendering happens once per variant (cached for the run), never per recipient;
+- the engine reads a provider's typed answer (``SendResult.status``,
+  ``bad_address``, ``retry_after``), never its reply text; a ``bad_address``
+  answer counts towards ``hard_bounce_limit`` through
+  :func:`newsletter.subscribers.count_bad_addresses`, which suppresses the
+  address the one way every other path does.
 
 Concurrency: the calling thread claims, composes and records (the database
 work stays in one thread); ``connections`` worker threads each own one provider
@@ -52,10 +57,10 @@ from .editions.compose import Recipient, Sending, compose
 from .editions.render import Rendered, render_variant
 from .interfaces import OutgoingMessage, Provider, SendResult
 from .providers import load_provider
-from .providers.smtp import enhanced_status
 from .publish import load_content
 from .store import editions as q
 from .store.tables import utcnow
+from .subscribers import count_bad_addresses
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +72,6 @@ def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
     """2, 4, 8 ... minutes (capped at 6 h), with ±20 % jitter so retries spread out."""
     base = min(FIRST_RETRY * (2 ** max(attempts - 1, 0)), MAX_BACKOFF)
     return base * (rng or random).uniform(0.8, 1.2)
-
-
-def is_hard_bounce(reply: str) -> bool:
-    """5.1.x (bad mailbox, bad domain...): the address does not work.  5.7.x
-    (policy) and the rest fail the message but say nothing about the address."""
-    code = enhanced_status(reply)
-    return code is not None and code.startswith("5.1.")
 
 
 def sending_for(config: Config, edition) -> Sending:
@@ -419,7 +417,7 @@ class DeliveryRun:
             results = []
         by_id = {r.delivery_id: r for r in results}
         updates = []
-        hard_bounces = []
+        hard_bounces: dict[int, str] = {}  # subscriber id -> reason
         for message in chunk.messages:
             result = by_id.get(message.delivery_id) or SendResult(
                 message.delivery_id, "transient",
@@ -428,13 +426,14 @@ class DeliveryRun:
             row = chunk.rows[message.delivery_id]
             update = self._outcome(row, message, result, now)
             updates.append(update)
-            if update["status"] == "failed" and result.status == "permanent" and is_hard_bounce(result.reply):
+            if update["status"] == "failed" and result.status == "permanent" and result.bad_address:
                 if row.subscriber_id:
-                    hard_bounces.append(row.subscriber_id)
+                    hard_bounces[row.subscriber_id] = f"hard bounce: {result.reply}"
         with self.engine.begin() as conn:
             q.record(conn, updates, now)
             if hard_bounces:
-                suppressed = q.count_hard_bounces(conn, hard_bounces, self.settings.hard_bounce_limit, now)
+                suppressed = count_bad_addresses(conn, hard_bounces, limit=self.settings.hard_bounce_limit,
+                                                 source="delivery")
                 self.report.bounced += len(suppressed)
             if self.consecutive_errors >= self.settings.max_errors and not self.report.paused:
                 reason = (f"paused after {self.consecutive_errors} permanent failures in a row "

@@ -1,21 +1,34 @@
-"""The exception tree.
+"""The exception tree: every class here is raised somewhere, and this is all of it.
 
 ::
 
     NewsletterError
       InputError              bad user input; the message names file/line/key/address; CLI exit 1
       StoreError              the database is missing, too old or too new for this version; CLI exit 1
-      DeliveryError           something went wrong talking to a mail service
-        TransientDelivery     SMTP 4xx (and 552), socket errors, timeouts, HTTP 429/5xx -> retry later
-        PermanentDelivery     SMTP 5xx, HTTP 4xx -> failed
-    ConfigError               config.toml is wrong; CLI exit 1
+      TransportError          a mail service gave no answer (connection refused/reset, timeout);
+                              ``status`` says what that means for the messages: transient or unknown
+    ConfigError               config.toml (or a provider's configuration) is wrong; CLI exit 1
 
-``ConfigError`` is outside the ``NewsletterError`` root on purpose: delivery code
-catches ``NewsletterError``/``DeliveryError`` to record a failed message and carry
-on, and a configuration mistake must never be swallowed that way.
+How a *message* fails is data, not an exception: a provider returns one
+:class:`~newsletter.interfaces.SendResult` per message (accepted / transient /
+permanent / unknown, ``bad_address``), and the engine records it.  Exceptions are
+for what is not about one message:
+
+- ``TransportError`` is raised by a provider's one I/O step (the HTTP providers'
+  ``transmit``, the SMTP provider's connect and login) and caught inside the
+  provider, which turns it into results for the messages concerned: it never
+  crosses ``Provider.send``.
+- ``ConfigError`` stops a run with every message still pending (a refused API key
+  must not fail a whole list).  It is outside the ``NewsletterError`` root on
+  purpose: code that catches ``NewsletterError`` to note a problem and carry on
+  (preflight's render check) must never swallow a configuration mistake.
+
+Anything else escaping the pipeline is a bug, and shows as a traceback.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 
 class NewsletterError(Exception):
@@ -30,21 +43,15 @@ class StoreError(NewsletterError):
     """The database cannot be used as it is (not initialised, newer schema, ...)."""
 
 
-class DeliveryError(NewsletterError):
-    """A provider could not hand a message over."""
+class TransportError(NewsletterError):
+    """A request to a mail service got no answer.  ``status`` is what that means for
+    its messages: ``transient`` (the service never saw it: refused, reset, connect
+    timeout) or ``unknown`` (it went out whole and the answer never came)."""
 
-    def __init__(self, message: str, *, reply: str = "", retry_after: float | None = None):
-        super().__init__(message)
-        self.reply = reply or message
-        self.retry_after = retry_after
-
-
-class TransientDelivery(DeliveryError):
-    """Try again later: 4xx, timeouts, dropped connections, HTTP 429/5xx."""
-
-
-class PermanentDelivery(DeliveryError):
-    """Do not try again: 5xx, HTTP 4xx."""
+    def __init__(self, status: Literal["transient", "unknown"], reply: str):
+        super().__init__(reply)
+        self.status: Literal["transient", "unknown"] = status
+        self.reply = reply
 
 
 class ConfigError(Exception):

@@ -96,6 +96,13 @@ class SendResult:
     over but the answer never came: it may have been delivered; the engine retries
     such a message at most once, with the same Message-ID).  ``reply`` is the server's own words, for
     the delivery log; ``provider_id`` the service's message id when it gives one.
+
+    ``bad_address`` (with ``permanent`` only): the service says the address itself
+    does not work — an SMTP 5.1.x enhanced code, or the service's own typed field
+    (Postmark 406 "inactive recipient", a SendGrid/Mailgun refusal naming the
+    address); the rule is :mod:`newsletter.replies`.  The engine counts it towards
+    ``hard_bounce_limit`` and never reads ``reply`` to decide anything, so a
+    provider sets this field instead of writing codes into its reply.
     """
 
     delivery_id: int
@@ -103,6 +110,7 @@ class SendResult:
     provider_id: str | None = None
     reply: str = ""
     retry_after: float | None = None
+    bad_address: bool = False
 
 
 @runtime_checkable

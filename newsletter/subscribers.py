@@ -3,11 +3,23 @@
 Addresses are validated and normalised with email-validator (IDN domains are
 accepted and kept in Unicode form) and stored lower-cased, so that
 ``Taro@Example.JP`` and ``taro@example.jp`` are one subscriber.
+
+Stopping mail to an address has one home here, :func:`suppress`: every path
+(``subscriber unsubscribe``, the signed unsubscribe link and one-click POST, a
+mailed unsubscribe, a complaint or bounce from a webhook or a mailbox, a hard
+bounce seen by the delivery engine, ``subscriber delete``) calls it, inside the
+caller's transaction.  It changes the status (first reason wins: an address
+already unsubscribed, bounced or complained stays as it is), writes one consent
+row per subscriber that changed, and cancels that subscriber's pending
+deliveries in every edition with the real reason ("unsubscribed",
+"complaint", "hard bounce: 550 5.1.1 …", "erased"), clearing their lease.  The
+hard-bounce count (after how many bad-address answers) is :func:`count_bad_addresses`;
+which answers count is :mod:`newsletter.replies`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,13 +268,64 @@ def export_csv(engine: Engine, path: Path, *, excel: bool = False, status: str |
         return write_csv(path, EXPORT_HEADER, rows, excel=excel)
 
 
+@dataclass(frozen=True)
+class Suppression:
+    """What :func:`suppress` did: the subscribers whose status changed (one consent
+    row each) and how many pending deliveries it cancelled."""
+
+    changed: list[int]
+    cancelled: int
+
+
+# The delivery-log reason for each suppressed status (a bounce passes its own: "hard bounce: <reply>").
+REASONS = {"unsubscribed": "unsubscribed", "complained": "complaint", "bounced": "hard bounce"}
+
+
+def suppress(
+    conn, subscriber_ids: Iterable[int], status: str, source: str, reason: str | None = None, *,
+    detail: str | None = None, ip: str | None = None, user_agent: str | None = None,
+) -> Suppression:
+    """Stop mailing these subscribers (the one way to do it; see the module doc).
+
+    ``status`` is ``unsubscribed``, ``bounced`` or ``complained``; ``reason`` goes
+    into the delivery log of every cancelled delivery (default: the status's word
+    in :data:`REASONS`); the consent row gets ``source``, ``ip``, ``user_agent`` and
+    ``detail`` (default: the ``reason`` given).  A subscriber already suppressed keeps its
+    status and gets no new consent row (a repeated request changes nothing in the
+    record), but its pending deliveries are cancelled all the same."""
+    if status not in q.SUPPRESSED:
+        raise ValueError(f"cannot suppress as {status!r}")
+    ids = list(dict.fromkeys(subscriber_ids))
+    if detail is None:
+        detail = reason
+    changed = q.mark_suppressed(conn, ids, status)
+    for sid in changed:
+        q.add_consent(conn, sid, status, source=source, ip=ip, user_agent=user_agent, detail=detail)
+    return Suppression(changed, q.cancel_pending_deliveries(conn, ids, reason or REASONS[status]))
+
+
+def count_bad_addresses(conn, reasons: Mapping[int, str], *, limit: int, source: str) -> list[int]:
+    """The hard-bounce rule, "after how many": each subscriber in ``reasons``
+    (id → "hard bounce: <the answer>") had one more bad-address answer
+    (:mod:`newsletter.replies` says which answers are); those that have had
+    ``limit`` of them (``[provider] hard_bounce_limit``, default 1) are suppressed
+    as ``bounced`` with that reason.  The count is ``subscribers.bounce_count``
+    (reset when the person confirms a new sign-up).  Returns the ids whose status
+    changed now."""
+    reached = q.count_bounce(conn, list(reasons), limit)
+    changed: list[int] = []
+    for sid in reached:
+        changed += suppress(conn, [sid], "bounced", source, reasons[sid]).changed
+    return changed
+
+
 def set_status(
     engine: Engine, email: str, status: str, *, source: str = "cli", detail: str | None = None
 ) -> tuple[str, int]:
-    """Change a subscriber's status; unsubscribing cancels their pending deliveries.
+    """Unsubscribe (or bounce, or mark complained) one address by :func:`suppress`.
 
-    Returns (previous status, number of deliveries cancelled).
-    """
+    Returns (previous status, number of deliveries cancelled); an address already
+    suppressed keeps its status."""
     try:
         email = normalize_email(email)
     except ValueError as exc:
@@ -271,13 +334,8 @@ def set_status(
         row = q.get_by_email(conn, email)
         if row is None:
             raise InputError(f"{email}: no such subscriber")
-        cancelled = 0
-        if row.status != status:
-            q.update_subscriber(conn, row.id, {"status": status})
-            q.add_consents(conn, [email], status if status != "active" else "confirm", source=source, detail=detail)
-        if status in q.SUPPRESSED:
-            cancelled = q.cancel_pending_deliveries(conn, row.id)
-        return row.status, cancelled
+        done = suppress(conn, [row.id], status, source, detail=detail)
+        return row.status, done.cancelled
 
 
 def update(engine: Engine, config: Config, email: str, changes: dict[str, Any]) -> dict[str, Any]:
@@ -309,8 +367,13 @@ def update(engine: Engine, config: Config, email: str, changes: dict[str, Any]) 
     return values
 
 
-def delete(engine: Engine, email: str) -> None:
-    """Erase the subscriber and their consent records (a data-erasure request)."""
+def delete(engine: Engine, email: str) -> int:
+    """Erase the subscriber (a data-erasure request), in one transaction: their
+    pending deliveries in every edition, however old, are cancelled ("erased");
+    their consent records, sign-ups and bounce events go with the subscriber row
+    (ON DELETE CASCADE); the delivery log keeps its rows (so an edition's counts
+    stay true) without the address, its domain or the server's words.  Returns
+    the number of deliveries cancelled."""
     try:
         email = normalize_email(email)
     except ValueError as exc:
@@ -319,7 +382,10 @@ def delete(engine: Engine, email: str) -> None:
         row = q.get_by_email(conn, email)
         if row is None:
             raise InputError(f"{email}: no such subscriber")
+        done = suppress(conn, [row.id], "unsubscribed", "erasure", "erased")
+        q.erase_from_deliveries(conn, row.id)
         q.delete_subscriber(conn, row.id)
+        return done.cancelled
 
 
 def show(engine: Engine, email: str) -> tuple[Any, list[Any]]:
@@ -460,8 +526,5 @@ def unsubscribe_id(
         row = q.get_by_id(conn, subscriber_id)
         if row is None:
             return None, 0
-        if row.status in q.SUPPRESSED:
-            return row.status, 0
-        q.update_subscriber(conn, subscriber_id, {"status": "unsubscribed"})
-        q.add_consent(conn, subscriber_id, "unsubscribed", source=source, ip=ip, user_agent=user_agent, detail=detail)
-        return row.status, q.cancel_pending_deliveries(conn, subscriber_id)
+        done = suppress(conn, [subscriber_id], "unsubscribed", source, detail=detail, ip=ip, user_agent=user_agent)
+        return row.status, done.cancelled

@@ -259,3 +259,61 @@ def test_no_inbound_mailbox_configured_means_no_mailto_processing(tmp_path):
     path.write_bytes(f"To: unsubscribe@news.example.jp\r\nSubject: unsubscribe {token}\r\n\r\n".encode())
     assert "1 ignored" in site.cli("bounces", "process", path).stdout
     assert site.subscriber("reader@example.jp").status == "active"
+
+
+def deliveries_of(site: Site) -> dict[str, tuple[str, str | None]]:
+    from newsletter.store.tables import deliveries
+
+    with site.engine.connect() as conn:
+        return {r.email: (r.status, r.last_reply) for r in conn.execute(select(deliveries))}
+
+
+def edition_for_everyone(site: Site) -> None:
+    site.cli("article", "add", "--field", "education", "--title", "学校給食の無償化、来春から",
+             "--url", "https://news.example.jp/e/kyushoku", "--summary", "給食費の概要です。")
+    assert "4 deliveries planned" in site.cli("edition", "create", "weekly").stdout
+
+
+def test_the_delivery_log_says_why_a_delivery_was_cancelled(tmp_path, storage_url):
+    """A bounce, a complaint and a soft-bounce limit cancel the edition's pending
+    deliveries with their own reason, not "subscriber unsubscribed"."""
+    site = bounce_site(tmp_path, storage_url)
+    edition_for_everyone(site)
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    for raw in mailbox_messages():
+        box.add(raw)
+    site.cli("bounces", "process", tmp_path / "bounces")
+    log = deliveries_of(site)
+    assert log["hard@example.jp"][0] == "cancelled"
+    assert log["hard@example.jp"][1].startswith("hard bounce: failed 5.1.1 smtp; 550 5.1.1")
+    assert log["spam@example.jp"] == ("cancelled", "complaint")
+    assert log["soft@example.jp"][0] == "cancelled"
+    assert log["soft@example.jp"][1].startswith("2 soft bounces in 30 days")
+    assert log["late@example.jp"] == ("pending", None)
+
+
+def test_reports_follow_the_one_hard_bounce_rule(tmp_path):
+    """5.1.x is a hard bounce, counted against [provider] hard_bounce_limit (as the
+    engine counts); a 5.7.1 policy refusal says nothing about the address: soft."""
+    site = make_site(tmp_path, f"sqlite:///{tmp_path / 'project' / 'var' / 'newsletter.db'}",
+                     extra='\n[bounces]\nsoft_limit = 5\nsoft_window = "30d"\n',
+                     replace={'path = "var/outbox"': 'hard_bounce_limit = 2\npath = "var/outbox"'})
+    for address in ADDRESSES:
+        site.cli("subscriber", "add", address, "--fields", "education")
+    policy_refusal = dsn("<dsn-policy@mta.news.example.jp>", [
+        ("spam@example.jp", "failed", "5.7.1", "554 5.7.1 Message rejected as spam by Content Filtering")])
+    first = dsn("<dsn-a@mta.news.example.jp>", [("hard@example.jp", "failed", "5.1.1", "550 5.1.1 User unknown")])
+    second = dsn("<dsn-b@mta.news.example.jp>", [("hard@example.jp", "failed", "5.1.1", "550 5.1.1 User unknown")])
+    for i, raw in enumerate((policy_refusal, first)):
+        (tmp_path / f"{i}.eml").write_bytes(raw)
+        site.cli("bounces", "process", tmp_path / f"{i}.eml")
+    assert site.subscriber("spam@example.jp").status == "active"
+    assert site.subscriber("hard@example.jp").status == "active"
+    assert site.subscriber("hard@example.jp").bounce_count == 1
+    (tmp_path / "2.eml").write_bytes(second)
+    out = site.cli("bounces", "process", tmp_path / "2.eml").stdout
+    assert "suppressed hard@example.jp" in out
+    assert site.subscriber("hard@example.jp").status == "bounced"
+    with site.engine.connect() as conn:
+        kinds = dict(conn.execute(select(mail_events.c.event_id, mail_events.c.kind)).all())
+    assert kinds["<dsn-policy@mta.news.example.jp>:spam@example.jp"] == "soft"

@@ -15,8 +15,9 @@ from sqlalchemy import select
 from newsletter import publish
 from newsletter import subscribers as subs
 from newsletter.config import load_config
-from newsletter.delivery import backoff, deliver, is_hard_bounce
+from newsletter.delivery import backoff, deliver
 from newsletter.providers import load_provider
+from newsletter.replies import smtp_outcome
 from newsletter.store import open_engine
 from newsletter.store.tables import consents, deliveries, editions, subscribers
 from tests.conftest import CLI, write_config
@@ -163,6 +164,29 @@ def test_hard_bounce_limit_counts_bounces(make, smtp_server):
     assert s.subscriber("flaky@example.jp").status == "bounced"
 
 
+def test_webhook_and_engine_share_one_hard_bounce_count(make, smtp_server):
+    """One rule, one count: a provider's hard-bounce report and the engine's own 5.1.1
+    both count against hard_bounce_limit; the second makes the address bounced, and
+    the consent log and delivery log say why."""
+    from newsletter.bounces import MailEvent, apply_events
+
+    s = make("hard_bounce_limit = 2")
+    s.subscribe("gone@example.jp", "ok@example.jp")
+    report = apply_events(s.engine, s.config, [MailEvent("sendgrid", "sg-ev-1", "hard", email="gone@example.jp",
+                                                         detail="bounce 5.1.1 550 5.1.1 mailbox unavailable")])
+    assert report.hard == 1 and report.suppressed == []
+    assert (s.subscriber("gone@example.jp").status, s.subscriber("gone@example.jp").bounce_count) == ("active", 1)
+    smtp_server.reply_to_rcpt("gone@example.jp", "550 5.1.1 <gone@example.jp>: User unknown")
+    assert s.send(s.edition()).bounced == 1
+    sub = s.subscriber("gone@example.jp")
+    assert (sub.status, sub.bounce_count) == ("bounced", 2)
+    with s.engine.connect() as conn:
+        last = conn.execute(select(consents).where(consents.c.subscriber_id == sub.id)
+                            .order_by(consents.c.id.desc())).first()
+    assert (last.event, last.source) == ("bounced", "delivery")
+    assert last.detail == "hard bounce: 550 5.1.1 <gone@example.jp>: User unknown"
+
+
 def test_554_571_policy_fails_the_message_but_keeps_the_subscriber(make, smtp_server):
     s = make()
     s.subscribe("strict@example.jp")
@@ -269,9 +293,11 @@ def test_backoff_is_jittered_exponential():
 @pytest.mark.parametrize(("reply", "hard"), [
     ("550 5.1.1 User unknown", True), ("550 5.1.2 Bad destination system", True),
     ("554 5.7.1 Policy", False), ("552 5.2.2 Mailbox full", False), ("550 Rejected", False),
+    ("450 5.1.1 Try later", False),  # a temporary answer never makes the address bad
 ])
 def test_hard_bounce_classification(reply, hard):
-    assert is_hard_bounce(reply) is hard
+    code = int(reply[:3])
+    assert smtp_outcome(code, reply)[1] is hard
 
 
 def test_parallel_connections_each_reused(make, smtp_server):

@@ -260,22 +260,30 @@ def test_a_refused_recipient_fails_alone_and_the_rest_go(kit):
         else:
             assert r.status == "accepted", r
     assert sorted(kit.server.recipients()) == sorted(m.recipient for m in messages if m.recipient not in bad)
-    replies = [r.reply for m, r in zip(messages, results, strict=True) if m.recipient in bad]
+    refused = [r for m, r in zip(messages, results, strict=True) if m.recipient in bad]
+    replies = [r.reply for r in refused]
+    # The service's own words in the log, never a made-up SMTP code; "bad address" is a typed field.
+    assert not any(r[:1].isdigit() and r[1:2] == "." for r in replies), replies
+    assert not any(r.bad_address for m, r in zip(messages, results, strict=True) if m.recipient not in bad)
     if kit.kind == "sendgrid":
         # SendGrid names the personalization: the others went again at once, in one request.
         assert kit.server.requests == 2
-        assert all(r.startswith("5.1.3 ") and "personalizations." in r for r in replies)
+        assert all(r.startswith("400: ") and "personalizations." in r for r in replies)
+        assert all(r.bad_address for r in refused)
     elif kit.kind == "mailgun":
         # Mailgun's 400 names nobody: halves until the culprits stand alone.
         assert 2 < kit.server.requests <= 1 + 2 * 2 * 4
-        assert all(r.startswith("5.1.3 ") and "'to' parameter" in r for r in replies)
+        assert all(r.startswith("400 ") and "'to' parameter" in r for r in replies)
+        assert all(r.bad_address for r in refused)
     elif kit.kind == "postmark":
         # One request, one result per message: exactly which ones went.
         assert kit.server.requests == 1
-        assert all(r.startswith("5.1.1 ") and "ErrorCode 406" in r for r in replies)
+        assert all(r.startswith("Postmark ErrorCode 406") for r in replies)
+        assert all(r.bad_address for r in refused)
     else:
         assert kit.server.requests == 10
         assert all("MessageRejected" in r for r in replies)
+        assert not any(r.bad_address for r in refused)  # SES says "rejected", not "no such address"
 
 
 def test_a_request_refused_as_such_is_permanent(kit):
@@ -485,7 +493,44 @@ def test_postmark_per_message_codes():
     outcome = provider.parse_results(request, HTTPResponse(200, {}, json.dumps(answer).encode()))
     assert [r.status for r in outcome.results] == ["accepted", "permanent", "transient", "unknown"]
     assert outcome.results[0].provider_id == "m-1"
-    assert outcome.results[1].reply.startswith("5.1.1 Postmark ErrorCode 406")
+    assert outcome.results[1].reply.startswith("Postmark ErrorCode 406") and outcome.results[1].bad_address
+    assert not any(r.bad_address for i, r in enumerate(outcome.results) if i != 1)
+
+
+def test_a_postmark_inactive_recipient_bounces_the_subscriber_by_the_typed_field(tmp_path, monkeypatch):
+    """The engine learns "bad address" from SendResult.bad_address, not from reply
+    text: Postmark's ErrorCode 406 suppresses the subscriber, and neither the log nor
+    the reply carries a made-up SMTP code."""
+    from newsletter import subscribers as subs
+    from newsletter.store.tables import consents
+
+    with running("postmark", monkeypatch) as kit:
+        cli = CLI(write_config(tmp_path / "p", f"sqlite:///{tmp_path / 'p' / 'db.sqlite'}", provider=kit.toml()))
+        cli("init")
+        config = load_config(cli.config_path)
+        engine = open_engine(config.storage_url)
+        for address in ("kyuu@example.jp", "genki@example.jp"):
+            subs.add(engine, config, {"email": address, "fields": "education", "name": "試験 次郎"})
+        cli("article", "add", "--field", "education", "--title", "公民館の耐震改修が完了",
+            "--url", "https://news.example.jp/e/kominkan", "--summary", "改修の概要です。")
+        created = publish.create_edition(engine, config, config.publication("weekly"))
+        kit.server.reject("kyuu@example.jp")
+        provider = load_provider(config.provider.kind, config.provider.options, config.base_dir)
+        try:
+            report = deliver(engine, config, created.edition_id, provider)
+        finally:
+            provider.close()
+        assert (report.sent, report.failed, report.bounced) == (1, 1, 1)
+        assert kit.server.recipients() == ["genki@example.jp"]
+        with engine.connect() as conn:
+            row = conn.execute(select(deliveries).where(deliveries.c.email == "kyuu@example.jp")).one()
+            sub = conn.execute(select(subscribers).where(subscribers.c.email == "kyuu@example.jp")).one()
+            consent = conn.execute(select(consents).where(consents.c.subscriber_id == sub.id)
+                                   .order_by(consents.c.id.desc())).first()
+        assert row.status == "failed" and row.last_reply.startswith("Postmark ErrorCode 406")
+        assert "5.1." not in row.last_reply
+        assert sub.status == "bounced" and consent.event == "bounced"
+        assert consent.detail.startswith("hard bounce: Postmark ErrorCode 406")
 
 
 def test_postmark_message_carries_our_message_id_and_stream():

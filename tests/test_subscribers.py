@@ -543,3 +543,120 @@ def test_export_then_import_round_trips():
             check()
         finally:
             engine.dispose()
+
+
+# --- suppression and erasure: one path, the real reason, nothing left to send ------------------
+
+
+def edition_with_pending(cli, *emails: str) -> tuple:
+    """Subscribers, one article and edition 1 created but not sent: a pending delivery each."""
+    for address in emails:
+        cli("subscriber", "add", address, "--fields", "education", "--name", "山田 花子")
+    cli("article", "add", "--field", "education", "--title", "県立高校の再編計画、来年度から",
+        "--url", "https://news.example.jp/e/saihen", "--summary", "再編の概要です。")
+    assert "2 deliveries planned" in cli("edition", "create", "weekly").stdout
+    config = load_config(cli.config_path)
+    return config, make_engine(config.storage_url)
+
+
+def deliveries_by_email(engine) -> dict:
+    from newsletter.store.tables import deliveries
+
+    with engine.connect() as conn:
+        return {r.email: r for r in conn.execute(select(deliveries))}
+
+
+def test_unsubscribe_cancels_with_its_reason_and_clears_the_lease(project):
+    """A delivery a run has claimed (leased) is cancelled with the reason "unsubscribed"
+    and loses its lease, so no run still holding it may write to it."""
+    from datetime import timedelta
+
+    from newsletter.store import editions as eq
+    from newsletter.store.tables import utcnow
+
+    _, engine = edition_with_pending(project, "taro@example.jp", "hanako@example.jp")
+    try:
+        now = utcnow()
+        with engine.begin() as conn:
+            claimed = eq.claim(conn, 1, now, 10, now + timedelta(minutes=2))
+        assert len(claimed) == 2
+        out = project("subscriber", "unsubscribe", "taro@example.jp").stdout
+        assert "1 pending deliveries cancelled" in out
+        rows = deliveries_by_email(engine)
+        taro = rows["taro@example.jp"]
+        assert (taro.status, taro.last_reply, taro.lease_until) == ("cancelled", "unsubscribed", None)
+        assert rows["hanako@example.jp"].status == "pending" and rows["hanako@example.jp"].lease_until is not None
+        # Again: nothing changes, and the consent record does not grow.
+        before = count(project, consents)
+        again = project("subscriber", "unsubscribe", "taro@example.jp").stdout
+        assert "already unsubscribed (0 pending deliveries cancelled)" in again
+        assert count(project, consents) == before
+    finally:
+        engine.dispose()
+
+
+def test_erased_subscriber_gets_nothing_from_an_edition_created_before(project):
+    """``subscriber delete`` after the edition was created: the file outbox receives
+    the other reader's mail only, and the delivery log keeps the row (the edition's
+    counts stay true) but not the address."""
+    config, engine = edition_with_pending(project, "kesu@example.jp", "nokoru@example.jp")
+    try:
+        out = project("subscriber", "delete", "--yes", "kesu@example.jp").stdout
+        assert out.strip().endswith("kesu@example.jp: deleted")
+        project("edition", "send", "weekly")
+        outbox = config.base_dir / "var" / "outbox"
+        sent = [p.read_bytes() for p in outbox.glob("*.eml")]
+        assert len(sent) == 1
+        assert b"nokoru@example.jp" in sent[0] and not any(b"kesu@example.jp" in m for m in sent)
+        rows = deliveries_by_email(engine)
+        assert set(rows) == {"nokoru@example.jp", q.ERASED}
+        erased = rows[q.ERASED]
+        assert (erased.status, erased.last_reply, erased.subscriber_id, erased.domain) == (
+            "cancelled", "erased", None, "")
+        assert rows["nokoru@example.jp"].status == "sent"
+        status = project("edition", "status", "1").stdout
+        assert "cancelled:   1" in status and "sent:        1" in status
+        # Nothing of the address is left anywhere in the database.
+        from sqlalchemy import MetaData
+
+        meta = MetaData()
+        meta.reflect(engine)
+        with engine.connect() as conn:
+            for tbl in meta.sorted_tables:
+                for row in conn.execute(select(tbl)):
+                    assert not any("kesu@" in str(v) for v in row), (tbl.name, row)
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_unsubscribes_write_one_consent_row(project):
+    """Many one-click POSTs on one token at once (mail clients and scanners do this):
+    the status changes once and the consent record gets one row."""
+    import threading
+
+    config = load_config(project.config_path)
+    project("subscriber", "add", "renda@example.jp", "--fields", "education")
+    engine = make_engine(config.storage_url)
+    try:
+        sid = by_email(project)["renda@example.jp"].id
+        before = count(project, consents)
+        start = threading.Barrier(12)
+        errors: list[BaseException] = []
+
+        def click() -> None:
+            start.wait()
+            try:
+                subs.unsubscribe_id(engine, sid, source="one-click")
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=click) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert count(project, consents) == before + 1
+        assert by_email(project)["renda@example.jp"].status == "unsubscribed"
+    finally:
+        engine.dispose()

@@ -137,6 +137,32 @@ def test_sendgrid_signed_events(hooks, ec_key):
     assert (consent.event, consent.source) == ("bounced", "sendgrid") and "5.1.1" in consent.detail
 
 
+def test_webhooks_follow_the_one_hard_bounce_rule(hooks, ec_key, rsa_cert):
+    """A permanent bounce whose code says nothing about the address (5.7.1 policy,
+    5.2.2 mailbox full) is soft, as in the engine and the DSN intake; 5.1.x is hard,
+    and so is a service's own "permanent" when it gives no code."""
+    events = [
+        {"email": "spam@example.jp", "event": "bounce", "type": "bounce", "status": "5.7.1",
+         "reason": "554 5.7.1 Message rejected as spam", "sg_event_id": "sg-policy"},
+        {"email": "soft@example.jp", "event": "bounce", "type": "bounce", "status": "5.2.2",
+         "reason": "552 5.2.2 Mailbox full", "sg_event_id": "sg-full"},
+    ]
+    assert sendgrid_post(hooks, ec_key, events).status_code == 200
+    mg = mg_failed("hard@example.jp", "permanent", "mg-policy")
+    mg["delivery-status"]["enhanced-code"] = "5.7.1"
+    assert mailgun_post(hooks, mg).status_code == 200
+    assert statuses(hooks) == ALL_ACTIVE
+    with hooks.engine.connect() as conn:
+        kinds = set(conn.execute(select(mail_events.c.kind)).scalars())
+    assert kinds == {"soft"}
+    key, _ = rsa_cert
+    ses = {**SES_BOUNCE, "bounce": {**SES_BOUNCE["bounce"], "bouncedRecipients": [
+        {"emailAddress": "fine@example.jp", "status": "5.7.1", "action": "failed"},
+        {"emailAddress": "hard@example.jp", "status": "5.1.1", "action": "failed"}]}}
+    assert post_sns(hooks, sns_message(ses, key=key, MessageId="ses-mixed")).status_code == 200
+    assert statuses(hooks) == {**ALL_ACTIVE, "hard@example.jp": "bounced"}
+
+
 def test_sendgrid_rejects_bad_signatures(hooks, ec_key):
     """A forged, missing or replayed signature changes nothing."""
     other = ec.generate_private_key(ec.SECP256R1())

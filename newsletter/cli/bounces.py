@@ -22,9 +22,10 @@ def bounces_group() -> None:
 def bounces_process(app: App, path: Path, dry_run: bool) -> None:
     """Read a Maildir folder, an mbox file or one .eml file.
 
-    RFC 3464 delivery status notifications: 5.x.x → the address is bounced;
-    4.x.x counts as a soft bounce ([bounces] soft_limit within soft_window
-    suppress it).  RFC 5965 (ARF) reports → complained.  A mail to
+    RFC 3464 delivery status notifications: 5.1.x (the address does not
+    work) → bounced after [provider] hard_bounce_limit of them (default 1);
+    4.x.x and other 5.x.x count as soft bounces ([bounces] soft_limit within
+    soft_window suppress it).  RFC 5965 (ARF) reports → complained.  A mail to
     [sender] unsubscribe_mailto with the subject "unsubscribe <token>" (the
     List-Unsubscribe mailto of every mail) → unsubscribed.  Processing the
     same mailbox again changes nothing.

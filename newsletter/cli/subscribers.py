@@ -172,6 +172,9 @@ def subscriber_set(app: App, email, fields, name, fmt, charset, publications):
 def subscriber_unsubscribe(app: App, email):
     """Stop all mail to EMAIL now (pending deliveries are cancelled; the consent record stays)."""
     before, cancelled = subs.set_status(app.engine, email, "unsubscribed", source="cli")
+    if before in q.SUPPRESSED:  # first reason wins: a bounced address stays bounced
+        click.echo(f"{subs.normalize_email(email)}: already {before} ({cancelled} pending deliveries cancelled)")
+        return
     click.echo(f"{subs.normalize_email(email)}: unsubscribed (was {before}; {cancelled} pending deliveries cancelled)")
 
 

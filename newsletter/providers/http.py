@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from newsletter.errors import ConfigError
+from newsletter.errors import ConfigError, TransportError
 from newsletter.interfaces import OutgoingMessage, SendResult, Status
 from newsletter.providers import OptionReader
 
@@ -108,15 +108,6 @@ class HTTPResponse:
         words = " ".join(words.split())[:_SNIPPET]
         head = f"{self.status} {self.reason}".strip()
         return f"{head}: {words}" if words else head
-
-
-class TransportError(Exception):
-    """The request got no HTTP answer.  ``status`` is what that means for its messages."""
-
-    def __init__(self, status: Status, reply: str):
-        super().__init__(reply)
-        self.status: Status = status
-        self.reply = reply
 
 
 @dataclass

@@ -188,8 +188,8 @@ class MailgunProvider(HTTPProvider):
         if status == 400 and _about_recipients(said):
             if len(messages) > 1:
                 return Outcome(resend=self.halves(request))
-            return Outcome([SendResult(messages[0].delivery_id, "permanent",
-                                       reply="5.1.3 " + response.describe(said))])
+            return Outcome([SendResult(messages[0].delivery_id, "permanent", reply=response.describe(said),
+                                       bad_address=True)])
         return Outcome(whole(messages, "permanent", response.describe(said)))
 
 

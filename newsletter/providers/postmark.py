@@ -13,8 +13,8 @@ transactional mail.
 The batch endpoint answers 200 with one result per message, in order, so a
 partly refused batch says exactly which messages went: ``ErrorCode`` 0 is
 accepted; 406 (inactive recipient: it hard-bounced or complained before) and
-300 (invalid request, e.g. a bad address) are permanent, 406 reported as
-``5.1.1`` so the engine counts it as a hard bounce; account-level codes (100
+300 (invalid request, e.g. a bad address) are permanent, 406 with
+``bad_address`` set so the engine counts it as a hard bounce; account-level codes (100
 maintenance, 405 out of credits, 412 account pending, 413 account may not send,
 429 rate limit) are transient.  401 is a bad server token (ErrorCode 10); 422
 refuses the whole batch; 429 and 5xx are transient.  Postmark builds the MIME
@@ -186,5 +186,5 @@ def _result(message: OutgoingMessage, item: Mapping[str, Any] | None) -> SendRes
                           reply=f"Postmark: {words}")
     if code in TRANSIENT_CODES:
         return SendResult(message.delivery_id, "transient", reply=f"Postmark ErrorCode {code}: {words}")
-    prefix = "5.1.1 " if code in HARD_BOUNCE_CODES else ""
-    return SendResult(message.delivery_id, "permanent", reply=f"{prefix}Postmark ErrorCode {code}: {words}")
+    return SendResult(message.delivery_id, "permanent", reply=f"Postmark ErrorCode {code}: {words}",
+                      bad_address=code in HARD_BOUNCE_CODES)

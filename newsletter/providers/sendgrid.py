@@ -16,7 +16,7 @@ limit, which also caps to+cc+bcc at 1,000 per request), each with:
 
 A request is all or nothing: 202, or 400 with ``errors[].field`` such as
 ``personalizations.3.to.0.email``.  When the fields name personalizations, those
-messages fail (``5.1.3``: a bad address) and the others go again at once
+messages fail (with ``bad_address`` when SendGrid's words are about the address) and the others go again at once
 without them; a 413 splits the request in halves.  A recipient never appears
 twice in one request (SendGrid refuses that).  403 is SendGrid's answer to an
 unverified sender identity as much as to a revoked key, so 401 and 403 both
@@ -166,8 +166,8 @@ class SendGridProvider(HTTPProvider):
             outcome = Outcome()
             for index, texts in blamed.items():
                 message = messages[index]
-                prefix = "5.1.3 " if any("address" in t.lower() for t in texts) else ""
-                outcome.results.append(_permanent(message, f"{prefix}{status}: {'; '.join(texts)}"))
+                outcome.results.append(_permanent(message, f"{status}: {'; '.join(texts)}",
+                                                  bad_address=any("address" in t.lower() for t in texts)))
             rest = [m for i, m in enumerate(messages) if i not in blamed]
             if rest:
                 outcome.resend.append(rest)
@@ -175,8 +175,8 @@ class SendGridProvider(HTTPProvider):
         return self.trouble(request, response, detail)
 
 
-def _permanent(message: OutgoingMessage, reply: str) -> SendResult:
-    return SendResult(message.delivery_id, "permanent", reply=" ".join(reply.split())[:500])
+def _permanent(message: OutgoingMessage, reply: str, *, bad_address: bool = False) -> SendResult:
+    return SendResult(message.delivery_id, "permanent", reply=" ".join(reply.split())[:500], bad_address=bad_address)
 
 
 def _address(email: str, name: str = "") -> dict[str, str]:

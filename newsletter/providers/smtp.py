@@ -12,6 +12,9 @@ limits messages per connection) is retried once on a fresh connection:
 nothing of the message has been sent at that point, so this cannot duplicate it.
 A connection lost any later counts as ``transient`` for the message in flight.
 
+What a reply means (accepted / transient / permanent, and whether it says the
+address is bad) is :mod:`newsletter.replies`; this module only talks SMTP.
+
 Not thread-safe: one provider instance per sending thread.
 """
 
@@ -25,9 +28,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Self
 
-from newsletter.errors import ConfigError
-from newsletter.interfaces import OutgoingMessage, SendResult, Status
+from newsletter.errors import ConfigError, TransportError
+from newsletter.interfaces import OutgoingMessage, SendResult
 from newsletter.providers import OptionReader
+from newsletter.replies import classify_smtp_reply, enhanced_status, smtp_outcome
 
 __all__ = ["SMTPProvider", "classify_smtp_reply", "enhanced_status", "queue_id"]
 
@@ -35,39 +39,8 @@ Security = Literal["none", "starttls", "tls"]
 _SECURITY = ("none", "starttls", "tls")
 _DEFAULT_PORT = {"none": 25, "starttls": 587, "tls": 465}
 
-# RFC 3463: class.subject.detail, at the start of the reply text.
-_ENHANCED = re.compile(r"^\s*(?:\d{3}[ -])?([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
 # Postfix "250 2.0.0 Ok: queued as 4XYZ", Exim "250 OK id=1abcDE-0001Xy-2Z".
 _QUEUE_ID = re.compile(r"queued as\s+<?([\w.@-]+)|\bid=([\w.-]+)", re.IGNORECASE)
-
-
-def classify_smtp_reply(code: int, text: str = "") -> Status:
-    """What a final reply to MAIL/RCPT/DATA means for the message.
-
-    2xx accepted, 4xx transient, 5xx permanent, except 552: RFC 5321
-    §4.5.3.1.10 lets clients treat 552 (storage exceeded) as temporary,
-    and mailbox-full is exactly what it is in practice.  The enhanced status
-    code in ``text`` does not change the answer (servers disagree too often on
-    it to overrule the basic code); it is kept in the reply for the log.
-    Anything else (a 1xx/3xx as final answer, smtplib's -1 for a garbled
-    line) means the dialogue broke, not that the address is bad: transient.
-    """
-    if 200 <= code < 300:
-        return "accepted"
-    if code == 552:
-        return "transient"
-    if 400 <= code < 500:
-        return "transient"
-    if 500 <= code < 600:
-        return "permanent"
-    return "transient"
-
-
-def enhanced_status(text: str) -> str | None:
-    """The RFC 3463 enhanced status code at the start of a reply ("5.1.1"), if any.
-    Accepts the text with or without the basic code in front."""
-    match = _ENHANCED.match(text)
-    return match.group(1) if match else None
 
 
 def queue_id(text: str) -> str | None:
@@ -78,8 +51,11 @@ def queue_id(text: str) -> str | None:
     return match.group(1) or match.group(2)
 
 
-class _ConnectFailed(Exception):
+class _ConnectFailed(TransportError):
     """No usable connection; every message not yet tried in the batch waits."""
+
+    def __init__(self, reply: str):
+        super().__init__("transient", reply)
 
 
 class SMTPProvider:
@@ -270,7 +246,8 @@ class SMTPProvider:
         else:
             self._reset()
         stale = stage == "MAIL FROM" and code == 421
-        return SendResult(message.delivery_id, classify_smtp_reply(code, reply), reply=reply), stale
+        status, bad_address = smtp_outcome(code, reply)  # what the reply means: newsletter.replies
+        return SendResult(message.delivery_id, status, reply=reply, bad_address=bad_address), stale
 
     def _pipelined(self, conn: smtplib.SMTP, sender: str, options: list[str],
                    message: OutgoingMessage, where: list[str]) -> tuple[int, bytes, str]:

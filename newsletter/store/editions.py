@@ -246,36 +246,3 @@ def pending_count(conn: Connection, edition_id: int) -> int:
     return conn.execute(
         select(func.count()).where(and_(deliveries.c.edition_id == edition_id, deliveries.c.status == "pending"))
     ).scalar()
-
-
-def count_hard_bounces(conn: Connection, subscriber_ids: Sequence[int], limit: int, now: datetime) -> list[int]:
-    """Add one hard bounce to each subscriber; those reaching ``limit`` become
-    ``bounced`` (with a consent-log row) and lose their other pending deliveries.
-    Returns the ids that were suppressed."""
-    from .tables import consents
-
-    if not subscriber_ids:
-        return []
-    ids = list(subscriber_ids)
-    conn.execute(
-        update(subscribers).where(subscribers.c.id.in_(ids)).values(bounce_count=subscribers.c.bounce_count + 1)
-    )
-    suppressed = conn.execute(
-        select(subscribers.c.id).where(
-            subscribers.c.id.in_(ids), subscribers.c.bounce_count >= limit, subscribers.c.status == "active"
-        )
-    ).scalars().all()
-    if suppressed:
-        conn.execute(
-            update(subscribers).where(subscribers.c.id.in_(suppressed)).values(status="bounced", updated_at=now)
-        )
-        conn.execute(consents.insert(), [
-            {"subscriber_id": sid, "event": "bounced", "at": now, "source": "delivery", "detail": "hard bounce"}
-            for sid in suppressed
-        ])
-        conn.execute(
-            update(deliveries)
-            .where(deliveries.c.subscriber_id.in_(suppressed), deliveries.c.status == "pending")
-            .values(status="cancelled", last_reply="address bounced", lease_until=None, updated_at=now)
-        )
-    return list(suppressed)

@@ -1,4 +1,9 @@
-"""Queries on subscribers and their consent records."""
+"""Queries on subscribers and their consent records.
+
+The rule for stopping mail to an address is not here but in
+:func:`newsletter.subscribers.suppress`, which strings these queries together
+in one transaction; nothing else should call :func:`mark_suppressed` or
+:func:`cancel_pending_deliveries`."""
 
 from __future__ import annotations
 
@@ -65,13 +70,61 @@ def consent_records(conn: Connection, subscriber_id: int) -> list[Row]:
     return list(conn.execute(select(consents).where(consents.c.subscriber_id == subscriber_id).order_by(consents.c.id)))
 
 
-def cancel_pending_deliveries(conn: Connection, subscriber_id: int) -> int:
-    result = conn.execute(
-        update(deliveries)
-        .where(deliveries.c.subscriber_id == subscriber_id, deliveries.c.status == "pending")
-        .values(status="cancelled", last_reply="subscriber unsubscribed", updated_at=utcnow())
+def mark_suppressed(conn: Connection, subscriber_ids: Sequence[int], status: str) -> list[int]:
+    """Set ``status`` on those of the subscribers not suppressed yet; the ids changed.
+    One UPDATE with the condition in its WHERE, so two concurrent requests change
+    (and report) a subscriber once."""
+    changed: list[int] = []
+    ids = list(subscriber_ids)
+    for i in range(0, len(ids), CHUNK):
+        changed += conn.execute(
+            update(subscribers)
+            .where(subscribers.c.id.in_(ids[i : i + CHUNK]), subscribers.c.status.not_in(SUPPRESSED))
+            .values(status=status, updated_at=utcnow())
+            .returning(subscribers.c.id)
+        ).scalars().all()
+    return changed
+
+
+def cancel_pending_deliveries(conn: Connection, subscriber_ids: Sequence[int], reason: str) -> int:
+    """Cancel every pending delivery of the subscribers, in every edition, with
+    ``reason`` in the log; the lease is cleared so no run may still write to the row."""
+    ids = list(subscriber_ids)
+    cancelled = 0
+    for i in range(0, len(ids), CHUNK):
+        cancelled += conn.execute(
+            update(deliveries)
+            .where(deliveries.c.subscriber_id.in_(ids[i : i + CHUNK]), deliveries.c.status == "pending")
+            .values(status="cancelled", last_reply=reason[:1000], lease_until=None, updated_at=utcnow())
+        ).rowcount
+    return cancelled
+
+
+def count_bounce(conn: Connection, subscriber_ids: Sequence[int], limit: int) -> list[int]:
+    """One more bad-address bounce each; the ids whose count reached ``limit``."""
+    ids = list(subscriber_ids)
+    if not ids:
+        return []
+    conn.execute(
+        update(subscribers).where(subscribers.c.id.in_(ids)).values(bounce_count=subscribers.c.bounce_count + 1)
     )
-    return result.rowcount
+    return list(conn.execute(
+        select(subscribers.c.id).where(subscribers.c.id.in_(ids), subscribers.c.bounce_count >= limit)
+    ).scalars())
+
+
+ERASED = "(erased)"
+
+
+def erase_from_deliveries(conn: Connection, subscriber_id: int) -> int:
+    """Take an erased subscriber's address out of the delivery log: the rows stay
+    (an edition's counts do not change) with no address, domain or server words
+    (a reply may quote the address)."""
+    return conn.execute(
+        update(deliveries)
+        .where(deliveries.c.subscriber_id == subscriber_id)
+        .values(email=ERASED, domain="", last_reply="erased", updated_at=utcnow())
+    ).rowcount
 
 
 def delete_subscriber(conn: Connection, subscriber_id: int) -> None:

@@ -54,8 +54,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from ..bounces import MailEvent, apply_events, classify_status
+from ..bounces import MailEvent, apply_events
 from ..config import WebhookSettings
+from ..replies import bounce_kind
 
 if TYPE_CHECKING:
     from .app import Service
@@ -141,7 +142,9 @@ def sendgrid_events(settings: WebhookSettings, headers: Mapping[str, str], body:
         status = str(e.get("status") or "")
         if name == "bounce":
             # type "blocked": the receiving server refused this time (reputation, content): not the address.
-            kind = "soft" if e.get("type") == "blocked" else (classify_status(status) if status else "hard")
+            # Otherwise the one hard-bounce rule (newsletter.replies): 5.1.x hard, other codes soft;
+            # SendGrid's own "bounce" when it gives no code.
+            kind = "soft" if e.get("type") == "blocked" else bounce_kind(status, default="hard")
             if kind == "ignored":
                 kind = "hard"
         elif name == "dropped":
@@ -183,7 +186,9 @@ def mailgun_events(settings: WebhookSettings, headers: Mapping[str, str], body: 
         raise Rejected(400, "event-data.recipient missing")
     status = ed.get("delivery-status") if isinstance(ed.get("delivery-status"), dict) else {}
     if name == "failed":
-        kind = "hard" if ed.get("severity") == "permanent" else "soft"
+        # Permanent: the one hard-bounce rule on the enhanced code when Mailgun gives one, else hard.
+        code = status.get("enhanced-code")
+        kind = bounce_kind(str(code or ""), default="hard") if ed.get("severity") == "permanent" else "soft"
     elif name == "complained":
         kind = "complaint"
     elif name == "unsubscribed":
@@ -353,9 +358,11 @@ def ses_events(settings: WebhookSettings, headers: Mapping[str, str], body: byte
     if kind_name == "Bounce":
         bounce = note.get("bounce") if isinstance(note.get("bounce"), dict) else {}
         bounce_type = bounce.get("bounceType")
-        kind = "hard" if bounce_type == "Permanent" else "soft"
         for r in bounce.get("bouncedRecipients") or []:
             if isinstance(r, dict) and isinstance(r.get("emailAddress"), str):
+                # Permanent: the one hard-bounce rule on the recipient's status when SES gives one.
+                kind = bounce_kind(str(r.get("status") or ""), default="hard") if bounce_type == "Permanent" \
+                    else "soft"
                 detail = (f"{bounce_type}/{bounce.get('bounceSubType')} {r.get('status') or ''} "
                           f"{r.get('diagnosticCode') or ''}")
                 events.append(MailEvent("ses", f"{msg['MessageId']}:{r['emailAddress'].lower()}", kind,
