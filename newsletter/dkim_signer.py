@@ -121,8 +121,10 @@ class Signer:
 
     def sign(self, data: bytes) -> bytes:
         """``data`` with DKIM-Signature headers prepended (CRLF line endings kept)."""
-        headers, body = dkim.rfc822_parse(data)
-        body_hash = base64.b64encode(hashlib.sha256(_POLICY.canonicalize_body(body)).digest())
+        end = data.find(b"\r\n\r\n")
+        head, body = (data, b"") if end < 0 else (data[:end + 4], data[end + 4:])
+        headers, _ = dkim.rfc822_parse(head)  # only the header block: parsing a 40 KB body line by line costs 1 ms
+        body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
         canonical = _POLICY.canonicalize_headers(headers)
         stamp = str(int(self.clock())).encode("ascii")
         added = b""
@@ -152,6 +154,24 @@ class Signer:
         # removal make the folding invisible to the verifier.
         chunks = [b64[i:i + 70] for i in range(0, len(b64), 70)]
         return b"DKIM-Signature: " + value + b"\r\n\t" + b"\r\n\t".join(chunks) + b"\r\n"
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 3.4.4 relaxed body canonicalisation, with bytes methods instead of
+    dkimpy's regular expressions (which take 3 ms on a 40 KB digest — most of the
+    cost of signing).  A property test holds it equal to dkimpy's
+    ``CanonicalizationPolicy.canonicalize_body`` for any input."""
+    if b"\t" in body:
+        body = body.replace(b"\t", b" ")
+    while b"  " in body:  # each pass halves every run of spaces
+        body = body.replace(b"  ", b" ")
+    body = body.replace(b" \r\n", b"\r\n")  # runs are single spaces now
+    # Empty lines at the end go, down to one CRLF; a body without a final CRLF gets one.
+    n = len(body)
+    while body.endswith(b"\r\n", 0, n):
+        n -= 2
+    body = body + b"\r\n" if n == len(body) else body[:n + 2]
+    return b"" if body == b"\r\n" else body
 
 
 def signer_from_settings(settings, base_dir: Path) -> Signer | None:

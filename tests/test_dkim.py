@@ -11,9 +11,11 @@ import stat
 
 import dkim
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from newsletter.config import load_config
-from newsletter.dkim_signer import SIGNED_HEADERS, DkimKey, Signer, generate_key, private_pem
+from newsletter.dkim_signer import SIGNED_HEADERS, DkimKey, Signer, generate_key, private_pem, relaxed_body
 from newsletter.errors import ConfigError
 from tests.conftest import CLI, ROOT, write_config
 from tests.dns_server import LocalDNS
@@ -217,3 +219,11 @@ def _sign_with(tmp_path, selector: str, env: str) -> bytes:
 
     signer = signer_from_settings(DkimSettings(DOMAIN, selector, env), tmp_path)
     return signer.sign(b"From: magazine@news.example.jp\r\nTo: a@example.jp\r\nSubject: x\r\n\r\nbody\r\n")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=60).map(lambda b: b.translate(bytes.maketrans(b"\x00\x01\x02\x03\x04", b" \t\r\na")))
+       | st.text(alphabet=" \t\r\n本a", max_size=40).map(lambda t: t.encode()))
+def test_relaxed_body_equals_dkimpy(body):
+    policy = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    assert relaxed_body(body) == policy.canonicalize_body(body)
