@@ -5,6 +5,7 @@ and a naive pipeline, in the same run.
     python bench/send.py --subscribers 2000                 # what CI runs
     python bench/send.py --memory-check 20000,200000        # peak RSS of the send phase, small vs large
     python bench/send.py --provider file                    # the pipeline without SMTP
+    python bench/send.py --dkim --subscribers 20000         # DKIM-signed vs unsigned, same run
 
 Steps: a temporary project (SQLite), N made-up subscribers over all 7 field
 combinations and both formats (imported with the real CSV importer), 10 queued
@@ -81,7 +82,7 @@ def smtp_sink():
         proc.wait(timeout=10)
 
 
-def write_project(folder: Path, provider: str, port: int | None, connections: int) -> Path:
+def write_project(folder: Path, provider: str, port: int | None, connections: int, dkim: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "templates", folder / "templates")
     text = (ROOT / "config.toml").read_text(encoding="utf-8")
@@ -94,6 +95,14 @@ def write_project(folder: Path, provider: str, port: int | None, connections: in
         table = '[provider]\nkind = "file"\npath = "var/outbox"\nmax_batch = 500\n\n'
     text = text[:start] + table + text[end:]
     text = text.replace("max_articles = 20", "max_articles = 30")  # all 10 articles of each field
+    if dkim:
+        from newsletter.dkim_signer import generate_key, private_pem
+
+        text += '\n[dkim]\nselector = "bench"\nprivate_key_file = "rsa.pem"\n'
+        (folder / "rsa.pem").write_bytes(private_pem(generate_key("rsa-sha256")))
+        if dkim == "rsa+ed25519":
+            text += 'ed25519_selector = "benched"\ned25519_private_key_file = "ed.pem"\n'
+            (folder / "ed.pem").write_bytes(private_pem(generate_key("ed25519-sha256")))
     path = folder / "config.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -125,7 +134,7 @@ def queue_articles(engine, config) -> None:
     assert report.ok, report.errors
 
 
-def prepare(folder: Path, n: int, provider: str, port: int | None, connections: int) -> dict:
+def prepare(folder: Path, n: int, provider: str, port: int | None, connections: int, dkim: str = "") -> dict:
     from newsletter import publish
     from newsletter import subscribers as subs
     from newsletter.config import load_config
@@ -134,7 +143,7 @@ def prepare(folder: Path, n: int, provider: str, port: int | None, connections: 
     from newsletter.store import editions as q
     from newsletter.store import make_engine, upgrade
 
-    config = load_config(write_project(folder, provider, port, connections))
+    config = load_config(write_project(folder, provider, port, connections, dkim))
     engine = make_engine(config.storage_url)
     upgrade(engine)
     csv_path = folder / "subscribers.csv"
@@ -163,12 +172,12 @@ def send_phase(config_path: str, edition_id: int) -> dict:
     """Runs in a child process: send the edition, report time, size and peak RSS."""
     from newsletter.config import load_config
     from newsletter.delivery import deliver
-    from newsletter.providers import load_provider
+    from newsletter.providers import open_provider
     from newsletter.store import open_engine
 
     config = load_config(config_path)
     engine = open_engine(config.storage_url)
-    provider = load_provider(config.provider.kind, config.provider.options, config.base_dir)
+    provider = open_provider(config)  # wrapped in the DKIM signer when [dkim] is set
     sizes: list[int] = []
     original = provider.send
 
@@ -259,6 +268,44 @@ def naive_rate(config_path: str, edition_id: int, port: int, sample: int) -> flo
     return len(rows) / seconds
 
 
+def dkim_comparison(args) -> dict:
+    """The same edition sent unsigned, RSA-signed and RSA+Ed25519-signed into one sink."""
+    out: dict = {"subscribers": args.subscribers, "connections": args.connections}
+    with smtp_sink() as port:
+        for mode in ("", "rsa", "rsa+ed25519"):
+            with tempfile.TemporaryDirectory(prefix="nl-bench-") as tmp:
+                prep = prepare(Path(tmp) / "p", args.subscribers, "smtp", port, args.connections, mode)
+                sent = run_send_child(prep["config"], prep["edition_id"])
+                assert sent["sent"] == prep["to_send"] and sent["failed"] == 0, sent
+                out[f"{mode or 'unsigned'}_messages_per_s"] = round(sent["sent"] / sent["send_seconds"], 1)
+                if not mode:
+                    out["avg_message_bytes"] = sent["avg_message_bytes"]
+    out["sign_seconds_per_message"] = sign_cost(out["avg_message_bytes"])
+    base = out["unsigned_messages_per_s"]
+    out["rsa_ratio_to_unsigned"] = round(out["rsa_messages_per_s"] / base, 3)
+    out["rsa+ed25519_ratio_to_unsigned"] = round(out["rsa+ed25519_messages_per_s"] / base, 3)
+    return out
+
+
+def sign_cost(size: int, n: int = 300) -> dict:
+    """Seconds per message for signing alone (one thread), per key set."""
+    from newsletter.dkim_signer import DkimKey, Signer, generate_key
+
+    body = ("ニュース本文の一行です。" * 6 + "\r\n").encode()
+    message = (b"From: a@news.example.jp\r\nTo: b@example.jp\r\nSubject: x\r\n\r\n"
+               + body * max(1, size // len(body)))
+    rsa = DkimKey("s", "rsa-sha256", generate_key("rsa-sha256"))
+    ed = DkimKey("e", "ed25519-sha256", generate_key("ed25519-sha256"))
+    out = {}
+    for name, keys in (("rsa", [rsa]), ("rsa+ed25519", [rsa, ed])):
+        signer = Signer("news.example.jp", keys)
+        t = time.perf_counter()
+        for _ in range(n):
+            signer.sign(message)
+        out[name] = round((time.perf_counter() - t) / n, 6)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--subscribers", type=int, default=100_000)
@@ -266,6 +313,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=2)
     ap.add_argument("--naive-sample", type=int, default=300)
     ap.add_argument("--memory-check", metavar="SMALL,LARGE", help="compare peak RSS of the send phase")
+    ap.add_argument("--dkim", action="store_true", help="compare DKIM-signed sends with unsigned ones")
     ap.add_argument("--send-phase", nargs=2, metavar=("CONFIG", "EDITION"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     import logging
@@ -274,6 +322,10 @@ def main() -> None:
 
     if args.send_phase:
         print(json.dumps(send_phase(args.send_phase[0], int(args.send_phase[1]))))
+        return
+
+    if args.dkim:
+        print(json.dumps(dkim_comparison(args), indent=2))
         return
 
     if args.memory_check:

@@ -291,6 +291,61 @@ class BounceSettings:
     soft_window_seconds: float = 30 * 86400.0
 
 
+@dataclass(frozen=True)
+class DkimSettings:
+    """``[dkim]``: sign our own MIME (see :mod:`newsletter.dkim_signer`).  The RSA key is
+    always there; an Ed25519 key may be added alongside."""
+
+    domain: str
+    selector: str
+    private_key_env: str | None = None
+    private_key_file: str | None = None
+    ed25519_selector: str | None = None
+    ed25519_private_key_env: str | None = None
+    ed25519_private_key_file: str | None = None
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_SELECTOR_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")  # DNS labels, dot-separated
+
+
+def _parse_dkim(file: Path, raw: Any, sender_address: str) -> DkimSettings | None:
+    if raw is None:
+        return None
+    r = _Reader(file, "dkim", raw)
+    domain = r.text("domain", sender_address.rpartition("@")[2])
+    if not _SELECTOR_RE.match(domain) or "." not in domain:
+        r.fail(f"not a domain name: '{domain}'", "domain")
+
+    def key_source(prefix: str, required: bool) -> tuple[str | None, str | None, str | None]:
+        selector = r.get(f"{prefix}selector", str, None)
+        env = r.get(f"{prefix}private_key_env", str, None)
+        path = r.get(f"{prefix}private_key_file", str, None)
+        if selector is None:
+            if required:
+                r.fail("missing required key", f"{prefix}selector")
+            if env or path:
+                r.fail("a key without a selector", f"{prefix}selector")
+            return None, None, None
+        if not _SELECTOR_RE.match(selector):
+            r.fail(f"not a DNS label: '{selector}'", f"{prefix}selector")
+        if bool(env) == bool(path):
+            r.fail("give exactly one of private_key_env (PEM in an environment variable) or private_key_file",
+                   f"{prefix}private_key_env")
+        return selector, env, path
+
+    selector, env, path = key_source("", True)
+    ed_selector, ed_env, ed_path = key_source("ed25519_", False)
+    algorithm = r.get("algorithm", str, "rsa-sha256")
+    if algorithm == "ed25519-sha256":
+        r.fail("the main signature stays rsa-sha256 (receivers without Ed25519 verify it); add Ed25519 "
+               "alongside with ed25519_selector and ed25519_private_key_env", "algorithm")
+    if algorithm != "rsa-sha256":
+        r.fail(f"expected rsa-sha256, got '{algorithm}'", "algorithm")
+    r.done()
+    return DkimSettings(domain.lower(), selector, env, path, ed_selector, ed_env, ed_path)
+
+
 _WINDOW_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(s|m|h|d)\s*$")
 
 
@@ -395,6 +450,7 @@ class Config:
     calendar: CalendarSettings = field(default_factory=CalendarSettings)
     web: WebSettings = field(default_factory=WebSettings)
     bounces: BounceSettings = field(default_factory=BounceSettings)
+    dkim: DkimSettings | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -668,7 +724,8 @@ def parse_config(raw: dict, file: Path) -> Config:
 
     web = _parse_web(file, raw.get("web", {}))
     bounces = _parse_bounces(file, raw.get("bounces", {}))
-    top.used.update({"web", "bounces"})
+    dkim = _parse_dkim(file, raw.get("dkim"), sender.address)
+    top.used.update({"web", "bounces", "dkim"})
     top.used.update({"site", "sender", "storage", "provider", "fields", "publications", "paths", "calendar"})
     top.done()
     return Config(
@@ -685,4 +742,5 @@ def parse_config(raw: dict, file: Path) -> Config:
         calendar=calendar,
         web=web,
         bounces=bounces,
+        dkim=dkim,
     )

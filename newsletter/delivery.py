@@ -56,7 +56,7 @@ from .editions.assemble import VariantKey
 from .editions.compose import Recipient, Sending, compose
 from .editions.render import Rendered, render_variant
 from .interfaces import OutgoingMessage, Provider, SendResult
-from .providers import load_provider
+from .providers import open_provider
 from .publish import load_content
 from .store import editions as q
 from .store.tables import utcnow
@@ -511,7 +511,7 @@ def deliver(
         providers.append(provider)
     try:
         while len(providers) < config.delivery.connections:
-            p = load_provider(config.provider.kind, config.provider.options, config.base_dir)
+            p = open_provider(config)
             own.append(p)
             providers.append(p)
         return DeliveryRun(

@@ -154,7 +154,17 @@ def check_edition(engine: Engine, config: Config, pub: Publication, *, now: date
     plan = plan_send(engine, config, pub, now=now)
     if plan is None:
         return [Finding("info", "nothing", f"{pub.slug}: nothing new to send (no queued articles past their embargo)")]
-    return check_plan(config, pub, plan)
+    return check_plan(config, pub, plan) + deliverability(engine, config)
+
+
+def deliverability(engine: Engine, config: Config) -> list[Finding]:
+    """``newsletter doctor``'s failing checks, when DNS answers (see :func:`doctor.preflight_findings`)."""
+    from . import doctor
+    from .store import subscribers as sq
+
+    with engine.connect() as conn:
+        big = sq.count_active_at(conn, doctor.BULK_RULE_DOMAINS)
+    return [Finding(*f) for f in doctor.preflight_findings(config, big)]
 
 
 def check_plan(config: Config, pub: Publication, plan: Plan) -> list[Finding]:

@@ -103,4 +103,4 @@ def init(app: App) -> None:
 
 
 # Each noun's commands live in their own module and register on ``main``.
-from . import articles, bounces, check, demo, editions, run, schedule, subscribers, web  # noqa: E402,F401
+from . import articles, bounces, check, deliverability, demo, editions, run, schedule, subscribers, web  # noqa: E402,F401,I001

@@ -35,7 +35,7 @@ def edition_check(app: App, publication, quiet):
     which = "unfinished edition, resumed by 'edition send'" if plan.resumed else "next edition"
     click.echo(f"{pub.slug} 第{plan.number}号 ({which}): {len(plan.content['articles'])} articles, "
                f"{len(plan.variants)} variant(s), {sum(plan.variants.values())} reader(s)")
-    findings = preflight.check_plan(app.config, pub, plan)
+    findings = preflight.check_plan(app.config, pub, plan) + preflight.deliverability(app.engine, app.config)
     for line in preflight.format_findings(findings, verbose=not quiet):
         click.echo(line)
     verdict = preflight.summary(findings)

@@ -10,7 +10,7 @@ from .. import articles as arts
 from .. import publish
 from .. import subscribers as subs
 from ..delivery import deliver
-from ..providers import load_provider
+from ..providers import open_provider
 from ..store import editions as q
 from ..store import make_engine, upgrade
 from . import App, main, pass_app
@@ -48,7 +48,7 @@ def demo(app: App, publication):
         click.echo(f"  error: {problem}", err=True)
 
     pub = config.publication(publication) if publication else config.publications[0]
-    provider = load_provider(config.provider.kind, config.provider.options, base)
+    provider = open_provider(config)
     with engine.connect() as conn:
         row = q.unfinished(conn, pub.slug)
     if row is None:

@@ -12,7 +12,7 @@ from ..delivery import Variants, deliver, edition_eta, sending_for
 from ..editions.assemble import VariantKey
 from ..editions.compose import Recipient, compose
 from ..errors import InputError
-from ..providers import load_provider
+from ..providers import open_provider
 from ..store import editions as q
 from ..store.tables import utcnow
 from ..subscribers import normalize_email, parse_fields
@@ -25,8 +25,7 @@ def edition() -> None:
 
 
 def _provider(app: App):
-    cfg = app.config.provider
-    return load_provider(cfg.kind, cfg.options, app.config.base_dir)
+    return open_provider(app.config)
 
 
 def _counts_line(counts: dict[str, int]) -> str:

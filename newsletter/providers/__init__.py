@@ -21,7 +21,7 @@ from typing import Any
 from newsletter.errors import ConfigError
 from newsletter.interfaces import Provider
 
-__all__ = ["ENTRY_POINT_GROUP", "OptionReader", "load_provider"]
+__all__ = ["ENTRY_POINT_GROUP", "OptionReader", "load_provider", "open_provider"]
 
 ENTRY_POINT_GROUP = "newsletter.providers"
 
@@ -66,6 +66,20 @@ def load_provider(kind: str, options: Mapping[str, Any], base_dir: Path) -> Prov
     if not isinstance(provider, Provider):
         raise ConfigError(f"provider.kind: '{kind}' does not implement the Provider interface")
     return provider
+
+
+def open_provider(config) -> Provider:
+    """The configured provider, ready to send: ``[provider]`` loaded, and wrapped
+    with the DKIM signer when ``[dkim]`` is set and the provider sends our own
+    bytes.  Every sender opens its provider here (the caller closes it)."""
+    from newsletter.dkim_signer import signer_from_settings, wrap
+
+    provider = load_provider(config.provider.kind, config.provider.options, config.base_dir)
+    try:
+        return wrap(provider, signer_from_settings(config.dkim, config.base_dir))
+    except BaseException:
+        provider.close()
+        raise
 
 
 def _looks_like_provider(cls: type) -> bool:

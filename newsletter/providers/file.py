@@ -46,6 +46,7 @@ class FileProvider:
     """Writes each message to a file under ``path``."""
 
     name = "file"
+    sends_raw_mime = True  # hands over OutgoingMessage.data as it is (a DKIM signature survives)
     max_batch = 500
 
     def __init__(self, path: Path, format: Format = "eml", max_batch: int = 500):

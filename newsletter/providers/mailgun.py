@@ -79,6 +79,8 @@ class MailgunProvider(HTTPProvider):
         self._api_key = api_key
         self.domain = domain
         self.mode = mode
+        # Only "mime" mode hands over our bytes (and so a DKIM signature on them) for every message.
+        self.sends_raw_mime = mode == "mime"
 
     @classmethod
     def from_config(cls, options: Mapping[str, object], base_dir: Path) -> MailgunProvider:

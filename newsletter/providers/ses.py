@@ -127,6 +127,7 @@ class SESProvider(HTTPProvider):
     """Amazon SES v2; see the module docstring."""
 
     name = "ses"
+    sends_raw_mime = True  # hands over OutgoingMessage.data as it is (a DKIM signature survives)
     service = "Amazon SES"
     max_batch = 50
 

@@ -62,6 +62,7 @@ class SMTPProvider:
     """Sends through one SMTP server, reusing one connection."""
 
     name = "smtp"
+    sends_raw_mime = True  # hands over OutgoingMessage.data as it is (a DKIM signature survives)
     max_batch = 100
 
     def __init__(

@@ -139,3 +139,13 @@ def add_consent(conn: Connection, subscriber_id: int, event: str, **values: Any)
 
 def get_by_id(conn: Connection, subscriber_id: int) -> Row | None:
     return conn.execute(select(subscribers).where(subscribers.c.id == subscriber_id)).first()
+
+
+def count_active_at(conn: Connection, domains: Iterable[str]) -> int:
+    """Active subscribers whose address is at one of ``domains`` (exact domain, lower case)."""
+    from sqlalchemy import func, or_
+
+    clauses = [subscribers.c.email.like(f"%@{d}") for d in domains]
+    return conn.execute(
+        select(func.count()).select_from(subscribers).where(subscribers.c.status == "active", or_(*clauses))
+    ).scalar_one()

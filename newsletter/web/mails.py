@@ -23,7 +23,7 @@ import jinja2
 from ..config import Config
 from ..editions.compose import CRLF, ascii_address, encode_address, encode_text
 from ..interfaces import MessageContent, OutgoingMessage, SendResult
-from ..providers import load_provider
+from ..providers import open_provider
 from .messages import text
 
 
@@ -90,7 +90,7 @@ def outgoing(config: Config, mail: Mail, now: datetime) -> OutgoingMessage:
 def send(config: Config, message: OutgoingMessage) -> SendResult:
     """Hand one message to the configured provider (a fresh instance each time:
     sign-ups are rare, and a long-lived SMTP connection would go stale)."""
-    provider = load_provider(config.provider.kind, config.provider.options, config.base_dir)
+    provider = open_provider(config)
     try:
         results = provider.send([message])
     finally:
