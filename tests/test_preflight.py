@@ -61,7 +61,7 @@ def test_broken_links_are_errors_and_http_is_a_warning():
     ("https://news.example.jp/a?b=1#c", None),
     ("mailto:henshu@news.example.jp", None),
     ("tel:03-1234-5678", None),
-    ("%%NL_UNSUBSCRIBE_URL%%", None),
+    ("%%NL_UNSUBSCRIBE_URL%%", "error"),  # an article's URL that only looks like a placeholder: no link
     ("http://news.example.jp/", "warning"),
     ("https://例え.jp/パス", "warning"),
     ("", "error"),
