@@ -279,3 +279,12 @@ def count_hard_bounces(conn: Connection, subscriber_ids: Sequence[int], limit: i
             .values(status="cancelled", last_reply="address bounced", lease_until=None, updated_at=now)
         )
     return list(suppressed)
+
+
+def delivery_recipient(conn: Connection, delivery_id: int) -> Row | None:
+    """(subscriber_id, email) of one delivery: a provider event carrying our
+    ``nl_delivery_id`` finds its subscriber by it (bounces.py)."""
+    if not 0 < delivery_id < 2**31:  # the column is a 32-bit integer on PostgreSQL
+        return None
+    return conn.execute(select(deliveries.c.subscriber_id, deliveries.c.email)
+                        .where(deliveries.c.id == delivery_id)).first()
