@@ -289,3 +289,17 @@ def test_links_verify_with_rotated_keys(monkeypatch, tmp_path):
     assert verify_token(keys, "unsubscribe", url.rsplit("/", 1)[1]) == 77
     assert links.unsubscribe_url("", keys[0], 77).startswith("/unsubscribe/77.")
     assert Path(links.archive_url("", "weekly", 3)).as_posix() == "/archive/weekly/3"
+
+
+_JA = st.text(st.sampled_from("あいうえお漢字、。「」（）ー・ 　abcXYZ019-/.%_"), max_size=80)
+
+
+@settings(max_examples=200, deadline=None)
+@given(before=_JA, after=_JA, width=st.integers(min_value=8, max_value=76))
+def test_the_wrapper_never_breaks_a_placeholder(before, after, width):
+    """japanese.wrap keeps a run of printable ASCII on one line; a placeholder is one."""
+    from newsletter.japanese import wrap
+
+    ph = links.Placeholders.new()
+    for marker in ph.all():
+        assert marker in wrap(before + marker + after, width)
