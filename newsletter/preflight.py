@@ -24,9 +24,9 @@ warning    characters not in ISO-2022-JP (compose sends those mails as UTF-8,
            limit; an article card with neither summary nor body; nobody
            to send to; article text (title, summary, body, URL, author)
            that looks like a personal placeholder (``%%…%%``, ``%%NL_``,
-           Mailgun's ``%recipient…%``, also once the body's tags are
-           removed): it goes out as written, never filled in, but it
-           is worth a look
+           Mailgun's ``%recipient…%`` and ``%unsubscribe_url%``, also
+           once the body's tags are removed): ours go out as written,
+           never filled in, but it is worth a look
 info       what ISO-2022-JP mapping replaced (① → (1) ×3); sizes and
            counts that are fine
 =========  =================================================================
@@ -296,8 +296,10 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
     return out
 
 
-# %%anything%% without spaces, %%NL_ however it goes on, Mailgun's %recipient.key% / %recipient_x%.
-_LOOKALIKE = re.compile(r"%%[^%\s]{1,80}%%|%%\s*NL[_\uff3f]|%recipient[._%]", re.IGNORECASE)
+# %%anything%% without spaces, %%NL_ however it goes on, Mailgun's %recipient.key% / %recipient_x% and
+# its own unsubscribe variables (filled by Mailgun when the domain tracks unsubscribes).
+_LOOKALIKE = re.compile(r"%%[^%\s]{1,80}%%|%%\s*NL[_\uff3f]|%recipient[._%]|%\w{0,20}unsubscribe_url%",
+                        re.IGNORECASE)
 
 
 def placeholder_lookalikes(content: Mapping[str, Any]) -> list[Finding]:

@@ -231,6 +231,7 @@ def test_edition_check_looks_at_the_unfinished_edition(project, tmp_path):
     ("author", "%%SENDER%%"),
     ("url", "https://evil.example.com/c?u=%%NL_UNSUBSCRIBE_URL%%"),
     ("url", "https://evil.example.com/c?u=%recipient.list_unsubscribe%"),
+    ("url", "https://evil.example.com/c?u=%unsubscribe_url%"),
     ("body", "<p>解約: %%NL<b>_</b>UNSUBSCRIBE_URL%%</p>"),  # joined once the tags are gone
 ])
 def test_article_text_that_looks_like_a_placeholder_is_a_warning_naming_the_article(where, text):
