@@ -24,6 +24,7 @@ is the point.  Prints JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -35,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from newsletter.editions.compose import Recipient, Sending, compose  # noqa: E402
-from newsletter.editions.render import GREETING, PREFERENCES_URL, UNSUBSCRIBE_URL, Rendered  # noqa: E402
+from newsletter.editions.render import Rendered  # noqa: E402
 from newsletter.interfaces import OutgoingMessage  # noqa: E402
+from newsletter.links import Placeholders  # noqa: E402
 from newsletter.providers import load_provider  # noqa: E402
 from tests.http_servers import MailgunServer, PostmarkServer, SendGridServer, SESServer  # noqa: E402
 
@@ -51,13 +53,15 @@ ARTICLE = ("<h2>■ 地方自治</h2><p>東雲県、「第2次DX推進計画」�
 
 
 def variants() -> list[Rendered]:
+    marks = Placeholders.new()
+    GREETING, UNSUBSCRIBE_URL, PREFERENCES_URL = marks.all()  # noqa: N806
     body = ARTICLE * 12
     html = (f"<html><body><p>{GREETING}</p>{body}<p><a href=\"{UNSUBSCRIBE_URL}\">配信停止</a> "
             f"<a href=\"{PREFERENCES_URL}\">配信設定</a></p></body></html>")
     text = f"{GREETING}\n\n" + "東雲県、「第2次DX推進計画」素案を公表。\n" * 40 + f"\n配信停止: {UNSUBSCRIBE_URL}\n"
-    a = Rendered("【週刊 地方行政ニュース】第1号", html, text, (1,), "ja")
-    b = Rendered("【週刊 地方行政ニュース】第1号", html.replace("地方自治", "教育"), text, (2,), "ja")
-    c = Rendered(a.subject, None, text, (1,), "ja")
+    a = Rendered("【週刊 地方行政ニュース】第1号", html, text, (1,), "ja", placeholders=marks)
+    b = dataclasses.replace(a, html=html.replace("地方自治", "教育"), article_ids=(2,))
+    c = Rendered(a.subject, None, text, (1,), "ja", placeholders=marks)
     return [a, b, c]
 
 

@@ -22,6 +22,13 @@ Every suppression goes through :func:`newsletter.subscribers.suppress`: a
 consent-log row saying why, and the pending deliveries cancelled with the real
 reason ("hard bounce: …", "complaint", "unsubscribed", "N soft bounces in …").
 
+An event from a provider's webhook may carry the delivery it is about (the
+``nl_delivery_id`` every HTTP provider attaches to each message): the
+subscriber is then the one that delivery went to — even after an address
+change — provided the delivery's address is the event's (an id from another
+installation sharing the provider account names someone else).  Otherwise,
+and for every other source, the address finds the subscriber.
+
 Each event carries the id its source gave it (the provider's event id, the
 DSN's Message-ID and recipient...); the pair (source, id) is unique in
 ``mail_events``, so the same event delivered twice — a webhook retry, a mailbox
@@ -49,6 +56,7 @@ from sqlalchemy.engine import Engine
 from .config import Config
 from .errors import InputError
 from .replies import bounce_kind
+from .store import editions as eq
 from .store import subscribers as sq
 from .store import web as wq
 from .store.tables import utcnow
@@ -75,6 +83,7 @@ class MailEvent:
     subscriber_id: int | None = None
     detail: str = ""
     at: datetime | None = None
+    delivery_id: int | None = None  # our nl_delivery_id, when the provider handed it back
 
 
 @dataclass
@@ -133,6 +142,8 @@ def _apply_one(conn, config: Config, ev: MailEvent, report: Report) -> None:
     row = None
     if ev.subscriber_id is not None:
         row = sq.get_by_id(conn, ev.subscriber_id)
+    elif (sid := _delivered_to(conn, ev)) is not None:
+        row = sq.get_by_id(conn, sid)
     elif ev.email:
         try:
             row = sq.get_by_email(conn, normalize_email(ev.email))
@@ -163,6 +174,16 @@ def _apply_one(conn, config: Config, ev: MailEvent, report: Report) -> None:
     if changed:
         report.suppressed.append(row.email)
         log.info("%s: %s (%s)", row.email, ev.kind, ev.source)
+
+
+def _delivered_to(conn, ev: MailEvent) -> int | None:
+    """The subscriber of the event's delivery, if it went to the event's address."""
+    if ev.delivery_id is None or not ev.email:
+        return None
+    found = eq.delivery_recipient(conn, ev.delivery_id)
+    if found is None or found.subscriber_id is None or found.email.lower() != ev.email.strip().lower():
+        return None
+    return found.subscriber_id
 
 
 def _days(window: timedelta) -> str:

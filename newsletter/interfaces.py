@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
+from .links import fill
+
 Status = Literal["accepted", "transient", "permanent", "unknown"]
 
 
@@ -25,8 +27,11 @@ Status = Literal["accepted", "transient", "permanent", "unknown"]
 class MessageContent:
     """The readable parts of one variant, shared by every message of that variant.
 
-    ``subject``, ``text`` and ``html`` may hold placeholders (``%%NL_…%%``); each
-    message's ``personal`` mapping gives its values.  ``headers`` are the headers
+    ``text`` and ``html`` hold the variant's placeholders
+    (:class:`newsletter.links.Placeholders`: random per render, so nothing but
+    the template's own places can match one); each message's ``personal``
+    mapping gives its values, filled with :func:`newsletter.links.fill` only.
+    The subject holds none.  ``headers`` are the headers
     every message of the variant carries (List-Id, List-Unsubscribe-Post,
     Auto-Submitted, ...), as plain (decoded) text.
 
@@ -71,19 +76,11 @@ class OutgoingMessage:
 
     def personal_text(self) -> str:
         assert self.content is not None
-        return _fill(self.content.text, self.personal, escape=False)
+        return fill(self.content.text, self.personal, escape=False)
 
     def personal_html(self) -> str | None:
         assert self.content is not None
-        return None if self.content.html is None else _fill(self.content.html, self.personal, escape=True)
-
-
-def _fill(template: str, values: Mapping[str, str], *, escape: bool) -> str:
-    import html
-
-    for placeholder, value in values.items():
-        template = template.replace(placeholder, html.escape(value) if escape else value)
-    return template
+        return None if self.content.html is None else fill(self.content.html, self.personal, escape=True)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,11 @@ warning    characters not in ISO-2022-JP (compose sends those mails as UTF-8,
            text lines over the width that are not a lone URL; a subject
            longer than 40 full-width characters; HTML near the clipping
            limit; an article card with neither summary nor body; nobody
-           to send to
+           to send to; article text (title, summary, body, URL, author)
+           that looks like a personal placeholder (``%%…%%``, ``%%NL_``,
+           Mailgun's ``%recipient…%`` and ``%unsubscribe_url%``, also
+           once the body's tags are removed): ours go out as written,
+           never filled in, but it is worth a look
 info       what ISO-2022-JP mapping replaced (① → (1) ×3); sizes and
            counts that are fine
 =========  =================================================================
@@ -30,6 +34,7 @@ info       what ISO-2022-JP mapping replaced (① → (1) ×3); sizes and
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +42,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import lxml.etree
 import lxml.html
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
@@ -45,8 +51,9 @@ from . import japanese
 from .config import Config, Publication
 from .editions.assemble import VariantKey, sections, variant_fields
 from .editions.compose import PYTHON_CODECS
-from .editions.render import GREETING, PLACEHOLDERS, PREFERENCES_URL, UNSUBSCRIBE_URL, Rendered, render_variant
+from .editions.render import Rendered, render_variant
 from .errors import NewsletterError
+from .links import fill, greeting, preferences_url, unsubscribe_url
 from .publish import load_content, next_content, receives
 from .store import editions as q
 from .store.tables import deliveries, subscribers, utcnow
@@ -54,9 +61,10 @@ from .store.tables import deliveries, subscribers, utcnow
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" past about 102 KB of HTML
 HTML_WARN_BYTES = 90 * 1024
 SUBJECT_WARN_COLUMNS = 80  # 40 full-width characters: about what a phone's inbox list shows
-# Stand-ins for the personal parts, as long as real ones (a 43-character token).
+# Stand-ins for the personal parts, as long as real ones.
 _SAMPLE_NAME = "山田 太郎"
-_SAMPLE_TOKEN = "x" * 43
+_SAMPLE_KEY = b"preflight sample key"
+_SAMPLE_ID = 10**9
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -186,6 +194,7 @@ def check_plan(config: Config, pub: Publication, plan: Plan) -> list[Finding]:
             "warning", "charset-unmappable",
             f"{len(plan.names_not_in_jis)} ISO-2022-JP reader(s) have a name that cannot be written in it "
             f"({shown}): their mail goes out as UTF-8"))
+    findings += placeholder_lookalikes(plan.content)
     rendered: dict[tuple[tuple[str, ...], str], Rendered] = {}
     for key in sorted(plan.variants, key=VariantKey.encode):
         label = key.encode()
@@ -212,8 +221,9 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
     out: list[Finding] = []
     html = rendered.html if key.format == "html" else None
     base = config.site.base_url
-    personal = {GREETING: f"{_SAMPLE_NAME} 様", UNSUBSCRIBE_URL: f"{base}/unsubscribe/{_SAMPLE_TOKEN}",
-                PREFERENCES_URL: f"{base}/preferences/{_SAMPLE_TOKEN}"}
+    marks = rendered.placeholders
+    personal = marks.values(greeting(_SAMPLE_NAME, rendered.language), unsubscribe_url(base, _SAMPLE_KEY, _SAMPLE_ID),
+                            preferences_url(base, _SAMPLE_KEY, _SAMPLE_ID))
 
     # Charset: what was mapped, what cannot be.
     if key.charset == "iso-2022-jp":
@@ -227,7 +237,7 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
 
     # HTML size, as Gmail counts it: the bytes of the HTML part.
     if html is not None:
-        size = len(_substitute(html, personal).encode(codec, errors="replace"))
+        size = len(fill(html, personal, escape=True).encode(codec, errors="replace"))
         kb = f"{size / 1024:.1f} KB"
         if size > GMAIL_CLIP_BYTES:
             out.append(Finding("error", "html-size",
@@ -259,7 +269,7 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
 
     # The opt-out the law requires, in every part the reader may see.
     for part, body in (("text", rendered.text), ("HTML", html)):
-        if body is not None and UNSUBSCRIBE_URL not in body:
+        if body is not None and marks.unsubscribe not in body:
             out.append(Finding("error", "unsubscribe", f"the {part} part has no unsubscribe link"))
 
     # Sections and articles.
@@ -289,10 +299,43 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
             attr = "href" if el.tag == "a" else "src"
             links.setdefault((el.get(attr) or "").strip(), _short(el.text_content()) or el.tag)
     for url, label in links.items():
-        problem = link_problem(url)
+        problem = None if url in marks.all() else link_problem(url)
         if problem:
             severity, why = problem
             out.append(Finding(severity, "link", f"link '{label}': {url or '(empty)'} — {why}"))
+    return out
+
+
+# %%anything%% without spaces, %%NL_ however it goes on, Mailgun's %recipient.key% / %recipient_x% and
+# its own unsubscribe variables (filled by Mailgun when the domain tracks unsubscribes).
+_LOOKALIKE = re.compile(r"%%[^%\s]{1,80}%%|%%\s*NL[_\uff3f]|%recipient[._%]|%\w{0,20}unsubscribe_url%",
+                        re.IGNORECASE)
+
+
+def placeholder_lookalikes(content: Mapping[str, Any]) -> list[Finding]:
+    """A warning for each article whose text looks like a personal placeholder.
+    Nothing in an article is ever filled in (the real placeholders carry a random
+    nonce, see :mod:`newsletter.links`); an author who wrote one probably meant
+    something else, and someone may be probing."""
+    out: list[Finding] = []
+    for art in content.get("articles", []):
+        texts = [(name, str(art.get(name) or "")) for name in ("title", "summary", "url", "author", "body_html")]
+        body = str(art.get("body_html") or "")
+        if body:
+            try:
+                texts.append(("body text", lxml.html.fragment_fromstring(body, create_parent="div").text_content()))
+            except (ValueError, lxml.etree.ParserError):
+                pass
+        for name, text in texts:
+            m = _LOOKALIKE.search(text)
+            if m:
+                where = "body" if name.startswith("body") else name
+                out.append(Finding(
+                    "warning", "placeholder",
+                    f"article {art.get('id')} '{_short(art.get('title'))}': its {where} has "
+                    f"'{_short(m.group(0), 40)}', which looks like a personal placeholder; it is sent as "
+                    "written (never filled in) — check the article"))
+                break
     return out
 
 
@@ -301,8 +344,6 @@ def link_problem(url: str) -> tuple[str, str] | None:
     url = url.strip()
     if not url:
         return "error", "empty link"
-    if url in PLACEHOLDERS:
-        return None
     if any(c.isspace() for c in url) or any(ord(c) < 32 for c in url):
         return "error", "has spaces or control characters"
     try:
@@ -327,12 +368,6 @@ def link_problem(url: str) -> tuple[str, str] | None:
     if scheme == "http":
         return "warning", "not https"
     return None
-
-
-def _substitute(text: str, values: Mapping[str, str]) -> str:
-    for placeholder, value in values.items():
-        text = text.replace(placeholder, value)
-    return text
 
 
 def _chars(chars: Iterable[str]) -> str:

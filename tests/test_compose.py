@@ -20,6 +20,7 @@ import pytest
 from newsletter.editions.compose import Recipient, Sending, compose
 from newsletter.editions.render import Rendered, render_variant
 from newsletter.interfaces import OutgoingMessage
+from newsletter.links import Placeholders
 from newsletter.tokens import verify_token
 from tests.test_render import EDU, LG, WHEN, fixed_config, fixed_content
 
@@ -66,11 +67,12 @@ def rendered_variant(html: bool = True, title: str | None = None) -> Rendered:
 
 def simple(subject: str = SUBJECT, *, html: bool = True) -> Rendered:
     """A small hand-made variant, for header tests that need a particular subject."""
-    text = "%%NL_GREETING%%\n\n■ 教育\n\n本文です。\n\n配信停止\n%%NL_UNSUBSCRIBE_URL%%\n"
-    body = ('<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><p>%%NL_GREETING%%</p>'
-            '<p>本文です。</p><a href="%%NL_UNSUBSCRIBE_URL%%">配信停止</a> '
-            '<a href="%%NL_PREFERENCES_URL%%">配信設定の変更</a></body></html>')
-    return Rendered(subject, body if html else None, text, (101,), "ja")
+    ph = Placeholders.new()
+    text = f"{ph.greeting}\n\n■ 教育\n\n本文です。\n\n配信停止\n{ph.unsubscribe}\n"
+    body = (f'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><p>{ph.greeting}</p>'
+            f'<p>本文です。</p><a href="{ph.unsubscribe}">配信停止</a> '
+            f'<a href="{ph.preferences}">配信設定の変更</a></body></html>')
+    return Rendered(subject, body if html else None, text, (101,), "ja", placeholders=ph)
 
 
 def make(rendered: Rendered | None = None, *, name: str = "山田 太郎", address: str = "yamada@example.jp",

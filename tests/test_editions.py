@@ -320,8 +320,8 @@ def test_files_are_in_place():
 
 
 def test_article_text_cannot_smuggle_a_personal_placeholder(project):
-    """An article that quotes the pipeline's placeholder must not become each
-    reader's own unsubscribe link."""
+    """An article that quotes the pipeline's old placeholder spelling must not
+    become each reader's own unsubscribe link: it stays as the author wrote it."""
     cli = project
     cli("subscriber", "add", "reader@example.jp", "--fields", "education")
     cli("article", "add", "--field", "education", "--title", "配信停止は %%NL_UNSUBSCRIBE_URL%% から",
@@ -330,5 +330,5 @@ def test_article_text_cannot_smuggle_a_personal_placeholder(project):
     [path] = (cli.folder / "var" / "outbox").glob("*.eml")
     msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
     text = msg.get_body(("plain",)).get_content()
-    assert "%%NL\uff3fUNSUBSCRIBE_URL%%" in text and "%%NL\uff3fGREETING%%" in text
+    assert "%%NL_UNSUBSCRIBE_URL%%" in text and "%%NL_GREETING%%" in text
     assert text.count("/unsubscribe/") == 1  # only the footer's link

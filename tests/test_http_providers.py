@@ -35,9 +35,10 @@ from newsletter import publish
 from newsletter.config import load_config
 from newsletter.delivery import deliver
 from newsletter.editions.compose import Recipient, Sending, compose
-from newsletter.editions.render import GREETING, PREFERENCES_URL, UNSUBSCRIBE_URL, Rendered
+from newsletter.editions.render import Rendered
 from newsletter.errors import ConfigError
 from newsletter.interfaces import OutgoingMessage, Provider
+from newsletter.links import Placeholders, server_key
 from newsletter.providers import load_provider
 from newsletter.providers.http import (
     HTTPRequest,
@@ -49,7 +50,7 @@ from newsletter.providers.http import (
 )
 from newsletter.providers.mailgun import MailgunProvider, multipart
 from newsletter.providers.postmark import PostmarkProvider
-from newsletter.providers.sendgrid import SendGridProvider, html_key
+from newsletter.providers.sendgrid import SendGridProvider
 from newsletter.providers.ses import SESProvider, canonical_request, error_type, sign_v4
 from newsletter.store import open_engine
 from newsletter.store.tables import deliveries, subscribers, utcnow
@@ -74,15 +75,17 @@ SENDING = Sending(
     base_url="https://news.example.jp", domain="news.example.jp",
     unsubscribe_mailto="unsubscribe@news.example.jp", key=b"http-provider-test-key-0123456789",
 )
+MARKS = Placeholders.new()
+GREETING, UNSUBSCRIBE_URL, PREFERENCES_URL = MARKS.all()
 HTML = Rendered(
     subject="【週刊 地方行政ニュース】第12号",
     html=(f'<html><body><p class="greeting">{GREETING}</p><p>今週は防災特集です &amp; 教育の話題。</p>'
           f'<a href="{UNSUBSCRIBE_URL}">配信停止</a> <a href="{PREFERENCES_URL}">配信設定</a></body></html>'),
     text=(f"{GREETING}\n\n今週は防災特集です & 教育の話題。\n\n"
           f"配信停止: {UNSUBSCRIBE_URL}\n配信設定: {PREFERENCES_URL}\n"),
-    article_ids=(1, 2), language="ja",
+    article_ids=(1, 2), language="ja", placeholders=MARKS,
 )
-TEXT = Rendered(HTML.subject, None, HTML.text, HTML.article_ids, "ja")
+TEXT = Rendered(HTML.subject, None, HTML.text, HTML.article_ids, "ja", placeholders=MARKS)
 # Markup characters in the name: the HTML must get them escaped, the text as they are.
 NAME = "<山田 & 太郎>"
 
@@ -546,10 +549,12 @@ def test_sendgrid_payload_keys_text_and_html_apart():
     messages = batch(2)
     mail = json.loads(SendGridProvider("k", "http://x").build_payload(messages).body)
     text, markup = (c["value"] for c in mail["content"])
-    assert GREETING in text and GREETING not in markup and html_key(GREETING) in markup
+    plain, escaped = f"%%{server_key(GREETING)}%%", f"%%{server_key(GREETING, escaped=True)}%%"
+    assert plain in text and escaped not in text and escaped in markup and plain not in markup
+    assert MARKS.nonce in plain and GREETING not in text + markup
     subs = mail["personalizations"][0]["substitutions"]
-    assert subs[GREETING] == f"{NAME} 1 様"
-    assert subs[html_key(GREETING)] == "&lt;山田 &amp; 太郎&gt; 1 様"
+    assert subs[plain] == f"{NAME} 1 様"
+    assert subs[escaped] == "&lt;山田 &amp; 太郎&gt; 1 様"
     assert mail["personalizations"][1]["custom_args"] == {"nl_delivery_id": "2"}
     assert mail["headers"]["List-Id"].endswith("<weekly.news.example.jp>")
     assert mail["tracking_settings"] == {"subscription_tracking": {"enable": False}}

@@ -23,6 +23,7 @@ from newsletter.editions.assemble import VariantKey
 from newsletter.editions.compose import personal_urls
 from newsletter.editions.render import render_variant
 from newsletter.japanese import DEFAULT_WIDTH, display_width, fits_jis, map_for_jis
+from newsletter.links import fill
 from newsletter.publish import load_content
 from newsletter.store import open_engine
 from newsletter.store.tables import deliveries, editions
@@ -151,12 +152,9 @@ def test_japanese_edition_in_both_charsets(jp_project, smtp_server):
         assert all(p.get_content_charset() == sent_charset for p in parts)
         greeting = f"{to_name} 様"
         unsubscribe, preferences = personal_urls(sending, subscriber_id)
-        personal = {"%%NL_GREETING%%": greeting, "%%NL_UNSUBSCRIBE_URL%%": unsubscribe,
-                    "%%NL_PREFERENCES_URL%%": preferences}
+        personal = rendered.placeholders.values(greeting, unsubscribe, preferences)
         text = parts[0].get_content().replace("\r\n", "\n")
-        expected_text = rendered.text
-        for placeholder, value in personal.items():
-            expected_text = expected_text.replace(placeholder, value)
+        expected_text = fill(rendered.text, personal)
         # (a single-part message ends with one more CRLF, which ends the message, not the text)
         assert text.rstrip("\n") == expected_text.rstrip("\n")
         if sent_charset == "iso-2022-jp":

@@ -61,7 +61,7 @@ def test_broken_links_are_errors_and_http_is_a_warning():
     ("https://news.example.jp/a?b=1#c", None),
     ("mailto:henshu@news.example.jp", None),
     ("tel:03-1234-5678", None),
-    ("%%NL_UNSUBSCRIBE_URL%%", None),
+    ("%%NL_UNSUBSCRIBE_URL%%", "error"),  # an article's URL that only looks like a placeholder: no link
     ("http://news.example.jp/", "warning"),
     ("https://例え.jp/パス", "warning"),
     ("", "error"),
@@ -223,3 +223,29 @@ def test_edition_check_looks_at_the_unfinished_edition(project, tmp_path):
     assert "weekly 第1号 (unfinished edition, resumed by 'edition send'): 1 articles, 1 variant(s), 1 reader(s)" \
         in out
     assert "髙橋 花子" in out
+
+
+@pytest.mark.parametrize(("where", "text"), [
+    ("title", "配信停止は %%NL_UNSUBSCRIBE_URL%% から"),
+    ("summary", "宛名: %%NL_GREETING%% 様"),
+    ("author", "%%SENDER%%"),
+    ("url", "https://evil.example.com/c?u=%%NL_UNSUBSCRIBE_URL%%"),
+    ("url", "https://evil.example.com/c?u=%recipient.list_unsubscribe%"),
+    ("url", "https://evil.example.com/c?u=%unsubscribe_url%"),
+    ("body", "<p>解約: %%NL<b>_</b>UNSUBSCRIBE_URL%%</p>"),  # joined once the tags are gone
+])
+def test_article_text_that_looks_like_a_placeholder_is_a_warning_naming_the_article(where, text):
+    config = fixed_config()
+    arts = fixed_articles()
+    target = next(a for a in arts if a["id"] == 103)
+    if where == "body":
+        target.update(body=text, body_format="html")
+    else:
+        target[where] = text
+    content = fixed_content(config, arts, full_text=where == "body")
+    findings = check_plan(config, config.publication("weekly"), plan_for(content))
+    found = [f for f in findings if f.code == "placeholder"]
+    assert [f.severity for f in found] == ["warning"]
+    assert "article 103 'マイナンバーカードの利用拡大に向けた省令改正案'" in found[0].message or where == "title"
+    assert "article 103" in found[0].message and f"its {where}" in found[0].message
+    assert not has_errors(f for f in findings if f.code != "link")  # a warning: the send goes ahead

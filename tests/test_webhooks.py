@@ -27,9 +27,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from newsletter.store.tables import consents, mail_events
+from newsletter.store.tables import consents, deliveries, mail_events, subscribers
 from newsletter.web.webhooks import sns_string_to_sign
 from tests.test_web import Site, make_site
 
@@ -386,3 +386,59 @@ def test_webhook_body_limit(hooks, ec_key):
     big = [{"email": f"x{i}@example.jp", "event": "delivered", "sg_event_id": f"e{i}", "pad": "x" * 200}
            for i in range(20_000)]
     assert sendgrid_post(hooks, ec_key, big).status_code == 413
+
+
+# -- nl_delivery_id: the event finds its delivery ------------------------------------
+
+def _sent(site) -> dict[str, int]:
+    """Send an edition to the four readers; their delivery ids by address."""
+    site.cli("article", "add", "--field", "education", "--title", "教員の働き方改革", "--url",
+             "https://news.example.jp/a/1", "--summary", "勤務実態調査の速報値。")
+    site.cli("edition", "send", "weekly")
+    with site.engine.connect() as conn:
+        return {r.email: r.id for r in conn.execute(select(deliveries.c.id, deliveries.c.email))}
+
+
+def _bounce(kind: str, address: str, delivery_id: int, n: int) -> dict:
+    tag = str(delivery_id)
+    if kind == "sendgrid":
+        return {"email": address, "timestamp": 1513299569, "event": "bounce", "type": "bounce", "status": "5.1.1",
+                "reason": "550 5.1.1 no such user", "sg_event_id": f"sg-id-{n}", "nl_delivery_id": tag}
+    if kind == "mailgun":
+        return {**mg_failed(address, "permanent", f"mg-id-{n}"), "user-variables": {"nl-delivery-id": tag}}
+    if kind == "postmark":
+        return {**POSTMARK_BOUNCE, "ID": 900 + n, "Email": address, "Metadata": {"nl_delivery_id": tag}}
+    bounce = json.loads(json.dumps(SES_BOUNCE))
+    bounce["bounce"]["bouncedRecipients"][0]["emailAddress"] = address
+    bounce["mail"]["tags"] = {"nl_delivery_id": [tag]}
+    return bounce
+
+
+def _post(kind: str, site, key, rsa_cert, payload: dict, n: int):
+    if kind == "sendgrid":
+        return sendgrid_post(site, key, [payload])
+    if kind == "mailgun":
+        return mailgun_post(site, payload, token=f"tok{n}" * 10)
+    if kind == "postmark":
+        return postmark_post(site, payload)
+    return post_sns(site, sns_message(payload, key=rsa_cert[0], MessageId=f"ses-id-{n}"))
+
+
+@pytest.mark.parametrize("kind", ["sendgrid", "mailgun", "postmark", "ses"])
+def test_a_bounce_finds_its_delivery_by_nl_delivery_id(hooks, ec_key, rsa_cert, kind):
+    """The reader changed their address after the edition went out: the bounce of
+    the old address still names its delivery, and through it the subscriber."""
+    ids = _sent(hooks)
+    with hooks.engine.begin() as conn:
+        conn.execute(update(subscribers).where(subscribers.c.email == "hard@example.jp")
+                     .values(email="hard.new@example.jp"))
+    res = _post(kind, hooks, ec_key, rsa_cert, _bounce(kind, "hard@example.jp", ids["hard@example.jp"], 1), 1)
+    assert res.status_code == 200, res.text
+    assert hooks.subscriber("hard.new@example.jp").status == "bounced"
+
+    # An id that is not this address's delivery (another installation on the same
+    # account): the address decides, as without an id.
+    res = _post(kind, hooks, ec_key, rsa_cert, _bounce(kind, "spam@example.jp", ids["fine@example.jp"], 2), 2)
+    assert res.status_code == 200, res.text
+    assert hooks.subscriber("spam@example.jp").status == "bounced"
+    assert hooks.subscriber("fine@example.jp").status == "active"

@@ -296,15 +296,13 @@ def edition_preview(app: App, publication, number, fields, fmt, out, charset):
         if rest:
             click.echo(f"not in ISO-2022-JP (these mails go out as UTF-8): "
                        f"{' '.join(f'{c} (U+{ord(c):04X})' for c in rest)}", err=True)
-    from ..editions.compose import substitute
+    from ..links import fill, greeting
 
-    sample = ("山田 太郎 様" if content["language"] == "ja" else "Dear Taro Yamada,")
     base = app.config.site.base_url
-    args = (sample, f"{base}/unsubscribe/PREVIEW", f"{base}/preferences/PREVIEW")
-    if fmt == "html":
-        body = substitute(rendered.html, *args, escape=True)
-    else:
-        body = substitute(rendered.text, *args, escape=False)
+    sample = rendered.placeholders.values(greeting("山田 太郎" if content["language"] == "ja" else "Taro Yamada",
+                                                   content["language"]),
+                                          f"{base}/unsubscribe/PREVIEW", f"{base}/preferences/PREVIEW")
+    body = fill(rendered.html, sample, escape=True) if fmt == "html" else fill(rendered.text, sample)
     if out:
         out.write_text(body, encoding="utf-8")
         click.echo(f"Subject: {rendered.subject}")

@@ -27,14 +27,6 @@ def select_articles(candidates: Iterable[Mapping[str, Any]], limit: int) -> list
     return sorted(candidates, key=order_key)[:limit]
 
 
-def inert(text: str) -> str:
-    """Article text cannot carry the pipeline's personal placeholders (``%%NL_…%%``):
-    compose substitutes them in the rendered mail, so an article quoting one would
-    show each reader their own link.  The full-width low line keeps the text
-    readable (and is in JIS X 0208)."""
-    return text.replace("%%NL_", "%%NL\uff3f") if "%%NL_" in text else text
-
-
 def freeze(
     config: Config, pub: Publication, number: int, articles: Sequence[Mapping[str, Any]], now: datetime
 ) -> dict[str, Any]:
@@ -60,11 +52,11 @@ def freeze(
         "articles": [
             {
                 "id": a["id"],
-                "title": inert(a["title"]),
+                "title": a["title"],
                 "url": a["url"],
-                "summary": inert(a["summary"]),
-                "body_html": inert(body_html(a["body"], a["body_format"])) if pub.full_text else "",
-                "author": inert(a["author"]),
+                "summary": a["summary"],
+                "body_html": body_html(a["body"], a["body_format"]) if pub.full_text else "",
+                "author": a["author"],
                 "fields": [f for f in a["fields"].split(",") if f in pub_fields],
             }
             for a in articles

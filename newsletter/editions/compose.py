@@ -1,5 +1,10 @@
-"""One recipient's message: substitute the personal parts into a rendered
+"""One recipient's message: fill the personal parts into a rendered
 variant and build the MIME bytes.
+
+The personal parts go where the variant's own placeholders are
+(``rendered.placeholders``, see :mod:`newsletter.links`), by the rule of
+:func:`links.split`; the reader's URLs and greeting come from
+:mod:`newsletter.links`.  Nothing else in the text is ever replaced.
 
 We write the headers ourselves instead of serialising an ``EmailMessage``:
 - with ``policy.SMTP`` the email package turns a List-Unsubscribe URL longer
@@ -21,18 +26,18 @@ import base64
 import html
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 from functools import lru_cache
-from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+from .. import links
 from ..interfaces import MessageContent, OutgoingMessage
 from ..japanese import map_for_jis, unmappable
 from ..sanitize import header_safe
-from ..tokens import make_token
-from .render import GREETING, PREFERENCES_URL, UNSUBSCRIBE_URL, Rendered
+from .render import Rendered
 
 log = logging.getLogger(__name__)
 CRLF = "\r\n"
@@ -172,21 +177,13 @@ class _Part:
     escape: bool
 
 
-def _split(template: str, codec: str) -> tuple[bytes | str, ...]:
-    out: list[bytes | str] = []
-    rest = template
-    while True:
-        positions = [(rest.find(p), p) for p in (GREETING, UNSUBSCRIBE_URL, PREFERENCES_URL) if p in rest]
-        if not positions:
-            out.append(rest.encode(codec))
-            return tuple(out)
-        index, placeholder = min(positions)
-        out.append(rest[:index].encode(codec))
-        out.append(placeholder)
-        rest = rest[index + len(placeholder) :]
+def _split(template: str, codec: str, placeholders: Sequence[str]) -> tuple[bytes | str, ...]:
+    pieces = links.split(template, placeholders)
+    return tuple(piece.encode(codec) if i % 2 == 0 else piece for i, piece in enumerate(pieces))
 
 
-def _prepare_part(content_type: str, charset: str, text: str, *, eight_bit: bool, html_part: bool) -> _Part:
+def _prepare_part(content_type: str, charset: str, text: str, *, eight_bit: bool, html_part: bool,
+                  placeholders: Sequence[str]) -> _Part:
     codec = PYTHON_CODECS[charset]
     body = text.replace("\r\n", "\n").replace("\n", "\r\n")
     lines = body.encode(codec).split(b"\r\n")
@@ -211,7 +208,7 @@ def _prepare_part(content_type: str, charset: str, text: str, *, eight_bit: bool
         encoding = "base64"
     header = (f"Content-Type: {content_type}; charset=\"{charset.upper()}\"{CRLF}"
               f"Content-Transfer-Encoding: {encoding}{CRLF}{CRLF}").encode("ascii")
-    return _Part(header, _split(body, codec), encoding, html_part)
+    return _Part(header, _split(body, codec, placeholders), encoding, html_part)
 
 
 def _render_part(part: _Part, values: dict[str, tuple[bytes, bytes]]) -> bytes:
@@ -254,9 +251,12 @@ def _prepare(rendered: Rendered, sending: Sending, charset: str, eight_bit: bool
         "Precedence: bulk",
         "MIME-Version: 1.0",
     ]
-    parts = [_prepare_part("text/plain", charset, rendered.text, eight_bit=eight_bit, html_part=False)]
+    marks = rendered.placeholders.all()
+    parts = [_prepare_part("text/plain", charset, rendered.text, eight_bit=eight_bit, html_part=False,
+                           placeholders=marks)]
     if html_body is not None:
-        parts.append(_prepare_part("text/html", charset, html_body, eight_bit=eight_bit, html_part=True))
+        parts.append(_prepare_part("text/html", charset, html_body, eight_bit=eight_bit, html_part=True,
+                                   placeholders=marks))
     return _Prepared(
         charset=charset,
         codec=PYTHON_CODECS[charset],
@@ -282,28 +282,13 @@ def _prepare(rendered: Rendered, sending: Sending, charset: str, eight_bit: bool
     )
 
 
-def greeting(name: str, language: str) -> str:
-    name = header_safe(name)
-    if language == "en":
-        return f"Dear {name}," if name else "Dear reader,"
-    return f"{name} 様" if name else "読者の皆さま"
+greeting = links.greeting
 
 
 def personal_urls(sending: Sending, subscriber_id: int) -> tuple[str, str]:
-    unsubscribe = f"{sending.base_url}/unsubscribe/{make_token(sending.key, 'unsubscribe', subscriber_id)}"
-    preferences = f"{sending.base_url}/preferences/{make_token(sending.key, 'preferences', subscriber_id)}"
-    return unsubscribe, preferences
-
-
-def substitute(template: str, greeting_text: str, unsubscribe: str, preferences: str, *, escape: bool) -> str:
-    if escape:
-        greeting_text = html.escape(greeting_text)
-        unsubscribe, preferences = html.escape(unsubscribe), html.escape(preferences)
-    return (
-        template.replace(GREETING, greeting_text)
-        .replace(UNSUBSCRIBE_URL, unsubscribe)
-        .replace(PREFERENCES_URL, preferences)
-    )
+    """(unsubscribe, preferences) URL of one reader."""
+    return (links.unsubscribe_url(sending.base_url, sending.key, subscriber_id),
+            links.preferences_url(sending.base_url, sending.key, subscriber_id))
 
 
 def _fits(charset: str, *texts: str) -> bool:
@@ -361,25 +346,18 @@ def compose(
         greet = greeting(name, rendered.language)
     prepared = _prepare(rendered, sending, charset, eight_bit)
     codec = prepared.codec
-    values = {
-        GREETING: (greet.encode(codec), html.escape(greet).encode(codec)),
-        UNSUBSCRIBE_URL: (unsubscribe.encode("ascii"), html.escape(unsubscribe).encode("ascii")),
-        PREFERENCES_URL: (preferences.encode("ascii"), html.escape(preferences).encode("ascii")),
-    }
+    personal = rendered.placeholders.values(greet, unsubscribe, preferences)
+    values = {p: (v.encode(codec), html.escape(v).encode(codec)) for p, v in personal.items()}
 
     msgid = msgid or message_id(sending, recipient.delivery_id)
-    list_unsubscribe = f"<{unsubscribe}>"
-    if sending.unsubscribe_mailto:
-        subject = quote(f"unsubscribe {unsubscribe.rsplit('/', 1)[1]}")
-        # Folding between the two list items is allowed (RFC 2369); the URL itself is never folded.
-        list_unsubscribe += f",{CRLF} <mailto:{sending.unsubscribe_mailto}?subject={subject}>"
-    personal = (
+    list_unsubscribe = links.list_unsubscribe(unsubscribe, sending.unsubscribe_mailto)
+    own_headers = (
         f"To: {encode_address(name, recipient.email, charset, 'To')}{CRLF}"
         f"Date: {_date_header(int(now.timestamp()), sending.timezone)}{CRLF}"
         f"Message-ID: {msgid}{CRLF}"
         f"List-Unsubscribe: {list_unsubscribe}{CRLF}"
     ).encode("ascii")
-    head = prepared.fixed_headers_before + personal + prepared.fixed_headers_after
+    head = prepared.fixed_headers_before + own_headers + prepared.fixed_headers_after
     if len(prepared.parts) == 1:
         data = head + _render_part(prepared.parts[0], values) + b"\r\n"
     else:
@@ -401,7 +379,7 @@ def compose(
         variant=prepared.variant,
         content=prepared.content,
         to_name=header_safe(name),
-        personal={GREETING: greet, UNSUBSCRIBE_URL: unsubscribe, PREFERENCES_URL: preferences},
+        personal=personal,
     )
 
 

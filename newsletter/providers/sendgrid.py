@@ -7,8 +7,10 @@ limit, which also caps to+cc+bcc at 1,000 per request), each with:
 - ``to``: the recipient and their name;
 - ``substitutions``: the personal values.  SendGrid replaces the same keys in the
   subject, the text and the HTML alike, but the HTML needs escaped values and the
-  text plain ones, so the HTML template's placeholders are rewritten once per
-  variant to keys of their own (``%%NL_GREETING%%`` → ``%%NL_GREETING.html%%``);
+  text plain ones, so each part's placeholders are rewritten once per variant to
+  keys of their own, named by :func:`newsletter.links.server_key` (random per
+  render like the placeholders: ``%%nl_greeting_<nonce>%%`` and
+  ``%%nl_greeting_<nonce>_html%%``), so article text cannot name one;
 - ``headers``: this recipient's List-Unsubscribe (the variant's List-Id,
   List-Unsubscribe-Post, Auto-Submitted and Precedence are request-wide);
 - ``custom_args``: ``nl_delivery_id``, which SendGrid hands back in every event
@@ -31,12 +33,12 @@ ISO-2022-JP preference is not kept here (use ``ses`` or ``mailgun`` for that).
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from newsletter import links
 from newsletter.interfaces import MessageContent, OutgoingMessage, SendResult
 from newsletter.providers import OptionReader
 from newsletter.providers.http import (
@@ -52,7 +54,7 @@ from newsletter.providers.http import (
     whole,
 )
 
-__all__ = ["SendGridProvider", "html_key"]
+__all__ = ["SendGridProvider", "substitution_tag"]
 
 BASE_URLS = {"global": "https://api.sendgrid.com", "eu": "https://api.eu.sendgrid.com"}
 MAX_PERSONALIZATIONS = 1000
@@ -61,10 +63,9 @@ MAX_REQUEST_BYTES = 20_000_000
 _PERSONALIZATION = re.compile(r"^personalizations\.(\d+)\b")
 
 
-def html_key(placeholder: str) -> str:
-    """The substitution key that stands for ``placeholder`` in the HTML part.
-    Not a substring of the text key nor the other way round."""
-    return placeholder[:-2] + ".html%%" if placeholder.endswith("%%") else placeholder + ".html"
+def substitution_tag(key: str) -> str:
+    """The tag SendGrid replaces for a :func:`links.server_key` name."""
+    return f"%%{key}%%"
 
 
 class SendGridProvider(HTTPProvider):
@@ -185,20 +186,16 @@ def _address(email: str, name: str = "") -> dict[str, str]:
 
 def _parts(content: MessageContent, placeholders: Sequence[str]) -> list[dict[str, str]]:
     # SendGrid wants text/plain first, then text/html.
-    parts = [{"type": "text/plain", "value": content.text}]
+    parts = [{"type": "text/plain",
+              "value": links.server_template(content.text, placeholders, substitution_tag, escaped=False)}]
     if content.html is not None:
-        markup = content.html
-        for placeholder in placeholders:
-            markup = markup.replace(placeholder, html_key(placeholder))
-        parts.append({"type": "text/html", "value": markup})
+        parts.append({"type": "text/html",
+                      "value": links.server_template(content.html, placeholders, substitution_tag, escaped=True)})
     return parts
 
 
 def _personalization(message: OutgoingMessage) -> dict[str, Any]:
-    substitutions: dict[str, str] = {}
-    for placeholder, value in message.personal.items():
-        substitutions[placeholder] = value
-        substitutions[html_key(placeholder)] = html.escape(value)
+    substitutions = {substitution_tag(k): v for k, v in links.server_values(message.personal).items()}
     headers = {}
     if "List-Unsubscribe" in message.headers:
         headers["List-Unsubscribe"] = message.headers["List-Unsubscribe"]

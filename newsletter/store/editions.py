@@ -246,3 +246,12 @@ def pending_count(conn: Connection, edition_id: int) -> int:
     return conn.execute(
         select(func.count()).where(and_(deliveries.c.edition_id == edition_id, deliveries.c.status == "pending"))
     ).scalar()
+
+
+def delivery_recipient(conn: Connection, delivery_id: int) -> Row | None:
+    """(subscriber_id, email) of one delivery: a provider event carrying our
+    ``nl_delivery_id`` finds its subscriber by it (bounces.py)."""
+    if not 0 < delivery_id < 2**31:  # the column is a 32-bit integer on PostgreSQL
+        return None
+    return conn.execute(select(deliveries.c.subscriber_id, deliveries.c.email)
+                        .where(deliveries.c.id == delivery_id)).first()

@@ -6,7 +6,9 @@ happened to the articles since) for all of its fields, with the article
 bodies passed through the HTML allow-list once more.  The personal parts of
 the digest become neutral: the greeting addresses every reader, and the
 preferences/unsubscribe links point at the explanation on the sign-up page —
-no token of anyone is ever on these pages.
+no token of anyone is ever on these pages.  Those values are filled into the
+render's own placeholders with :func:`links.fill`, like a mail's; the
+greeting and every path come from :mod:`newsletter.links`.
 """
 
 from __future__ import annotations
@@ -20,15 +22,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from ..editions.render import (
-    GREETING,
-    PREFERENCES_URL,
-    UNSUBSCRIBE_URL,
-    context,
-    date_texts,
-    environment,
-    render_variant,
-)
+from .. import links
+from ..editions.render import context, date_texts, environment, render_variant
 from ..sanitize import sanitize_html
 from ..store import web as wq
 from .security import ARCHIVE_CSP
@@ -86,7 +81,7 @@ def _summary(svc: Service, row) -> dict[str, Any]:
             "when": when,
             "updated": row.finished_at or when,
             "titles": [a["title"] for a in content["articles"]],
-            "path": f"/archive/{row.publication}/{row.number}/",
+            "path": links.archive_url("", row.publication, row.number),
         })
     return svc.cache[key]
 
@@ -112,7 +107,7 @@ async def index(request: Request) -> Response:
     sections = []
     for p in [pub] if pub else svc.config.publications:
         items = [_summary(svc, r) for r in rows if r.publication == p.slug]
-        sections.append({"publication": p, "editions": items, "feed": f"/archive/{p.slug}/feed.atom"})
+        sections.append({"publication": p, "editions": items, "feed": links.feed_url("", p.slug)})
     return svc.page("archive.html.j2", sections=sections, single=pub is not None,
                     headers={"Cache-Control": f"public, max-age={CACHE_SECONDS}"})
 
@@ -127,9 +122,8 @@ def _render_edition(svc: Service, publication: str, number: int) -> str | None:
         return None
     content = _content(row)
     rendered = render_variant(content, _all_fields(content), svc.config.templates_dir, when=_when(row), html=True)
-    greeting = "Dear reader," if content["language"] == "en" else "読者の皆さま"
-    html = (rendered.html or "").replace(GREETING, greeting).replace(UNSUBSCRIBE_URL, "/#manage") \
-        .replace(PREFERENCES_URL, "/#manage")
+    everyone = rendered.placeholders.values(links.greeting("", content["language"]), "/#manage", "/#manage")
+    html = links.fill(rendered.html or "", everyone, escape=True)
     return _remember(svc, key, html)
 
 
@@ -156,7 +150,7 @@ async def feed(request: Request) -> Response:
     rows = await run_in_threadpool(_rows, svc, pub.slug if pub else None)
     entries = [_summary(svc, r) for r in rows[:50]]
     base = svc.config.site.base_url
-    path = f"/archive/{pub.slug}/" if pub else "/archive/"
+    path = links.archive_url("", pub.slug if pub else None)
     title = pub.title if pub else svc.config.site.name
     updated = max((e["updated"] for e in entries), default=datetime(2000, 1, 1, tzinfo=UTC))
     xml = svc.env.get_template("feed.atom.j2").render(

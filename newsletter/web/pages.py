@@ -12,6 +12,10 @@ Links and what they may do:
   (form-urlencoded or multipart): unsubscribes at once and answers 200 — no
   cookies, no CSRF token, never a redirect (RFC 8058 §3.2).  Without that
   field it is the page's own form, which needs its CSRF token.
+
+Every URL here is built by :mod:`newsletter.links` (signed with the current
+key); tokens are verified against all of ``tokens.signing_keys`` (``svc.keys``),
+so links sent before a key rotation keep working.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from .. import links
 from .. import subscribers as subs
 from ..sanitize import header_safe
 from ..store import subscribers as sq
 from ..store import web as wq
-from ..tokens import make_expiring_token, make_token, verify_expiring_token, verify_token
+from ..tokens import verify_expiring_token, verify_token
 from . import mails
 from .security import CSRF_FIELD, user_agent
 
@@ -184,11 +189,11 @@ async def signup_submit(request: Request) -> Response:
     )
     base = svc.config.site.base_url
     if requested.already:
-        url = f"{base}/preferences/{make_token(svc.keys[0], 'preferences', requested.subscriber_id)}"
+        url = links.preferences_url(base, svc.keys[0], requested.subscriber_id)
         mail = mails.notice_mail(svc.config, svc.templates, requested.email, url)
     else:
-        token = make_expiring_token(svc.keys[0], "confirm", requested.signup_id, int(expires.timestamp()))
-        mail = mails.confirmation_mail(svc.config, svc.templates, requested.email, f"{base}/confirm/{token}", hours)
+        url = links.confirm_url(base, svc.keys[0], requested.signup_id, int(expires.timestamp()))
+        mail = mails.confirmation_mail(svc.config, svc.templates, requested.email, url, hours)
     message = mails.outgoing(svc.config, mail, now)
     result = await run_in_threadpool(svc.send_mail or mails.send, svc.config, message)
     if result.status != "accepted":
@@ -234,7 +239,7 @@ async def confirm_submit(request: Request) -> Response:
         raise HTTPException(409, svc.t["err_link_used"])
     if done == "gone":
         raise HTTPException(410, svc.t["err_gone"])
-    preferences = f"/preferences/{make_token(svc.keys[0], 'preferences', done.subscriber_id)}"
+    preferences = links.preferences_url("", svc.keys[0], done.subscriber_id)
     return svc.message(svc.t["confirmed_title"], svc.t["confirmed_text"], link=preferences,
                        link_text=svc.t["preferences_link"])
 
@@ -261,7 +266,7 @@ def _not_active(svc: Service, row, status: int = 200) -> Response:
 def _preferences_form(request: Request, row, status: int = 200, *, fields: set[str] | None = None,
                       fmt: str | None = None, error: str | None = None, saved: bool = False) -> Response:
     svc = _svc(request)
-    unsubscribe = f"/unsubscribe/{make_token(svc.keys[0], 'unsubscribe', row.id)}"
+    unsubscribe = links.unsubscribe_url("", svc.keys[0], row.id)
     return svc.form_page(
         request, "preferences.html.j2", {"preferences": request.url.path, "unsubscribe": unsubscribe}, status,
         email=mask(row.email), status_text=svc.t[f"status_{row.status}"],

@@ -24,6 +24,11 @@ and changes nothing; a body that is not what the provider sends 400.
   segment) and fetched only when ``ses_fetch_certificates = true``.  Raw
   message delivery (no SNS envelope, so no signature) is not supported.
 
+Each event is matched to its delivery by the ``nl_delivery_id`` our providers
+attach to every message (SendGrid ``custom_args``, Mailgun ``v:nl-delivery-id``,
+Postmark ``Metadata``, SES ``EmailTags``), the address as the fallback — see
+:mod:`newsletter.bounces`.
+
 Timestamps older than ``[web.webhooks] max_age`` (default 1 day) are refused
 (replays); duplicates within it are harmless anyway.
 """
@@ -78,6 +83,19 @@ def _json(body: bytes) -> Any:
         return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise Rejected(400, f"body is not JSON ({exc.__class__.__name__})") from None
+
+
+_DELIVERY_ID = re.compile(r"[0-9]{1,10}")
+
+
+def _delivery_id(value: Any) -> int | None:
+    """Our ``nl_delivery_id`` as a provider hands it back (a string; SES: a list of
+    strings), or None for anything else — ASCII digits only ('²'.isdigit() is true)."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return int(value) if isinstance(value, str) and _DELIVERY_ID.fullmatch(value) else None
 
 
 def _check_age(settings: WebhookSettings, timestamp: float, now: float) -> None:
@@ -156,7 +174,8 @@ def sendgrid_events(settings: WebhookSettings, headers: Mapping[str, str], body:
             kind = "unsubscribe"
         else:
             kind = "ignored"  # processed, delivered, deferred, open, click...
-        events.append(MailEvent("sendgrid", event_id, kind, email=email, detail=f"{name} {status} {reason}".strip()))
+        events.append(MailEvent("sendgrid", event_id, kind, email=email, detail=f"{name} {status} {reason}".strip(),
+                                delivery_id=_delivery_id(e.get("nl_delivery_id"))))
     return events
 
 
@@ -198,7 +217,9 @@ def mailgun_events(settings: WebhookSettings, headers: Mapping[str, str], body: 
     # event-data.id is unique only within a day; with the timestamp it is unique.
     event_id = f"{ed.get('id') or token}:{ed.get('timestamp') or timestamp}"
     detail = f"{name} {ed.get('severity') or ''} {status.get('code') or ''} {ed.get('reason') or ''}"
-    return [MailEvent("mailgun", event_id, kind, email=recipient, detail=" ".join(detail.split()))]
+    variables = ed.get("user-variables") if isinstance(ed.get("user-variables"), dict) else {}
+    return [MailEvent("mailgun", event_id, kind, email=recipient, detail=" ".join(detail.split()),
+                      delivery_id=_delivery_id(variables.get("nl-delivery-id")))]
 
 
 # -- Postmark --------------------------------------------------------------------
@@ -242,7 +263,9 @@ def postmark_events(settings: WebhookSettings, headers: Mapping[str, str], body:
     when = data.get("ChangedAt") or data.get("BouncedAt") or ""
     event_id = f"{record}:{data.get('ID') or data.get('MessageID')}:{when}"
     detail = f"{record} {data.get('Type') or data.get('SuppressionReason') or ''} {data.get('Description') or ''}"
-    return [MailEvent("postmark", event_id, kind, email=email, detail=" ".join(detail.split()))]
+    metadata = data.get("Metadata") if isinstance(data.get("Metadata"), dict) else {}
+    return [MailEvent("postmark", event_id, kind, email=email, detail=" ".join(detail.split()),
+                      delivery_id=_delivery_id(metadata.get("nl_delivery_id")))]
 
 
 # -- Amazon SES via SNS ---------------------------------------------------------
@@ -354,6 +377,9 @@ def ses_events(settings: WebhookSettings, headers: Mapping[str, str], body: byte
     if not isinstance(note, dict):
         raise Rejected(400, "the SNS Message is not an SES notification")
     kind_name = note.get("notificationType") or note.get("eventType")
+    mail = note.get("mail") if isinstance(note.get("mail"), dict) else {}
+    tags = mail.get("tags") if isinstance(mail.get("tags"), dict) else {}
+    delivery_id = _delivery_id(tags.get("nl_delivery_id"))
     events = []
     if kind_name == "Bounce":
         bounce = note.get("bounce") if isinstance(note.get("bounce"), dict) else {}
@@ -366,7 +392,8 @@ def ses_events(settings: WebhookSettings, headers: Mapping[str, str], body: byte
                 detail = (f"{bounce_type}/{bounce.get('bounceSubType')} {r.get('status') or ''} "
                           f"{r.get('diagnosticCode') or ''}")
                 events.append(MailEvent("ses", f"{msg['MessageId']}:{r['emailAddress'].lower()}", kind,
-                                        email=r["emailAddress"], detail=" ".join(detail.split())))
+                                        email=r["emailAddress"], detail=" ".join(detail.split()),
+                                        delivery_id=delivery_id))
     elif kind_name == "Complaint":
         complaint = note.get("complaint") if isinstance(note.get("complaint"), dict) else {}
         feedback = complaint.get("complaintFeedbackType")
@@ -374,7 +401,8 @@ def ses_events(settings: WebhookSettings, headers: Mapping[str, str], body: byte
             if isinstance(r, dict) and isinstance(r.get("emailAddress"), str):
                 events.append(MailEvent("ses", f"{msg['MessageId']}:{r['emailAddress'].lower()}",
                                         "ignored" if feedback == "not-spam" else "complaint",
-                                        email=r["emailAddress"], detail=f"complaint {feedback or ''}".strip()))
+                                        email=r["emailAddress"], detail=f"complaint {feedback or ''}".strip(),
+                                        delivery_id=delivery_id))
     return events
 
 
