@@ -1,4 +1,11 @@
-"""``newsletter demo``: the whole pipeline on a laptop, from a fresh clone."""
+"""``newsletter demo``: the whole pipeline on a laptop, from a fresh clone.
+
+It takes the same road as ``edition send``, never a shortcut: the provider is
+built first (a bad ``[provider]`` table stops it before anything is written), the
+preflight checks of ``edition check`` run before the edition is created (an error
+stops it, exit 1), and a message that fails is one line on stderr, with exit 1
+and the commands that list and retry the failures.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +17,11 @@ from .. import articles as arts
 from .. import publish
 from .. import subscribers as subs
 from ..delivery import deliver
-from ..providers import load_provider
+from ..providers import open_provider
 from ..store import editions as q
-from ..store import make_engine, upgrade
+from ..store import ensure_database, make_engine, upgrade
 from . import App, main, pass_app
+from .editions import _preflight, report_failures
 
 
 @main.command()
@@ -27,6 +35,8 @@ def demo(app: App, publication):
     says there is nothing new to send.
     """
     config = app.config
+    open_provider(config).close()  # a bad [provider] table fails before anything is written
+    ensure_database(config.storage_url)
     engine = make_engine(config.storage_url)
     upgrade(engine)
     app._engine = engine
@@ -48,7 +58,8 @@ def demo(app: App, publication):
         click.echo(f"  error: {problem}", err=True)
 
     pub = config.publication(publication) if publication else config.publications[0]
-    provider = load_provider(config.provider.kind, config.provider.options, base)
+    _preflight(app, pub, force=False)
+    provider = open_provider(config)
     with engine.connect() as conn:
         row = q.unfinished(conn, pub.slug)
     if row is None:
@@ -77,3 +88,5 @@ def demo(app: App, publication):
         click.echo(f"outbox:      {outbox}  (one .eml file per mail; open one in any mail client)")
     click.echo(f"preview:     newsletter edition preview {pub.slug} --edition {row.number} --format text")
     click.echo(f"status:      newsletter edition status {row.number}")
+    if report_failures(result, row.number):
+        raise SystemExit(1)

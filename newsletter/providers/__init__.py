@@ -8,6 +8,12 @@ package adds a service the same way we do.  :func:`load_provider` turns the
 :class:`OptionReader` is the shared, small validator for that table: every
 provider reads its options through it so that all of them report mistakes
 the same way (``provider.<key>: ...``) and refuse keys they do not know.
+
+:func:`open_provider` builds the configured provider for a command or the
+daemon: building one validates every option and reads its secrets from the
+environment, and sends nothing — so ``newsletter run``, ``demo`` and ``edition
+send`` call it *before* anything starts or is created, and a typo (``kind =
+"smpt"``) or a missing password variable is one line naming the file and key.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 from newsletter.errors import ConfigError
 from newsletter.interfaces import Provider
 
-__all__ = ["ENTRY_POINT_GROUP", "OptionReader", "load_provider"]
+__all__ = ["ENTRY_POINT_GROUP", "OptionReader", "check_provider", "load_provider", "open_provider"]
 
 ENTRY_POINT_GROUP = "newsletter.providers"
 
@@ -66,6 +72,22 @@ def load_provider(kind: str, options: Mapping[str, Any], base_dir: Path) -> Prov
     if not isinstance(provider, Provider):
         raise ConfigError(f"provider.kind: '{kind}' does not implement the Provider interface")
     return provider
+
+
+def open_provider(config) -> Provider:
+    """The provider ``config`` (a :class:`newsletter.config.Config`) names, ready to
+    send; a ConfigError names the config file and the key."""
+    try:
+        return load_provider(config.provider.kind, config.provider.options, config.base_dir)
+    except ConfigError as exc:
+        prefix = f"{config.path.name}: "
+        message = str(exc)
+        raise ConfigError(message if message.startswith(prefix) else prefix + message) from None
+
+
+def check_provider(config) -> None:
+    """Raise ConfigError (file and key) unless the configured provider can be built."""
+    open_provider(config).close()
 
 
 def _looks_like_provider(cls: type) -> bool:
