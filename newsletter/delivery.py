@@ -555,12 +555,12 @@ def not_retryable(row) -> str | None:
     may have arrived; sending it again would break the promise that this is the
     only duplicate).  Everything else is: policy and other 5xx replies, a
     provider or outbox error, a compose error, retries that ran out of time."""
+    if is_hard_bounce(row.last_reply or ""):
+        return "bad address (5.1.x)"
     if row.subscriber_status is None:
         return "subscriber erased"
     if row.subscriber_status != "active":
         return f"subscriber {row.subscriber_status}"
-    if is_hard_bounce(row.last_reply or ""):
-        return "bad address (5.1.x)"
     if row.unknown_outcomes:
         return "may have been delivered (no answer after sending)"
     return None
