@@ -21,7 +21,8 @@ from sqlalchemy import create_engine, text
 from newsletter.config import PACKAGED_TEMPLATES, load_config, template_search_path
 from tests.conftest import CLI, PG_ADMIN_URL, PG_AVAILABLE, ROOT, write_config
 
-SUBJECT_OVERRIDE = "{% autoescape false %}【特報】{{ publication.title }} 第{{ edition.number }}号 — 令和の地方行政を読む{% endautoescape %}\n"
+SUBJECT_OVERRIDE = ("{% autoescape false %}【特報】{{ publication.title }} 第{{ edition.number }}号"
+                    " — 令和の地方行政を読む{% endautoescape %}\n")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -46,13 +47,13 @@ def project_without_templates(folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_a_wheel_installed_elsewhere_sends_with_its_packaged_templates(tmp_path):
-    """pip install of a wheel (not editable), config in another folder with no
-    templates/ beside it, run from a third folder: the demo's mails are in the outbox."""
+    """pip install of a wheel (not editable), a config.toml alone in another folder
+    (no templates/, no samples), run from a third folder: the demo's mails are in the outbox."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for name in ("newsletter", "templates"):
+    for name in ("newsletter", "templates", "subscribers", "articles"):  # newsletter/ links into the others
         shutil.copytree(ROOT / name, src / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     wheels = tmp_path / "wheels"
@@ -71,7 +72,9 @@ def test_a_wheel_installed_elsewhere_sends_with_its_packaged_templates(tmp_path)
     assert installed.returncode == 0, installed.stderr
 
     elsewhere = tmp_path / "elsewhere"
-    config = project_without_templates(elsewhere)
+    config = write_config(elsewhere, "sqlite:///var/newsletter.db")
+    shutil.rmtree(elsewhere / "templates")  # config.toml alone: templates and samples come from the wheel
+    assert [p.name for p in elsewhere.iterdir()] == ["config.toml"]
     cwd = tmp_path / "somewhere-else"
     cwd.mkdir()
     where = subprocess.run([str(python), "-c", "import newsletter; print(newsletter.__file__)"],
@@ -224,5 +227,5 @@ def test_text_log_lines_carry_their_utc_offset(tmp_path):
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                               env={**os.environ, "TZ": tz, "PYTHONPATH": str(ROOT)})
         assert done.returncode == 0, done.stderr
-        assert re.match(rf"^\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{{3}}{offset} WARNING newsletter: 第1号 の 配信を 開始$",
-                        done.stderr.strip()), (tz, done.stderr)
+        stamp = rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{{3}}{offset}"
+        assert re.match(rf"^{stamp} WARNING newsletter: 第1号 の 配信を 開始$", done.stderr.strip()), (tz, done.stderr)
