@@ -429,6 +429,21 @@ def _parse_bounces(file: Path, raw: Any) -> BounceSettings:
     return settings
 
 
+# The default templates ship inside the package: in a source tree newsletter/templates
+# is a symlink to the project's templates/ (the one copy editors change), in a wheel
+# the same files are package data (pyproject.toml).
+PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def template_search_path(templates_dir: str | os.PathLike) -> tuple[str, ...]:
+    """Where each template is looked for, file by file: ``templates_dir`` (``[paths]
+    templates``, by default ``templates/`` beside config.toml) first, then the
+    packaged defaults — so a project overrides only the files it has, and an
+    installed package with a config anywhere still finds every template."""
+    own = str(Path(templates_dir))
+    return (own,) if Path(own).resolve() == PACKAGED_TEMPLATES.resolve() else (own, str(PACKAGED_TEMPLATES))
+
+
 @dataclass(frozen=True)
 class ProviderConfig:
     kind: str

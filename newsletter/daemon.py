@@ -13,6 +13,12 @@ Threads:
   a running send through ``deliver``'s own status check (every second); a resumed
   edition is picked up on the next poll.
 
+Start-up checks, before anything runs: config.toml loads, the provider can be
+built (its options valid, its secrets in the environment — nothing is sent) and
+the database opens.  Any of them failing is one line naming the file and key,
+and exit 1: a daemon that starts happily and fails at the next slot is worse
+than one that does not start.
+
 Crash recovery is the store's: the delivery rows are the outbox and claims are
 leases.  At start every edition still ``sending`` is simply due again; rows a
 killed process had claimed come back when their lease (``[provider]
@@ -40,6 +46,7 @@ from datetime import datetime, timedelta
 from .config import Config, find_config_path, load_config
 from .delivery import Report, deliver, edition_eta
 from .errors import ConfigError
+from .providers import check_provider
 from .scheduling import SchedulerCore, ScheduleRunner
 from .store import editions as edition_q
 from .store import open_engine
@@ -63,6 +70,9 @@ class Daemon:
     ):
         self.config_path = find_config_path(config_path).absolute()
         self.config: Config = load_config(self.config_path)
+        # A provider that cannot be built (unknown kind, a missing secret) would only
+        # fail at the next slot, maybe days later: refuse to start instead.
+        check_provider(self.config)
         self._config_stamp = self._stamp()
         self.engine = open_engine(self.config.storage_url)
         self.poll_seconds = poll_seconds

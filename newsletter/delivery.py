@@ -55,9 +55,11 @@ from .config import Config, DeliverySettings, Rate
 from .editions.assemble import VariantKey
 from .editions.compose import Recipient, Sending, compose
 from .editions.render import Rendered, render_variant
+from .errors import NewsletterError
 from .interfaces import OutgoingMessage, Provider, SendResult
 from .providers import open_provider
 from .publish import load_content
+from .replies import enhanced_status, is_bad_address_code
 from .store import editions as q
 from .store.tables import utcnow
 from .subscribers import count_bad_addresses
@@ -388,10 +390,13 @@ class DeliveryRun:
                     self.sending, charset=key.charset, now=now, msgid=row.message_id, eight_bit=self.eight_bit,
                 ))
             except Exception as exc:  # a message we cannot build must not stop the others
-                log.exception("delivery %s: cannot compose", row.id)
+                # Our own errors (a template that does not render) are one line; a bug keeps its traceback.
+                log.error("delivery %s: cannot compose: %s", row.id, exc,
+                          exc_info=not isinstance(exc, NewsletterError))
                 updates.append({"id": row.id, "status": "failed", "attempts": row.attempts + 1,
                                 "last_reply": f"compose error: {exc}"[:1000], "lease_until": None})
                 self.report.failed += 1
+                self.report.failures.append(f"{row.email}: compose error: {exc}")
         if updates:
             with self.engine.begin() as conn:
                 q.record(conn, updates, now)
@@ -536,3 +541,68 @@ def edition_eta(engine: Engine, edition_id: int, now: datetime | None = None) ->
     if not pending or not rate:
         return rate, None
     return rate, now + timedelta(seconds=pending / rate)
+
+
+# -- failures: which may be sent again ------------------------------------------------
+
+
+def not_retryable(row) -> str | None:
+    """Why a failed delivery must not be sent again, or None when it may.
+
+    Not retried: a bad address (a 5.1.x reply: the mailbox or domain does not
+    exist), a subscriber who is no longer active (unsubscribed, bounced,
+    complained, erased since), and a message whose outcome was ever unknown (it
+    may have arrived; sending it again would break the promise that this is the
+    only duplicate).  Everything else is: policy and other 5xx replies, a
+    provider or outbox error, a compose error, retries that ran out of time."""
+    if is_bad_address_code(enhanced_status(row.last_reply or "")):
+        return "bad address (5.1.x)"
+    if row.subscriber_status is None:
+        return "subscriber erased"
+    if row.subscriber_status != "active":
+        return f"subscriber {row.subscriber_status}"
+    if row.unknown_outcomes:
+        return "may have been delivered (no answer after sending)"
+    return None
+
+
+@dataclass
+class Requeue:
+    """What :func:`retry_failed` did (or, with ``dry_run``, would do)."""
+
+    requeued: int = 0
+    kept: dict[str, int] = field(default_factory=dict)  # reason -> how many stay failed
+    reopened: bool = False  # the edition was done and is sending again
+
+
+def retry_failed(engine: Engine, edition_id: int, *, dry_run: bool = False,
+                 now: datetime | None = None) -> Requeue:
+    """Put the edition's retryable failed deliveries (:func:`not_retryable`) back to
+    pending, due at once; a ``done`` edition becomes ``sending`` again so that
+    ``edition send --edition N`` or the daemon delivers them.  One transaction."""
+    from .errors import InputError
+
+    now = now or utcnow()
+    out = Requeue()
+    with engine.begin() as conn:
+        edition = q.get_edition(conn, edition_id)
+        if edition.status == "cancelled":
+            raise InputError(f"{edition.publication} 第{edition.number}号 is cancelled; its deliveries are not "
+                             "sent again")
+        ids = []
+        for row in q.failed_deliveries(conn, edition_id):
+            reason = not_retryable(row)
+            if reason is None:
+                ids.append(row.id)
+            else:
+                out.kept[reason] = out.kept.get(reason, 0) + 1
+        if dry_run:
+            out.requeued = len(ids)
+            return out
+        out.requeued = q.requeue_failed(conn, ids, now)
+        if out.requeued and edition.status == "done":
+            # TODO(editions/state.py): this transition belongs with the others once that module exists.
+            q.set_status(conn, edition_id, "sending",
+                         note=f"{out.requeued} failed deliveries put back to pending by an operator")
+            out.reopened = True
+    return out

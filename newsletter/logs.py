@@ -8,7 +8,11 @@ JSON line can be filtered on them without parsing the message::
      "event": "edition.created", "publication": "weekly", "edition": 7, "number": 7,
      "counts": {"articles": 12, "pending": 2990, "skipped": 10}, "msg": "schedule weekly: ..."}
 
-The text format keeps the same facts in the message itself.
+The text format keeps the same facts in the message itself.  Every line says
+its time with its offset from UTC (ISO 8601): the text format in the process's
+local time (``2026-05-12T09:00:01.204+09:00``), JSON in UTC (``Z``), so lines
+from machines in different zones, or from before and after a DST change, can be
+put in order without guessing.
 """
 
 from __future__ import annotations
@@ -44,8 +48,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT`` with an ISO 8601 time that carries its UTC offset."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        return datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+
+
 def configure(log_format: str = "text", *, debug: bool = False) -> None:
     """Root handler on stderr (libraries at WARNING unless ``debug``)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])

@@ -144,7 +144,8 @@ def test_550_fails_one_delivery_and_the_rest_go_out(smtp_project, smtp_server):
     cli = smtp_project
     load_samples(cli)
     smtp_server.reply_to_rcpt("ito.yui@example.com", "550 5.1.1 <ito.yui@example.com>: Recipient address rejected")
-    res = cli("edition", "send", "weekly")
+    res = cli("edition", "send", "weekly", ok=False)
+    assert res.exit_code == 1  # a failed message is something to look at, not a success
     assert "failed 1" in res.stdout
     assert "ito.yui@example.com: 550 5.1.1" in res.stderr
     got = sorted(m.rcpt_tos[0] for m in smtp_server.messages)

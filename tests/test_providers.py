@@ -167,23 +167,26 @@ def test_file_eml_resend_replaces_the_file(tmp_path):
     assert (tmp_path / "abs" / result.provider_id).read_bytes() == again.data
 
 
-def test_file_error_on_one_message_is_transient_others_continue(tmp_path):
+def test_file_error_on_one_message_is_a_failure_others_continue(tmp_path):
     outbox = tmp_path / "outbox"
     # A directory where message 2's file should go makes exactly that rename fail.
     (outbox / "00000002-reader2@example.jp.eml").mkdir(parents=True)
     provider = load_provider("file", {"path": "outbox"}, tmp_path)
     results = by_id(provider.send(batch(3)))
     assert results[1].status == results[3].status == "accepted"
-    assert results[2].status == "transient" and "directory" in results[2].reply.lower()
+    # A write error is the machine's, not the reader's: a failure that shows (with the OS
+    # error), not a retry in two minutes that hides it for three days.
+    assert results[2].status == "permanent" and "directory" in results[2].reply.lower()
+    assert "[Errno 21 EISDIR]" in results[2].reply
     assert leftovers(outbox) == []
 
 
-def test_file_unusable_folder_makes_everything_transient(tmp_path):
+def test_file_unusable_folder_fails_every_message_with_the_os_error(tmp_path):
     (tmp_path / "blocker").write_text("a file, not a folder")
     provider = load_provider("file", {"path": "blocker/outbox"}, tmp_path)
     results = provider.send(batch(2))
-    assert [r.status for r in results] == ["transient", "transient"]
-    assert "blocker" in results[0].reply
+    assert [r.status for r in results] == ["permanent", "permanent"]
+    assert "blocker" in results[0].reply and "[Errno 20 ENOTDIR]" in results[0].reply
 
 
 def test_file_maildir(tmp_path):

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from pathlib import Path
 
 import click
 
 from .. import __version__
 from ..config import Config, load_config
-from ..errors import ConfigError, NewsletterError
+from ..errors import ConfigError, InputError, NewsletterError
 
 log = logging.getLogger("newsletter")
 
@@ -87,11 +88,23 @@ def main(ctx: click.Context, config_path: str | None, verbose: int, log_format: 
 
 
 @main.command()
+@click.option("--templates", "templates_to", metavar="DIR", type=click.Path(file_okay=False, path_type=Path),
+              help="Instead: copy the default templates into DIR for editing (then set [paths] templates).")
+@click.option("--force", is_flag=True, help="With --templates: overwrite files that are already there.")
 @pass_app
-def init(app: App) -> None:
-    """Create the database, or upgrade it to this version's schema."""
-    from ..store import make_engine, upgrade
+def init(app: App, templates_to: Path | None, force: bool) -> None:
+    """Create the database, or upgrade it to this version's schema.
 
+    On PostgreSQL the database itself is created when the server allows it."""
+    if templates_to is not None:
+        return _copy_templates(templates_to, force)
+    if force:
+        raise click.UsageError("--force goes with --templates DIR")
+    from ..store import ensure_database, make_engine, upgrade
+
+    created = ensure_database(app.config.storage_url)
+    if created:
+        click.echo(f"created the PostgreSQL database '{created}'")
     engine = make_engine(app.config.storage_url)
     before, after = upgrade(engine)
     if before is None:
@@ -100,6 +113,27 @@ def init(app: App) -> None:
         click.echo(f"database is up to date (schema {after})")
     else:
         click.echo(f"upgraded {app.config.storage_url} from schema {before} to {after}")
+
+
+def _copy_templates(dest: Path, force: bool) -> None:
+    """The packaged default templates into ``dest``; nothing is written when a file
+    is already there, unless ``force``."""
+    import shutil
+
+    from ..config import PACKAGED_TEMPLATES
+
+    source = PACKAGED_TEMPLATES.resolve()
+    files = sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    existing = [rel for rel in files if (dest / rel).exists()]
+    if existing and not force:
+        raise InputError(f"{dest / existing[0]}: already exists ({len(existing)} of the {len(files)} template "
+                         "files are there); nothing copied — use --force to overwrite them")
+    for rel in files:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / rel, dest / rel)
+    click.echo(f"copied {len(files)} template files to {dest}")
+    click.echo("each file there overrides the packaged default of the same name; set [paths] templates = "
+               f'"{dest}" in config.toml unless it is the templates/ folder beside it')
 
 
 # Each noun's commands live in their own module and register on ``main``.

@@ -1,4 +1,16 @@
-"""``newsletter demo``: the whole pipeline on a laptop, from a fresh clone."""
+"""``newsletter demo``: the whole pipeline on a laptop, from a fresh clone.
+
+It takes the same road as ``edition send``, never a shortcut: the provider is
+built first (a bad ``[provider]`` table stops it before anything is written), the
+preflight checks of ``edition check`` run before the edition is created (an error
+stops it, exit 1), and a message that fails is one line on stderr, with exit 1
+and the commands that list and retry the failures.
+
+The samples are ``subscribers/sample.csv`` and ``articles/sample.json`` beside
+config.toml when they are there, else the copies packaged with newsletter
+(``newsletter/samples``, symlinks to the same files in a source tree), so an
+installed package with nothing but a config.toml runs the demo too.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +24,9 @@ from .. import subscribers as subs
 from ..delivery import deliver
 from ..providers import open_provider
 from ..store import editions as q
-from ..store import make_engine, upgrade
+from ..store import ensure_database, make_engine, upgrade
 from . import App, main, pass_app
+from .editions import _preflight, report_failures
 
 
 @main.command()
@@ -27,27 +40,30 @@ def demo(app: App, publication):
     says there is nothing new to send.
     """
     config = app.config
+    open_provider(config).close()  # a bad [provider] table fails before anything is written
+    ensure_database(config.storage_url)
     engine = make_engine(config.storage_url)
     upgrade(engine)
     app._engine = engine
     base = config.base_dir
 
-    sample_csv = config.subscribers_dir / "sample.csv"
+    sample_csv = _sample(config.subscribers_dir / "sample.csv")
     report = subs.import_csv(engine, config, sample_csv)
-    click.echo(f"subscribers: {sample_csv.relative_to(base) if sample_csv.is_relative_to(base) else sample_csv}: "
+    click.echo(f"subscribers: {_shown(sample_csv, base)}: "
                f"{report.created} new, {report.updated} updated ({report.rows} rows)")
     for problem in report.problems:
         click.echo(f"  error: {problem}", err=True)
 
-    sample_articles = base / "articles" / "sample.json"
+    sample_articles = _sample(base / "articles" / "sample.json")
     items = arts.read_source(str(sample_articles), config)
     areport = arts.import_items(engine, config, items, source="demo")
-    click.echo(f"articles:    articles/sample.json: {areport.created} new, {areport.updated} updated, "
+    click.echo(f"articles:    {_shown(sample_articles, base)}: {areport.created} new, {areport.updated} updated, "
                f"{areport.unchanged} unchanged")
     for problem in areport.errors:
         click.echo(f"  error: {problem}", err=True)
 
     pub = config.publication(publication) if publication else config.publications[0]
+    _preflight(app, pub, force=False)
     provider = open_provider(config)
     with engine.connect() as conn:
         row = q.unfinished(conn, pub.slug)
@@ -77,3 +93,17 @@ def demo(app: App, publication):
         click.echo(f"outbox:      {outbox}  (one .eml file per mail; open one in any mail client)")
     click.echo(f"preview:     newsletter edition preview {pub.slug} --edition {row.number} --format text")
     click.echo(f"status:      newsletter edition status {row.number}")
+    if report_failures(result, row.number):
+        raise SystemExit(1)
+
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+def _sample(own: Path) -> Path:
+    """The project's sample file, else the packaged one of the same name."""
+    return own if own.exists() else SAMPLES / own.name
+
+
+def _shown(path: Path, base: Path) -> str:
+    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)

@@ -92,11 +92,8 @@ def _send(app: App, edition_row, provider) -> int:
         retry = q.next_retry(conn, edition_row.id)
     click.echo(f"{label}: this run sent {report.sent}, failed {report.failed}, "
                f"deferred {report.deferred + report.unknown}; total {_counts_line(counts)}")
-    for failure in report.failures[:20]:
-        click.echo(f"  failed: {failure}", err=True)
-    if len(report.failures) > 20:
-        click.echo(f"  … and {len(report.failures) - 20} more (newsletter edition status {edition_row.number})",
-                   err=True)
+    report_failures(report, edition_row.number)
+    code = 1 if report.failed else 0  # a failed message is something to look at, not a success
     if report.bounced:
         click.echo(f"  {report.bounced} addresses marked bounced")
     if report.paused:
@@ -107,7 +104,24 @@ def _send(app: App, edition_row, provider) -> int:
     elif counts["pending"]:
         click.echo(f"  {counts['pending']} pending; next retry at {app.local_time(retry)} — run 'edition send' "
                    "again or leave it to 'newsletter run'")
-    return 0
+    return code
+
+
+SHOWN_FAILURES = 20
+
+
+def report_failures(report, number: int) -> bool:
+    """One line on stderr per message this run failed (at most SHOWN_FAILURES), then
+    where to see them all and how to retry; True when there were any."""
+    if not report.failed:
+        return False
+    for failure in report.failures[:SHOWN_FAILURES]:
+        click.echo(f"  failed: {failure}", err=True)
+    more = report.failed - min(len(report.failures), SHOWN_FAILURES)
+    click.echo(f"  {report.failed} failed{f' ({more} not shown)' if more > 0 else ''}: "
+               f"'newsletter edition failures {number}' lists them, "
+               f"'newsletter edition retry {number} --failed' sends the retryable ones again", err=True)
+    return True
 
 
 @edition.command("send")
@@ -352,3 +366,72 @@ def edition_status(app: App, number, publication):
         click.echo(f"eta:         {app.local_time(eta) if eta else '-'}")
     if row.note:
         click.echo(f"note:        {row.note}")
+
+
+@edition.command("failures")
+@click.argument("number", type=int)
+@click.option("--publication", help="When several publications have an edition N.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of lines.")
+@pass_app
+def edition_failures(app: App, number, publication, as_json):
+    """The failed deliveries of edition NUMBER: address, reason, attempts, last try.
+
+    The last column says whether 'edition retry NUMBER --failed' would send it again."""
+    from ..delivery import not_retryable
+
+    row = publish.resolve_edition(app.engine, app.config, number, publication)
+    tz = app.config.publication(row.publication).timezone
+    with app.engine.connect() as conn:
+        failed = q.failed_deliveries(conn, row.id)
+    if as_json:
+        import json
+        from zoneinfo import ZoneInfo
+
+        click.echo(json.dumps([{
+            "address": f.email, "reason": f.last_reply or "", "attempts": f.attempts,
+            "last_try": f.updated_at.astimezone(ZoneInfo(tz)).isoformat(timespec="seconds"),
+            "retryable": not_retryable(f) is None, "not_retryable_because": not_retryable(f),
+        } for f in failed], ensure_ascii=False, indent=1))
+        return
+    if not failed:
+        click.echo(f"{row.publication} 第{row.number}号: no failed deliveries")
+        return
+    for f in failed:
+        why = not_retryable(f)
+        reason = " ".join((f.last_reply or "-").split())
+        click.echo(f"{f.email}\t{reason}\tattempts {f.attempts}\t{app.local_time(f.updated_at, tz)}\t"
+                   f"{'retryable' if why is None else f'not retryable: {why}'}")
+    retryable = sum(1 for f in failed if not_retryable(f) is None)
+    click.echo(f"{row.publication} 第{row.number}号: {len(failed)} failed, {retryable} retryable "
+               f"('newsletter edition retry {row.number} --failed')", err=True)
+
+
+@edition.command("retry")
+@click.argument("number", type=int)
+@click.option("--failed", "failed", is_flag=True, help="Put the retryable failed deliveries back to pending.")
+@click.option("--publication", help="When several publications have an edition N.")
+@click.option("--dry-run", is_flag=True, help="Only say how many would go back; change nothing.")
+@pass_app
+def edition_retry(app: App, number, failed, publication, dry_run):
+    """Send the retryable failures of edition NUMBER again (with --failed).
+
+    Not retried: bad addresses (5.1.x), subscribers no longer active, and
+    messages whose outcome was unknown (they may have arrived). The rows go back
+    to pending; 'edition send --edition NUMBER' or 'newsletter run' sends them."""
+    from ..delivery import retry_failed
+
+    if not failed:
+        raise click.UsageError("say what to retry: --failed")
+    row = publish.resolve_edition(app.engine, app.config, number, publication)
+    done = retry_failed(app.engine, row.id, dry_run=dry_run)
+    label = f"{row.publication} 第{row.number}号"
+    kept = "; ".join(f"{n} {why}" for why, n in sorted(done.kept.items()))
+    kept = f" (kept failed: {kept})" if kept else ""
+    if dry_run:
+        click.echo(f"{label}: {done.requeued} failed deliveries would go back to pending{kept}; nothing changed")
+        return
+    click.echo(f"{label}: {done.requeued} failed deliveries back to pending{kept}")
+    if done.requeued:
+        if row.status == "paused":
+            click.echo(f"  the edition is paused: 'newsletter edition resume {row.number}' first")
+        click.echo(f"  send them: newsletter edition send --edition {row.number} (or leave it to 'newsletter run')")

@@ -32,6 +32,7 @@ import lxml.html
 from premailer import Premailer
 
 from .. import japanese
+from ..config import template_search_path
 from ..errors import InputError
 from ..links import Placeholders
 from .assemble import sections
@@ -62,7 +63,8 @@ def date_texts(when: datetime, tz: str, language: str) -> tuple[str, str]:
 @lru_cache(maxsize=8)
 def environment(templates_dir: str) -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir),
+        # Per file: the project's folder, then the packaged defaults (config.template_search_path).
+        loader=jinja2.FileSystemLoader(template_search_path(templates_dir)),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,

@@ -8,6 +8,12 @@ package adds a service the same way we do.  :func:`load_provider` turns the
 :class:`OptionReader` is the shared, small validator for that table: every
 provider reads its options through it so that all of them report mistakes
 the same way (``provider.<key>: ...``) and refuse keys they do not know.
+
+:func:`open_provider` builds the configured provider for a command or the
+daemon: building one validates every option and reads its secrets from the
+environment, and sends nothing — so ``newsletter run``, ``demo`` and ``edition
+send`` call it *before* anything starts or is created, and a typo (``kind =
+"smpt"``) or a missing password variable is one line naming the file and key.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 from newsletter.errors import ConfigError
 from newsletter.interfaces import Provider
 
-__all__ = ["ENTRY_POINT_GROUP", "OptionReader", "load_provider", "open_provider"]
+__all__ = ["ENTRY_POINT_GROUP", "OptionReader", "check_provider", "load_provider", "open_provider"]
 
 ENTRY_POINT_GROUP = "newsletter.providers"
 
@@ -69,17 +75,28 @@ def load_provider(kind: str, options: Mapping[str, Any], base_dir: Path) -> Prov
 
 
 def open_provider(config) -> Provider:
-    """The configured provider, ready to send: ``[provider]`` loaded, and wrapped
-    with the DKIM signer when ``[dkim]`` is set and the provider sends our own
-    bytes.  Every sender opens its provider here (the caller closes it)."""
+    """The provider ``config`` (a :class:`newsletter.config.Config`) names, ready to
+    send: ``[provider]`` loaded, and wrapped with the DKIM signer when ``[dkim]`` is
+    set and the provider sends our own bytes.  Every sender opens its provider
+    here (the caller closes it).  A ConfigError names the config file and the key."""
     from newsletter.dkim_signer import signer_from_settings, wrap
 
-    provider = load_provider(config.provider.kind, config.provider.options, config.base_dir)
+    prefix = f"{config.path.name}: "
     try:
-        return wrap(provider, signer_from_settings(config.dkim, config.base_dir))
-    except BaseException:
-        provider.close()
-        raise
+        provider = load_provider(config.provider.kind, config.provider.options, config.base_dir)
+        try:
+            return wrap(provider, signer_from_settings(config.dkim, config.base_dir))
+        except BaseException:
+            provider.close()
+            raise
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(prefix) else prefix + message) from None
+
+
+def check_provider(config) -> None:
+    """Raise ConfigError (file and key) unless the configured provider can be built."""
+    open_provider(config).close()
 
 
 def _looks_like_provider(cls: type) -> bool:

@@ -11,6 +11,13 @@ The default provider, so that a fresh install "sends" safely.  Two layouts:
 Either way a file appears complete or not at all: it is written under another
 name in the same folder, fsynced, then renamed into place, so a reader (or a
 crash) never sees half a message.
+
+A write error (disk full, a path under a file, no permission) fails that message
+(``permanent``) with the OS error in the reply: it is the machine's problem, not
+the reader's, and nothing fixes it by waiting, so it must show — ``edition send``
+lists it and exits 1, ``max_errors`` in a row pause the edition, and after the fix
+``edition retry N --failed`` puts those messages back (they are retryable: the
+reply carries no 5.1.x code, the address is not blamed).
 """
 
 from __future__ import annotations
@@ -72,8 +79,8 @@ class FileProvider:
         try:
             self._prepare()
         except OSError as exc:
-            reply = f"cannot create {self.path}: {exc}"
-            return [SendResult(m.delivery_id, "transient", reply=reply) for m in batch]
+            reply = f"outbox {self.path}: cannot create it: {_os_error(exc)}"
+            return [SendResult(m.delivery_id, "permanent", reply=reply) for m in batch]
 
         results = []
         for message in batch:
@@ -83,7 +90,8 @@ class FileProvider:
                 else:
                     name = self._write_eml(message)
             except OSError as exc:
-                results.append(SendResult(message.delivery_id, "transient", reply=str(exc)))
+                results.append(SendResult(message.delivery_id, "permanent",
+                                          reply=f"outbox {target}: cannot write: {_os_error(exc)}"))
             else:
                 results.append(SendResult(message.delivery_id, "accepted", provider_id=name,
                                           reply=f"written to {target / name}"))
@@ -129,6 +137,15 @@ class FileProvider:
             _discard(temp)
             raise
         return name
+
+
+def _os_error(exc: OSError) -> str:
+    """``No space left on device [Errno 28 ENOSPC]: '/path/file'`` — the words, the code, the file."""
+    import errno
+
+    code = f" [Errno {exc.errno} {errno.errorcode.get(exc.errno, '?')}]" if exc.errno else ""
+    where = f": '{exc.filename}'" if exc.filename else ""
+    return f"{exc.strerror or exc}{code}{where}"
 
 
 def _maildir_name() -> str:

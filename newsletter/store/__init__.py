@@ -5,19 +5,26 @@ SQLite (the default) is opened in WAL mode with foreign keys on and
 ``synchronous=NORMAL``: the delivery log commits often, and a full fsync per
 commit in the default journal mode costs about a millisecond each.  Any other
 SQLAlchemy URL (``postgresql+psycopg://...``) works unchanged.
+
+``newsletter init`` on PostgreSQL creates the database itself when the server
+lets this user do it (:func:`ensure_database`, through the ``postgres``
+maintenance database); otherwise it says, in one line, the ``createdb`` command
+to run.  No other command creates a database: they refuse to start instead.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import shlex
 from pathlib import Path
 
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
 from ..errors import StoreError
 
@@ -55,6 +62,50 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def ensure_database(url: str) -> str | None:
+    """Create the PostgreSQL database named in ``url`` when it does not exist.
+
+    Returns the name when it was created, None when there was nothing to do (it
+    exists, or the URL is not PostgreSQL).  When the server refuses (no CREATEDB
+    right, no ``postgres`` database to connect to), StoreError says how to create
+    it by hand."""
+    engine = make_engine(url)
+    parsed = engine.url
+    try:
+        if parsed.get_backend_name() != "postgresql" or not parsed.database:
+            return None
+        try:
+            with engine.connect():
+                return None
+        except OperationalError as exc:
+            if f'database "{parsed.database}" does not exist' not in str(exc.orig):
+                raise StoreError(f"cannot open the database: {_first_line(exc.orig)}") from None
+    finally:
+        engine.dispose()
+    name = parsed.database
+    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text('CREATE DATABASE "' + name.replace('"', '""') + '"'))
+    except DBAPIError as exc:
+        command = ["createdb"]
+        for flag, value in (("-h", parsed.host), ("-p", parsed.port), ("-U", parsed.username)):
+            if value:
+                command += [flag, str(value)]
+        raise StoreError(f"the database '{name}' does not exist and this user cannot create it "
+                         f"({_first_line(exc.orig)}); create it with: {shlex.join([*command, name])}") from None
+    finally:
+        admin.dispose()
+    log.info("created database %s", name)
+    return name
+
+
+def _first_line(exc: BaseException | None) -> str:
+    """A driver's message without its DETAIL/HINT lines and server prefix noise."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return re.sub(r"\s+", " ", lines[0]) if lines else type(exc).__name__
 
 
 def _alembic_config(connection) -> AlembicConfig:

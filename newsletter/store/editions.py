@@ -1,4 +1,10 @@
-"""Queries on editions and the delivery log (the outbox)."""
+"""Queries on editions and the delivery log (the outbox).
+
+Failed deliveries go back to ``pending`` only through :func:`requeue_failed`,
+fenced in the statement itself: a row that is no longer ``failed``, or whose
+subscriber is no longer ``active`` (unsubscribed, bounced, erased meanwhile), is
+left alone whatever the caller decided.  Which failures may be retried at all is
+the delivery engine's rule (``delivery.retry_failed``)."""
 
 from __future__ import annotations
 
@@ -227,6 +233,36 @@ def record(conn: Connection, updates: Sequence[Mapping[str, Any]], now: datetime
             .values(updated_at=now, **{c: bindparam(f"_{c}") for c in cols})
         )
         conn.execute(stmt, [{f"_{k}": v for k, v in r.items()} for r in rows])
+
+
+def failed_deliveries(conn: Connection, edition_id: int) -> list[Row]:
+    """The edition's failed deliveries by address, with what retrying needs to know:
+    ``subscriber_status`` (None when the subscriber was erased) and ``unknown_outcomes``."""
+    q = (
+        select(deliveries.c.id, deliveries.c.email, deliveries.c.last_reply, deliveries.c.attempts,
+               deliveries.c.updated_at, deliveries.c.unknown_outcomes, deliveries.c.subscriber_id,
+               subscribers.c.status.label("subscriber_status"))
+        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id, isouter=True)
+        .where(deliveries.c.edition_id == edition_id, deliveries.c.status == "failed")
+        .order_by(deliveries.c.email, deliveries.c.id)
+    )
+    return list(conn.execute(q))
+
+
+def requeue_failed(conn: Connection, ids: Sequence[int], now: datetime) -> int:
+    """Failed rows back to ``pending``, due at once; only rows still ``failed`` whose
+    subscriber is still ``active``.  Attempts are kept (the history stays true)."""
+    active = select(subscribers.c.id).where(subscribers.c.status == "active")
+    done = 0
+    ids = list(ids)
+    for i in range(0, len(ids), CHUNK):
+        done += conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_(ids[i:i + CHUNK]), deliveries.c.status == "failed",
+                   deliveries.c.subscriber_id.in_(active))
+            .values(status="pending", next_attempt_at=None, lease_until=None, updated_at=now)
+        ).rowcount
+    return done
 
 
 def set_note(conn: Connection, edition_id: int, note: str | None) -> None:

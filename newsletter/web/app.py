@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..config import Config
+from ..config import PACKAGED_TEMPLATES, Config
 from ..store.tables import utcnow
 from ..tokens import signing_keys
 from . import archive, pages, webhooks
@@ -31,7 +31,7 @@ from .messages import table
 from .security import CSRF, AccessLog, BodyLimit, ClientInfo, SecurityHeaders, default_headers
 
 log = logging.getLogger(__name__)
-PACKAGE_TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates" / "web"
+PACKAGE_TEMPLATES = PACKAGED_TEMPLATES / "web"  # inside the package: found in a wheel install too
 
 
 def web_templates(config: Config) -> Path:
