@@ -67,6 +67,13 @@ def enhanced_status(text: str) -> str | None:
     return match.group(1) if match else None
 
 
+# Japan's mobile carriers (docomo, au, SoftBank, Y!mobile) tell bulk senders to stop
+# mailing an unknown address at once: a burst of mail to addresses that do not exist
+# gets the sending network blocked.  Their addresses are suppressed at the first
+# bad-address answer, whatever ``hard_bounce_limit`` says.
+CARRIER_DOMAINS = ("docomo.ne.jp", "ezweb.ne.jp", "au.com", "softbank.ne.jp", "i.softbank.jp", "ymobile.ne.jp")
+
+
 def is_bad_address_code(code: str | None) -> bool:
     """5.1.x: the enhanced codes that say the address itself does not work."""
     return code is not None and code.startswith("5.1.")

@@ -309,10 +309,13 @@ def count_bad_addresses(conn, reasons: Mapping[int, str], *, limit: int, source:
     (id → "hard bounce: <the answer>") had one more bad-address answer
     (:mod:`newsletter.replies` says which answers are); those that have had
     ``limit`` of them (``[provider] hard_bounce_limit``, default 1) are suppressed
-    as ``bounced`` with that reason.  The count is ``subscribers.bounce_count``
-    (reset when the person confirms a new sign-up).  Returns the ids whose status
-    changed now."""
-    reached = q.count_bounce(conn, list(reasons), limit)
+    as ``bounced`` with that reason — addresses at Japan's mobile carriers
+    (:data:`newsletter.replies.CARRIER_DOMAINS`) at the first.  The count is
+    ``subscribers.bounce_count`` (reset when the person confirms a new sign-up).
+    Returns the ids whose status changed now."""
+    from .replies import CARRIER_DOMAINS
+
+    reached = q.count_bounce(conn, list(reasons), limit, at_once=CARRIER_DOMAINS)
     changed: list[int] = []
     for sid in reached:
         changed += suppress(conn, [sid], "bounced", source, reasons[sid]).changed

@@ -187,6 +187,19 @@ def test_webhook_and_engine_share_one_hard_bounce_count(make, smtp_server):
     assert last.detail == "hard bounce: 550 5.1.1 <gone@example.jp>: User unknown"
 
 
+def test_carrier_addresses_are_suppressed_at_the_first_bad_address_answer(make, smtp_server):
+    """docomo/au/SoftBank block senders that keep mailing unknown addresses: their
+    addresses go at the first 5.1.1 whatever hard_bounce_limit says; others wait."""
+    s = make("hard_bounce_limit = 3")
+    s.subscribe("nobody@docomo.ne.jp", "nobody@au.com", "nobody@example.jp")
+    for address in ("nobody@docomo.ne.jp", "nobody@au.com", "nobody@example.jp"):
+        smtp_server.reply_to_rcpt(address, f"550 5.1.1 <{address}>: User unknown")
+    assert s.send(s.edition()).bounced == 2
+    assert s.subscriber("nobody@docomo.ne.jp").status == "bounced"
+    assert s.subscriber("nobody@au.com").status == "bounced"
+    assert (s.subscriber("nobody@example.jp").status, s.subscriber("nobody@example.jp").bounce_count) == ("active", 1)
+
+
 def test_554_571_policy_fails_the_message_but_keeps_the_subscriber(make, smtp_server):
     s = make()
     s.subscribe("strict@example.jp")

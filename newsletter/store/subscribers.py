@@ -100,17 +100,20 @@ def cancel_pending_deliveries(conn: Connection, subscriber_ids: Sequence[int], r
     return cancelled
 
 
-def count_bounce(conn: Connection, subscriber_ids: Sequence[int], limit: int) -> list[int]:
-    """One more bad-address bounce each; the ids whose count reached ``limit``."""
+def count_bounce(conn: Connection, subscriber_ids: Sequence[int], limit: int,
+                 at_once: Sequence[str] = ()) -> list[int]:
+    """One more bad-address bounce each; the ids whose count reached ``limit``, and
+    any at one of the ``at_once`` domains whatever its count."""
+    from sqlalchemy import or_
+
     ids = list(subscriber_ids)
     if not ids:
         return []
     conn.execute(
         update(subscribers).where(subscribers.c.id.in_(ids)).values(bounce_count=subscribers.c.bounce_count + 1)
     )
-    return list(conn.execute(
-        select(subscribers.c.id).where(subscribers.c.id.in_(ids), subscribers.c.bounce_count >= limit)
-    ).scalars())
+    reached = or_(subscribers.c.bounce_count >= limit, *(subscribers.c.email.like(f"%@{d}") for d in at_once))
+    return list(conn.execute(select(subscribers.c.id).where(subscribers.c.id.in_(ids), reached)).scalars())
 
 
 ERASED = "(erased)"
