@@ -96,6 +96,21 @@ class SendResult:
     over but the answer never came: it may have been delivered; the engine retries
     such a message at most once, with the same Message-ID).  ``reply`` is the server's own words, for
     the delivery log; ``provider_id`` the service's message id when it gives one.
+
+    Two flags say that a ``transient`` answer is about the service, not about this
+    recipient, so the engine does not count it as a delivery attempt:
+
+    ``throttled``
+        the service asked us to slow down for everyone (HTTP 429, SMTP 421 "too
+        many connections/messages"); ``retry_after`` is the window it named, if any.
+        The engine pauses sending for that window and carries on in the same run.
+    ``server_error``
+        the whole request failed without a word about its recipients (HTTP 5xx, a
+        connection refused or reset before any answer).  The engine tries again in
+        the same run after a short backoff, a few times, before deferring the rows.
+
+    Messages of a batch that were not tried because of such an answer come back
+    with the same flag.
     """
 
     delivery_id: int
@@ -103,6 +118,8 @@ class SendResult:
     provider_id: str | None = None
     reply: str = ""
     retry_after: float | None = None
+    throttled: bool = False
+    server_error: bool = False
 
 
 @runtime_checkable
