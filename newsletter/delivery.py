@@ -2,32 +2,64 @@
 
 Rules that keep data safe (see DESIGN.md):
 - the delivery rows are the outbox; nothing is sent that has no row;
-- rows are *claimed* with a lease (``lease_until``), so two workers or two
-  daemons never send the same row, and a crashed worker's rows come back when
-  its lease runs out;
+- rows are *claimed* with a lease (``lease_until``) and the run's random
+  ``claim_token``, so two workers or two daemons never send the same row, and a
+  crashed worker's rows come back when its lease runs out;
+- **fencing**: a result is written only on a row the run still holds — still
+  ``pending`` and still carrying its token (``store.editions.record``).  A row
+  cancelled while its message was in flight (unsubscribe by CLI, one-click or
+  webhook, a bounce, ``edition cancel``) stays ``cancelled``: it is never marked
+  ``sent`` nor revived to ``pending`` by a temporary failure.  Such results are
+  counted (``Report.lost_lease``) and logged.  Why a token and not the exact
+  ``lease_until`` claimed: renewal moves ``lease_until``, and two runs reading the
+  same clock can compute the same value; a random token per run cannot collide;
+- **renewal**: while chunks are in flight (queued for a sending thread or at the
+  provider) the recording thread extends all their leases once the oldest is
+  half gone, checking at least every ``lease_seconds / 4`` (at most 1 s).  Rows a
+  renewal finds no longer ours are not sent;
+- **no lapsed claim goes out**: just before a chunk is handed to the provider its
+  lease is checked against the clock; if it has lapsed (a forward clock step, a
+  stalled process) the rows are given back unsent (``Report.given_back``);
 - each chunk's results are written in their own transaction *immediately*
   after the provider answers, so a crash can duplicate at most the chunks in
-  flight (``connections`` × the provider's batch) and never loses a subscriber;
+  flight (``connections`` × 2 chunks) and never loses a subscriber;
 - a temporary failure is a row with ``next_attempt_at`` (exponential backoff
   with jitter), not a sleeping thread: ``edition send`` or the daemon picks it
   up later, after a restart too; after ``retry_for`` it becomes ``failed``;
 - an *unknown* outcome (the whole message went out, no answer came) is retried
   once, with the same Message-ID so that a receiving system that got both can
-  tell they are one message; a second unknown outcome is ``failed``;
+  tell they are one message; a second unknown outcome is ``failed``.  Outside a
+  crash this is the only way a reader can get a message twice;
 - rendering happens once per variant (cached for the run), never per recipient.
 
-Concurrency: the calling thread claims, composes and records (the database
-work stays in one thread); ``connections`` worker threads each own one provider
-instance (an SMTP session, an HTTP keep-alive connection) and only send.  The
-queue between them is bounded, so memory stays flat whatever the edition's size.
+Provider-wide answers (``SendResult.throttled`` / ``server_error``, set by the
+providers; the engine never reads reply text for this) are not delivery attempts:
+- a **throttle** (HTTP 429, SMTP 421 "too many connections") pauses every sending
+  thread for the window the provider names (``retry_after``; THROTTLE_PAUSE when
+  it names none) and the run carries on; the rows go back with ``attempts``
+  unchanged.  A window longer than ``max_throttle_wait`` (default 60 s) stops the
+  run instead: the rows wait with ``next_attempt_at`` at the window's end, and
+  ``Report.waiting_until``/``waiting_for`` say when and why;
+- a whole-request **server error** (HTTP 5xx, no answer before the request was
+  read) pauses 1, 2, then 4 s (SERVER_ERROR_BACKOFF) and tries again; after that
+  the rows are deferred like any temporary failure.
 
-Limits: ``rate`` is a token bucket shared by all connections; ``hourly_quota``
-and ``daily_quota`` count what was sent in the last hour/day across editions
-(from the delivery log, so a restart does not reset them) and, when reached,
-stop the run with ``waiting_until`` set — the edition stays ``sending`` and
-resumes when the window reopens; ``domain_limits`` give groups of recipient
-domains their own buckets, and rows of a throttled group are simply not claimed
-while the others go on.
+Concurrency: the calling thread claims, composes, records and renews (the
+database work stays in one thread); ``connections`` worker threads each own one
+provider instance (an SMTP session, an HTTP keep-alive connection) and only
+send.  The queue between them is bounded, so memory stays flat whatever the
+edition's size.
+
+Limits: ``rate`` is a token bucket shared by all connections, on a monotonic
+clock (injectable, apart from the wall clock used for leases and
+``next_attempt_at``), so a wall-clock step neither stalls nor bursts it; a
+rate-limited run waits for tokens and keeps going until nothing is due.
+``hourly_quota`` and ``daily_quota`` count what was sent in the last hour/day
+across editions (from the delivery log, so a restart does not reset them) and,
+when reached, stop the run with ``waiting_until`` set — the edition stays
+``sending`` and resumes when the window reopens; ``domain_limits`` give groups of
+recipient domains their own buckets, and rows of a throttled group are simply
+not claimed while the others go on.
 """
 
 from __future__ import annotations
