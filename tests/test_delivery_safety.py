@@ -120,14 +120,15 @@ def test_a_row_unsubscribed_while_its_message_is_in_flight_stays_cancelled(setup
 
 
 def test_slow_data_replies_outlive_the_lease_and_a_second_run_sends_nobody_twice(setup, smtp_server):
-    """Real time: a 2-second lease and DATA replies 0.8 s late.  The first chunk takes
-    about 3 s, so the chunks queued behind it outlive their lease unless it is renewed;
-    a second run polling the same edition meanwhile must find nothing of the first's."""
-    s = setup(extra="lease_seconds = 2")
+    """Real time: a 4-second lease and DATA replies a second late.  The first chunk
+    takes about 4 s and the second 3 s, so the chunk queued behind the first outlives
+    its lease at the server unless it is renewed; a second run polling the same
+    edition meanwhile must find nothing of the first's."""
+    s = setup(extra="lease_seconds = 4")
     people = addresses(20)
     s.subscribe(*people)
-    for a in people[1:4] + people[6:8]:
-        smtp_server.stall_on("data_after", a, 0.8)
+    for a in people[1:5] + people[6:9]:
+        smtp_server.stall_on("data_after", a, 1.0)
     edition = s.edition()
     first = run_in_thread(send_with, s, edition)
     second_sent = 0
