@@ -19,7 +19,10 @@ Rules that keep data safe (see DESIGN.md):
   renewal finds no longer ours are not sent;
 - **no lapsed claim goes out**: just before a chunk is handed to the provider its
   lease is checked against the clock; if it has lapsed (a forward clock step, a
-  stalled process) the rows are given back unsent (``Report.given_back``);
+  stalled process) the rows are given back unsent (``Report.given_back``).  The
+  one window left: after a forward step larger than the remaining lease, another
+  run that claims before the next renewal (at most a tick later) can take the
+  chunk that is at the provider at that moment;
 - each chunk's results are written in their own transaction *immediately*
   after the provider answers, so a crash can duplicate at most the chunks in
   flight (``connections`` × 2 chunks) and never loses a subscriber;
