@@ -118,11 +118,13 @@ class DeliverySettings:
     max_errors: int = 50
     batch_size: int = 500
     lease_seconds: float = 120.0
+    # A provider-wide throttle (429, SMTP 421) longer than this stops the run instead of pausing it.
+    max_throttle_wait_seconds: float = 60.0
 
 
 ENGINE_KEYS = (
     "connections", "rate", "hourly_quota", "daily_quota", "domain_limits", "retry_for",
-    "hard_bounce_limit", "max_errors", "batch_size", "lease_seconds",
+    "hard_bounce_limit", "max_errors", "batch_size", "lease_seconds", "max_throttle_wait",
 )
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
@@ -184,6 +186,7 @@ def _parse_delivery(r: _Reader) -> DeliverySettings:
         max_errors=positive_int("max_errors", 50),
         batch_size=positive_int("batch_size", 500),
         lease_seconds=float(lease),
+        max_throttle_wait_seconds=_duration(r, "max_throttle_wait", "60s"),
     )
 
 

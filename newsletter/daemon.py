@@ -212,7 +212,8 @@ class Daemon:
         elif status in ("paused", "cancelled"):
             how, event = f"{status} by an operator", f"delivery.{status}"
         elif report.waiting_until:
-            how, event = f"quota full until {report.waiting_until.isoformat()}", "delivery.waiting"
+            how, event = (f"{report.waiting_for or 'quota reached'}; waiting until "
+                          f"{report.waiting_until.isoformat()}", "delivery.waiting")
             self._not_before[edition_id] = report.waiting_until
         elif self.stop.is_set():
             how, event = "stopped (daemon stopping)", "delivery.stopped"

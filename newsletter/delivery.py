@@ -2,37 +2,72 @@
 
 Rules that keep data safe (see DESIGN.md):
 - the delivery rows are the outbox; nothing is sent that has no row;
-- rows are *claimed* with a lease (``lease_until``), so two workers or two
-  daemons never send the same row, and a crashed worker's rows come back when
-  its lease runs out;
+- rows are *claimed* with a lease (``lease_until``) and the run's random
+  ``claim_token``, so two workers or two daemons never send the same row, and a
+  crashed worker's rows come back when its lease runs out;
+- **fencing**: a result is written only on a row the run still holds — still
+  ``pending`` and still carrying its token (``store.editions.record``).  A row
+  cancelled while its message was in flight (unsubscribe by CLI, one-click or
+  webhook, a bounce, ``edition cancel``) stays ``cancelled``: it is never marked
+  ``sent`` nor revived to ``pending`` by a temporary failure.  Such results are
+  counted (``Report.lost_lease``) and logged.  Why a token and not the exact
+  ``lease_until`` claimed: renewal moves ``lease_until``, and two runs reading the
+  same clock can compute the same value; a random token per run cannot collide;
+- **renewal**: while chunks are in flight (queued for a sending thread or at the
+  provider) the recording thread extends all their leases once the oldest is
+  half gone, checking at least every ``lease_seconds / 4`` (at most 1 s).  Rows a
+  renewal finds no longer ours are not sent;
+- **no lapsed claim goes out**: just before a chunk is handed to the provider its
+  lease is checked against the clock; if it has lapsed (a forward clock step, a
+  stalled process) the rows are given back unsent (``Report.given_back``).  The
+  one window left: after a forward step larger than the remaining lease, another
+  run that claims before the next renewal (at most a tick later) can take the
+  chunk that is at the provider at that moment;
 - each chunk's results are written in their own transaction *immediately*
   after the provider answers, so a crash can duplicate at most the chunks in
-  flight (``connections`` × the provider's batch) and never loses a subscriber;
+  flight (``connections`` × 2 chunks) and never loses a subscriber;
 - a temporary failure is a row with ``next_attempt_at`` (exponential backoff
   with jitter), not a sleeping thread: ``edition send`` or the daemon picks it
   up later, after a restart too; after ``retry_for`` it becomes ``failed``;
 - an *unknown* outcome (the whole message went out, no answer came) is retried
   once, with the same Message-ID so that a receiving system that got both can
-  tell they are one message; a second unknown outcome is ``failed``;
+  tell they are one message; a second unknown outcome is ``failed``.  Outside a
+  crash this is the only way a reader can get a message twice;
 - rendering happens once per variant (cached for the run), never per recipient;
 - the engine reads a provider's typed answer (``SendResult.status``,
-  ``bad_address``, ``retry_after``), never its reply text; a ``bad_address``
-  answer counts towards ``hard_bounce_limit`` through
-  :func:`newsletter.subscribers.count_bad_addresses`, which suppresses the
-  address the one way every other path does.
+  ``bad_address``, ``throttled``, ``server_error``, ``retry_after``), never its
+  reply text; a ``bad_address`` answer counts towards ``hard_bounce_limit``
+  through :func:`newsletter.subscribers.count_bad_addresses`, which suppresses
+  the address the one way every other path does.
 
-Concurrency: the calling thread claims, composes and records (the database
-work stays in one thread); ``connections`` worker threads each own one provider
-instance (an SMTP session, an HTTP keep-alive connection) and only send.  The
-queue between them is bounded, so memory stays flat whatever the edition's size.
+Provider-wide answers (``SendResult.throttled`` / ``server_error``, set by the
+providers; the engine never reads reply text for this) are not delivery attempts:
+- a **throttle** (HTTP 429, SMTP 421 "too many connections") pauses every sending
+  thread for the window the provider names (``retry_after``; THROTTLE_PAUSE when
+  it names none) and the run carries on; the rows go back with ``attempts``
+  unchanged.  A window longer than ``max_throttle_wait`` (default 60 s) stops the
+  run instead: the rows wait with ``next_attempt_at`` at the window's end, and
+  ``Report.waiting_until``/``waiting_for`` say when and why;
+- a whole-request **server error** (HTTP 5xx, no answer before the request was
+  read) pauses 1, 2, then 4 s (SERVER_ERROR_BACKOFF) and tries again; after that
+  the rows are deferred like any temporary failure.
 
-Limits: ``rate`` is a token bucket shared by all connections; ``hourly_quota``
-and ``daily_quota`` count what was sent in the last hour/day across editions
-(from the delivery log, so a restart does not reset them) and, when reached,
-stop the run with ``waiting_until`` set — the edition stays ``sending`` and
-resumes when the window reopens; ``domain_limits`` give groups of recipient
-domains their own buckets, and rows of a throttled group are simply not claimed
-while the others go on.
+Concurrency: the calling thread claims, composes, records and renews (the
+database work stays in one thread); ``connections`` worker threads each own one
+provider instance (an SMTP session, an HTTP keep-alive connection) and only
+send.  The queue between them is bounded, so memory stays flat whatever the
+edition's size.
+
+Limits: ``rate`` is a token bucket shared by all connections, on a monotonic
+clock (injectable, apart from the wall clock used for leases and
+``next_attempt_at``), so a wall-clock step neither stalls nor bursts it; a
+rate-limited run waits for tokens and keeps going until nothing is due.
+``hourly_quota`` and ``daily_quota`` count what was sent in the last hour/day
+across editions (from the delivery log, so a restart does not reset them) and,
+when reached, stop the run with ``waiting_until`` set — the edition stays
+``sending`` and resumes when the window reopens; ``domain_limits`` give groups of
+recipient domains their own buckets, and rows of a throttled group are simply
+not claimed while the others go on.
 """
 
 from __future__ import annotations
@@ -41,6 +76,7 @@ import dataclasses
 import logging
 import queue
 import random
+import secrets
 import sys
 import threading
 import time
@@ -68,6 +104,10 @@ log = logging.getLogger(__name__)
 
 FIRST_RETRY = timedelta(minutes=2)
 MAX_BACKOFF = timedelta(hours=6)
+# A provider-wide throttle that names no window pauses the run this long (seconds).
+THROTTLE_PAUSE = 5.0
+# A whole-request server error is tried again in the same run after these pauses, then deferred.
+SERVER_ERROR_BACKOFF = (1.0, 2.0, 4.0)
 
 
 def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
@@ -126,7 +166,10 @@ class Variants:
 
 
 class TokenBucket:
-    """``rate`` tokens a second, holding at most a second's worth (at least one)."""
+    """``rate`` tokens a second, holding at most a second's worth (at least one).
+
+    Fed with a monotonic clock (seconds, any origin): a wall-clock step must
+    neither stall it nor hand out a burst."""
 
     def __init__(self, rate: Rate, now: float):
         self.per_second = rate.per_second
@@ -148,7 +191,7 @@ class TokenBucket:
         self.tokens -= n
 
     def wait(self, now: float) -> float:
-        """Seconds until one token is there."""
+        """Seconds until one token is there (0 when there is one now)."""
         self._refill(now)
         if self.tokens + 1e-9 >= 1:
             return 0.0
@@ -165,29 +208,43 @@ class Report:
     bounced: int = 0
     batches: int = 0
     renders: int = 0
+    throttled: int = 0  # put back unsent by a provider-wide throttle or server error (no attempt counted)
+    lost_lease: int = 0  # results not written: the row was no longer this run's (cancelled, or re-claimed)
+    given_back: int = 0  # claimed rows handed back unsent because their lease had lapsed
     finished: bool = False
     paused: str | None = None  # why the run stopped with the edition paused
-    waiting_until: datetime | None = None  # a quota is full until then
+    waiting_until: datetime | None = None  # a quota is full, or the provider throttles, until then
+    waiting_for: str | None = None  # which of the two, in words
     failures: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Chunk:
     messages: list[OutgoingMessage]
     rows: dict[int, Any]
+    lease_until: datetime
     results: list[SendResult] | None = None
     error: BaseException | None = None
+    # Set under DeliveryRun.lock: rows found no longer ours by a renewal (not to be sent) ...
+    dropped: set[int] = field(default_factory=set)
+    # ... and, by the sending thread, what it handed over, or why it handed over nothing.
+    sent: list[OutgoingMessage] = field(default_factory=list)
+    unsent: str | None = None
+    blocking: bool = False  # its answer holds the sending threads back until it is recorded
 
 
 _STOP = object()
 
 
 class _Worker(threading.Thread):
-    def __init__(self, provider: Provider, inbox: queue.Queue, outbox: queue.Queue, name: str):
+    def __init__(self, provider: Provider, inbox: queue.Queue, outbox: queue.Queue, name: str,
+                 gate: Callable[[_Chunk], list[OutgoingMessage]], sent: Callable[[_Chunk], None]):
         super().__init__(name=name, daemon=True)
         self.provider = provider
         self.inbox = inbox
         self.outbox = outbox
+        self.gate = gate
+        self.sent = sent
 
     def run(self) -> None:
         while True:
@@ -195,14 +252,16 @@ class _Worker(threading.Thread):
             if chunk is _STOP:
                 return
             try:
-                chunk.results = self.provider.send(chunk.messages)
+                messages = self.gate(chunk)
+                chunk.results = self.provider.send(messages) if messages else []
+                self.sent(chunk)
             except BaseException as exc:  # noqa: BLE001 - handed to the recording thread
                 chunk.error = exc
             self.outbox.put(chunk)
 
 
 class DeliveryRun:
-    """One edition, sent until nothing is due (or a stop, a pause, a quota)."""
+    """One edition, sent until nothing is due (or a stop, a pause, a quota, a long throttle)."""
 
     def __init__(
         self,
@@ -213,6 +272,7 @@ class DeliveryRun:
         *,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
         stop: threading.Event | None = None,
         batch_size: int | None = None,
         on_batch: Callable[[Report], None] | None = None,
@@ -224,22 +284,30 @@ class DeliveryRun:
         self.providers = providers
         self.clock = clock
         self.sleep = sleep
+        self.monotonic = monotonic
         self.stop = stop or threading.Event()
         self.on_batch = on_batch
         max_batch = min(p.max_batch for p in providers)
         self.chunk_size = max(1, min(batch_size or self.settings.batch_size, max_batch))
         self.report = Report(edition_id)
         self.consecutive_errors = 0
-        now = self._now()
-        self.bucket = TokenBucket(self.settings.rate, now) if self.settings.rate else None
-        self.domain_buckets = [(lim.domains, TokenBucket(lim.rate, now)) for lim in self.settings.domain_limits]
+        self.server_errors = 0  # whole-request server errors since the last accepted message
+        self.token = secrets.token_hex(16)  # marks the rows this run claims (store.editions: fencing)
+        self.lease = timedelta(seconds=self.settings.lease_seconds)
+        # How long the recording thread may block before it looks at the leases again.
+        self.tick = min(1.0, self.settings.lease_seconds / 4)
+        mono = self.monotonic()
+        self.bucket = TokenBucket(self.settings.rate, mono) if self.settings.rate else None
+        self.domain_buckets = [(lim.domains, TokenBucket(lim.rate, mono)) for lim in self.settings.domain_limits]
         self.limited_domains = [d for lim in self.settings.domain_limits for d in lim.domains]
         self.inbox: queue.Queue = queue.Queue(maxsize=len(providers) * 2)
         self.outbox: queue.Queue = queue.Queue()
         self.in_flight = 0
-
-    def _now(self) -> float:
-        return self.clock().timestamp()
+        self.held: list[_Chunk] = []  # claimed and not yet recorded: their leases are renewed
+        self.lock = threading.Lock()
+        self.pause_until = float("-inf")  # monotonic: no chunk goes to the provider before then
+        self.blocked = 0  # chunks answered with a throttle or server error that are not recorded yet
+        self.resume_at: datetime | None = None  # rows given back during a long throttle are due then
 
     # -- the run --------------------------------------------------------------------
 
@@ -253,7 +321,8 @@ class DeliveryRun:
         self.variants = Variants(self.config, load_content(edition), edition.scheduled_for or edition.created_at)
         self.sending = sending_for(self.config, edition)
         self.eight_bit = all(bool(getattr(p, "accepts_8bit", False)) for p in self.providers)
-        workers = [_Worker(p, self.inbox, self.outbox, f"send-{i}") for i, p in enumerate(self.providers)]
+        workers = [_Worker(p, self.inbox, self.outbox, f"send-{i}", self._gate, self._sent)
+                   for i, p in enumerate(self.providers)]
         for w in workers:
             w.start()
         error: BaseException | None = None
@@ -268,9 +337,18 @@ class DeliveryRun:
             error = exc
         finally:
             sys.setswitchinterval(switch)
-            # Whatever happened, every message handed over gets its result recorded.
+            # Whatever happened, every message handed over gets its result recorded,
+            # and the leases of what is still out are kept alive meanwhile.
             while self.in_flight:
-                self._record(self.outbox.get())
+                try:
+                    chunk = self.outbox.get(timeout=self.tick)
+                except queue.Empty:
+                    self._renew()
+                    continue
+                try:
+                    self._record(chunk)
+                except BaseException as exc:
+                    error = error or exc
             for _ in workers:
                 self.inbox.put(_STOP)
             for w in workers:
@@ -287,35 +365,48 @@ class DeliveryRun:
         return self.report
 
     def _loop(self) -> None:
-        last_status_check = 0.0
+        last_status_check = float("-inf")
         while not self.stop.is_set():
             self._drain(block=False)
-            if self.report.paused:
+            if self.report.paused or self.report.waiting_until:
                 return
-            now = self._now()
-            if now - last_status_check >= 1.0:
-                last_status_check = now
+            self._renew()
+            mono = self.monotonic()
+            if mono - last_status_check >= 1.0:
+                last_status_check = mono
                 if not self._still_sending():
                     return
             if self.in_flight >= len(self.providers) * 2:
                 self._drain(block=True)
                 continue
+            pause = self.pause_until - mono
+            if pause > 0:  # the provider asked for a break: hold back, keep the leases
+                if self.in_flight:
+                    self._drain(block=True)
+                else:
+                    self.sleep(min(pause, self.tick))
+                continue
             budget = self._budget()
             if budget is None:  # a quota is full
                 return
-            rows, throttled_wait = self._claim(budget)
+            if budget == 0:  # the rate bucket is empty: wait for a token, then go on
+                if self.in_flight:
+                    self._drain(block=True)
+                else:
+                    wait = self.bucket.wait(self.monotonic()) if self.bucket is not None else 0.0
+                    if wait:
+                        self.sleep(min(wait, self.tick))
+                continue
+            rows, lease_until, throttled_wait = self._claim(budget)
             if not rows:
                 if self.in_flight:
                     self._drain(block=True)
                     continue
-                wait = throttled_wait
-                if budget == 0 and self.bucket is not None:
-                    wait = self.bucket.wait(self._now())
-                if wait:
-                    self.sleep(min(wait, 1.0))
+                if throttled_wait:
+                    self.sleep(min(throttled_wait, self.tick))
                     continue
                 return
-            self._dispatch(rows)
+            self._dispatch(rows, lease_until)
 
     def _still_sending(self) -> bool:
         with self.engine.connect() as conn:
@@ -338,6 +429,7 @@ class DeliveryRun:
                 if used >= quota:
                     oldest = q.nth_sent_since(conn, now_dt - period, used - quota) or now_dt
                     self.report.waiting_until = oldest + period
+                    self.report.waiting_for = "quota reached"
                     note = (f"quota of {quota} per {'hour' if period.days == 0 else 'day'} reached; "
                             f"resumes after {self.report.waiting_until.isoformat(timespec='seconds')}")
                     log.info("edition %s: %s", self.edition_id, note)
@@ -346,37 +438,37 @@ class DeliveryRun:
                     return None
             budget = min(budget, quota - used)
         if self.bucket is not None:
-            budget = min(budget, self.bucket.available(self._now()))
+            budget = min(budget, self.bucket.available(self.monotonic()))
         return max(budget, 0)
 
     def _in_flight_messages(self) -> int:
         return self.in_flight * self.chunk_size
 
-    def _claim(self, budget: int) -> tuple[list, float]:
-        """Rows to send now, and how long to wait when only throttled domains have due rows."""
+    def _claim(self, budget: int) -> tuple[list, datetime, float]:
+        """Rows to send now, their lease, and how long to wait when only throttled domains have due rows."""
         now_dt = self.clock()
-        now = now_dt.timestamp()
-        lease = now_dt + timedelta(seconds=self.settings.lease_seconds)
+        mono = self.monotonic()
+        lease = now_dt + self.lease
         rows: list = []
         wait = 0.0
         with self.engine.begin() as conn:
             for domains, bucket in self.domain_buckets:
-                n = min(budget - len(rows), bucket.available(now))
+                n = min(budget - len(rows), bucket.available(mono))
                 if n > 0:
-                    got = q.claim(conn, self.edition_id, now_dt, n, lease, domains=domains)
-                    bucket.take(len(got), now)
+                    got = q.claim(conn, self.edition_id, now_dt, n, lease, token=self.token, domains=domains)
+                    bucket.take(len(got), mono)
                     rows += got
                 elif budget > len(rows) and q.has_due(conn, self.edition_id, now_dt, domains):
-                    w = bucket.wait(now)
+                    w = bucket.wait(mono)
                     wait = w if not wait else min(wait, w)
             if budget > len(rows):
-                rows += q.claim(conn, self.edition_id, now_dt, budget - len(rows), lease,
+                rows += q.claim(conn, self.edition_id, now_dt, budget - len(rows), lease, token=self.token,
                                 exclude_domains=self.limited_domains)
         if self.bucket is not None and rows:
-            self.bucket.take(len(rows), now)
-        return rows, wait
+            self.bucket.take(len(rows), mono)
+        return rows, lease, wait
 
-    def _dispatch(self, rows: list) -> None:
+    def _dispatch(self, rows: list, lease_until: datetime) -> None:
         now = self.clock()
         messages: list[OutgoingMessage] = []
         updates: list[dict[str, Any]] = []
@@ -395,19 +487,74 @@ class DeliveryRun:
                           exc_info=not isinstance(exc, NewsletterError))
                 updates.append({"id": row.id, "status": "failed", "attempts": row.attempts + 1,
                                 "last_reply": f"compose error: {exc}"[:1000], "lease_until": None})
-                self.report.failed += 1
-                self.report.failures.append(f"{row.email}: compose error: {exc}")
         if updates:
             with self.engine.begin() as conn:
-                q.record(conn, updates, now)
+                written = q.record(conn, updates, now, token=self.token)
+            self.report.failed += len(written)
+            self.report.lost_lease += len(updates) - len(written)
+            emails = {r.id: r.email for r in rows}
+            self.report.failures += [f"{emails[u['id']]}: {u['last_reply']}" for u in updates if u["id"] in written]
         if messages:
-            self.inbox.put(_Chunk(messages, {r.id: r for r in rows}))
+            composed = {m.delivery_id for m in messages}
+            chunk = _Chunk(messages, {r.id: r for r in rows if r.id in composed}, lease_until)
+            self.held.append(chunk)
+            self.inbox.put(chunk)
             self.in_flight += 1
+
+    # -- leases -----------------------------------------------------------------------
+
+    def _gate(self, chunk: _Chunk) -> list[OutgoingMessage]:
+        """Called by a sending thread just before it hands ``chunk`` to the provider:
+        what it may send.  Nothing while the provider asked for a pause, nothing once
+        the chunk's lease has lapsed by the clock (another run may hold those rows
+        now: they go back unsent), never a row a renewal found no longer ours."""
+        with self.lock:
+            if self.blocked or self.monotonic() < self.pause_until:
+                chunk.unsent = "paused"
+            elif self.clock() >= chunk.lease_until:
+                chunk.unsent = "lease lapsed"
+            else:
+                chunk.sent = [m for m in chunk.messages if m.delivery_id not in chunk.dropped]
+            return chunk.sent
+
+    def _sent(self, chunk: _Chunk) -> None:
+        """Called by a sending thread when the provider has answered: a throttle or a
+        server error holds every sending thread back at once, until the recording
+        thread has read the answer and set the pause."""
+        if any(r.throttled or r.server_error for r in chunk.results or ()):
+            with self.lock:
+                chunk.blocking = True
+                self.blocked += 1
+
+    def _renew(self) -> None:
+        """Keep the leases of every chunk in flight: once the oldest is half gone,
+        extend them all (fenced by the run's token).  Rows that are no longer ours
+        (cancelled meanwhile, or re-claimed after a lapse) are marked not to be sent."""
+        if not self.held:
+            return
+        now = self.clock()
+        if min(c.lease_until for c in self.held) - now > self.lease / 2:
+            return
+        until = now + self.lease
+        ids = [i for c in self.held for i in c.rows]
+        with self.engine.begin() as conn:
+            kept = q.renew(conn, ids, self.token, until)
+        lost = [i for i in ids if i not in kept]
+        with self.lock:
+            for c in self.held:
+                c.lease_until = until
+                c.dropped.update(i for i in c.rows if i not in kept)
+        if lost:
+            log.warning("edition %s: %d claimed deliveries are no longer this run's (cancelled, or claimed "
+                        "by another run after their lease lapsed); they will not be sent from here: ids %s",
+                        self.edition_id, len(lost), _ids(lost))
+
+    # -- results ----------------------------------------------------------------------
 
     def _drain(self, *, block: bool) -> None:
         while self.in_flight:
             try:
-                chunk = self.outbox.get(block=block, timeout=1.0 if block else None)
+                chunk = self.outbox.get(block=block, timeout=self.tick if block else None)
             except queue.Empty:
                 return
             self._record(chunk)
@@ -415,38 +562,76 @@ class DeliveryRun:
 
     def _record(self, chunk: _Chunk) -> None:
         self.in_flight -= 1
+        self.held.remove(chunk)
         now = self.clock()
-        results = chunk.results or []
-        if chunk.error is not None:
-            log.error("provider failed on a batch of %d: %s", len(chunk.messages), chunk.error)
-            results = []
-        by_id = {r.delivery_id: r for r in results}
-        updates = []
-        hard_bounces: dict[int, str] = {}  # subscriber id -> reason
-        for message in chunk.messages:
-            result = by_id.get(message.delivery_id) or SendResult(
-                message.delivery_id, "transient",
-                reply=f"provider error: {chunk.error}" if chunk.error else "provider returned no result",
-            )
-            row = chunk.rows[message.delivery_id]
-            update = self._outcome(row, message, result, now)
-            updates.append(update)
-            if update["status"] == "failed" and result.status == "permanent" and result.bad_address:
-                if row.subscriber_id:
-                    hard_bounces[row.subscriber_id] = f"hard bounce: {result.reply}"
+        updates: list[tuple[dict[str, Any], str]] = []  # (columns, what it counts as)
+        if chunk.unsent is not None:
+            # Handed back unsent: not an attempt; due again at once (or when a long throttle ends).
+            kind = "throttled" if chunk.unsent == "paused" else "given_back"
+            until = self.resume_at if kind == "throttled" else None
+            updates = [({"id": i, "next_attempt_at": until}, kind) for i in chunk.rows]
+            if kind == "given_back":
+                log.warning("edition %s: %d claimed deliveries not sent: their lease lapsed before they could "
+                            "be handed over (a clock step?); given back", self.edition_id, len(chunk.rows))
+        else:
+            results = chunk.results or []
+            if chunk.error is not None:
+                log.error("provider failed on a batch of %d: %s", len(chunk.sent), chunk.error)
+                results = []
+            by_id = {r.delivery_id: r for r in results}
+            wide: list[tuple[Any, SendResult]] = []
+            for message in chunk.sent:
+                result = by_id.get(message.delivery_id) or SendResult(
+                    message.delivery_id, "transient",
+                    reply=f"provider error: {chunk.error}" if chunk.error else "provider returned no result",
+                )
+                row = chunk.rows[message.delivery_id]
+                if result.status == "transient" and (result.throttled or result.server_error):
+                    wide.append((row, result))
+                else:
+                    updates.append(self._outcome(row, message, result, now))
+            if wide:
+                updates += self._provider_wide(wide, chunk, now)
+        if chunk.blocking:  # the pause its answer calls for is set now
+            with self.lock:
+                self.blocked -= 1
         with self.engine.begin() as conn:
-            q.record(conn, updates, now)
+            written = q.record(conn, [u for u, _ in updates], now, token=self.token)
+            hard_bounces: dict[int, str] = {}  # subscriber id -> reason
+            lost = []
+            for update, kind in updates:
+                if update["id"] not in written:
+                    if kind not in ("throttled", "given_back"):  # unsent: nothing was lost
+                        lost.append(update["id"])
+                    continue
+                if kind == "bounce":
+                    kind = "failed"
+                    row = chunk.rows[update["id"]]
+                    if row.subscriber_id:
+                        hard_bounces[row.subscriber_id] = f"hard bounce: {update['last_reply']}"
+                setattr(self.report, kind, getattr(self.report, kind) + 1)
+                if kind == "failed":
+                    self.report.failures.append(f"{chunk.rows[update['id']].email}: {update['last_reply']}")
             if hard_bounces:
                 suppressed = count_bad_addresses(conn, hard_bounces, limit=self.settings.hard_bounce_limit,
                                                  source="delivery")
                 self.report.bounced += len(suppressed)
             if self.consecutive_errors >= self.settings.max_errors and not self.report.paused:
+                last = next((u.get("last_reply", "") for u, k in reversed(updates) if k in ("failed", "bounce")), "")
                 reason = (f"paused after {self.consecutive_errors} permanent failures in a row "
-                          f"(last: {updates[-1].get('last_reply', '')[:200]}); check the provider, then "
+                          f"(last: {last[:200]}); check the provider, then "
                           f"'newsletter edition resume'")
                 q.set_status(conn, self.edition_id, "paused", note=reason)
                 self.report.paused = reason
                 log.error("edition %s %s", self.edition_id, reason)
+            if self.report.waiting_for and self.report.waiting_until and self.resume_at:
+                q.set_note(conn, self.edition_id, f"{self.report.waiting_for}; resumes after "
+                                                  f"{self.report.waiting_until.isoformat(timespec='seconds')}")
+        if lost:
+            self.report.lost_lease += len(lost)
+            log.warning("edition %s: %d results not recorded: the deliveries were no longer this run's "
+                        "(cancelled meanwhile, or claimed by another run after their lease lapsed): ids %s",
+                        self.edition_id, len(lost), _ids(lost))
         self.report.batches += 1
         if chunk.error is not None and not isinstance(chunk.error, Exception):
             raise chunk.error
@@ -455,36 +640,77 @@ class DeliveryRun:
         if chunk.error is not None and _is_config_error(chunk.error):
             raise chunk.error
 
-    def _outcome(self, row, message: OutgoingMessage, result: SendResult, now: datetime) -> dict[str, Any]:
+    def _provider_wide(self, items: list[tuple[Any, SendResult]], chunk: _Chunk,
+                       now: datetime) -> list[tuple[dict[str, Any], str]]:
+        """Results that are about the provider, not the recipients: a throttle pauses
+        the run for the window the provider named (or THROTTLE_PAUSE), a server error
+        for 1, 2, 4 s; the rows go back without counting an attempt.  A throttle longer
+        than ``max_throttle_wait`` stops the run instead, the rows due when it ends.
+        Server errors past SERVER_ERROR_BACKOFF are deferred like any temporary failure."""
+        throttles = [r for _, r in items if r.throttled]
+        if throttles:
+            named = [r.retry_after for r in throttles if r.retry_after is not None]
+            wait = max(named) if named else THROTTLE_PAUSE
+            what = "throttled"
+        elif self.server_errors < len(SERVER_ERROR_BACKOFF):
+            wait = SERVER_ERROR_BACKOFF[self.server_errors]
+            self.server_errors += 1
+            what = "server error"
+        else:
+            return [self._outcome(row, _message_for(chunk, row.id), result, now) for row, result in items]
+        reply = items[0][1].reply
+        with self.lock:
+            self.pause_until = max(self.pause_until, self.monotonic() + wait)
+        if wait > self.settings.max_throttle_wait_seconds:
+            until = now + timedelta(seconds=wait)
+            if self.resume_at is None or until > self.resume_at:
+                self.resume_at = until
+            self.report.waiting_until = self.resume_at
+            self.report.waiting_for = f"the provider throttles sending for {wait:.0f} s ({reply[:200]})"
+            log.warning("edition %s: %s: stopping until %s", self.edition_id, self.report.waiting_for,
+                        self.resume_at.isoformat(timespec="seconds"))
+        else:
+            log.info("edition %s: %s (%s): pausing %.1f s", self.edition_id, what, reply[:200], wait)
+        return [({"id": row.id, "last_reply": result.reply[:1000], "next_attempt_at": self.resume_at}, "throttled")
+                for row, result in items]
+
+    def _outcome(self, row, message: OutgoingMessage, result: SendResult,
+                 now: datetime) -> tuple[dict[str, Any], str]:
         attempts = row.attempts + 1
         base = {"id": row.id, "attempts": attempts, "message_id": message.message_id,
                 "last_reply": result.reply[:1000], "lease_until": None}
         if result.status == "accepted":
-            self.report.sent += 1
             self.consecutive_errors = 0
-            return {**base, "status": "sent", "provider_id": result.provider_id, "next_attempt_at": None}
+            self.server_errors = 0
+            return {**base, "status": "sent", "provider_id": result.provider_id, "next_attempt_at": None}, "sent"
         if result.status == "permanent":
             self.consecutive_errors += 1
-            return self._failed(row, base, result.reply)
+            return self._failed(base, result.reply), "bounce" if result.bad_address else "failed"
         self.consecutive_errors = 0
         if now - row.created_at >= timedelta(seconds=self.settings.retry_for_seconds):
-            return self._failed(row, base, f"gave up after {attempts} attempts: {result.reply}")
+            return self._failed(base, f"gave up after {attempts} attempts: {result.reply}"), "failed"
         if result.status == "unknown":
             if row.unknown_outcomes >= 1:
-                return self._failed(row, base, f"outcome unknown twice: {result.reply}")
-            self.report.unknown += 1
+                return self._failed(base, f"outcome unknown twice: {result.reply}"), "failed"
             return {**base, "status": "pending", "unknown_outcomes": row.unknown_outcomes + 1,
-                    "next_attempt_at": now + backoff(attempts)}
+                    "next_attempt_at": now + backoff(attempts)}, "unknown"
         delay = backoff(attempts)
         if result.retry_after is not None:
             delay = max(delay, timedelta(seconds=result.retry_after))
-        self.report.deferred += 1
-        return {**base, "status": "pending", "next_attempt_at": now + delay}
+        return {**base, "status": "pending", "next_attempt_at": now + delay}, "deferred"
 
-    def _failed(self, row, base: dict[str, Any], reply: str) -> dict[str, Any]:
-        self.report.failed += 1
-        self.report.failures.append(f"{row.email}: {reply}")
+    @staticmethod
+    def _failed(base: dict[str, Any], reply: str) -> dict[str, Any]:
         return {**base, "status": "failed", "last_reply": reply[:1000], "next_attempt_at": None}
+
+
+def _message_for(chunk: _Chunk, delivery_id: int) -> OutgoingMessage:
+    return next(m for m in chunk.sent if m.delivery_id == delivery_id)
+
+
+def _ids(ids: list[int]) -> str:
+    shown = ", ".join(map(str, ids[:20]))
+    return shown + (f" … ({len(ids) - 20} more)" if len(ids) > 20 else "")
 
 
 def _is_config_error(exc: BaseException) -> bool:
@@ -501,6 +727,7 @@ def deliver(
     *,
     clock: Callable[[], datetime] = utcnow,
     sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
     stop: threading.Event | None = None,
     batch_size: int | None = None,
     on_batch: Callable[[Report], None] | None = None,
@@ -520,7 +747,7 @@ def deliver(
             own.append(p)
             providers.append(p)
         return DeliveryRun(
-            engine, config, edition_id, providers, clock=clock, sleep=sleep, stop=stop,
+            engine, config, edition_id, providers, clock=clock, sleep=sleep, monotonic=monotonic, stop=stop,
             batch_size=batch_size, on_batch=on_batch,
         ).run()
     finally:

@@ -100,6 +100,21 @@ class SendResult:
     address); the rule is :mod:`newsletter.replies`.  The engine counts it towards
     ``hard_bounce_limit`` and never reads ``reply`` to decide anything, so a
     provider sets this field instead of writing codes into its reply.
+
+    Two flags say that a ``transient`` answer is about the service, not about this
+    recipient, so the engine does not count it as a delivery attempt:
+
+    ``throttled``
+        the service asked us to slow down for everyone (HTTP 429, SMTP 421 "too
+        many connections/messages"); ``retry_after`` is the window it named, if any.
+        The engine pauses sending for that window and carries on in the same run.
+    ``server_error``
+        the whole request failed without a word about its recipients (HTTP 5xx, a
+        connection refused or reset before any answer).  The engine tries again in
+        the same run after a short backoff, a few times, before deferring the rows.
+
+    Messages of a batch that were not tried because of such an answer come back
+    with the same flag.
     """
 
     delivery_id: int
@@ -108,6 +123,8 @@ class SendResult:
     reply: str = ""
     retry_after: float | None = None
     bad_address: bool = False
+    throttled: bool = False
+    server_error: bool = False
 
 
 @runtime_checkable

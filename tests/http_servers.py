@@ -416,6 +416,7 @@ class SendGridServer(ContractServer):
     def __init__(self, api_key: str = "SG.test-key") -> None:
         super().__init__()
         self.api_key = api_key
+        self.rate_limit_reset = 60  # seconds ahead, in the X-RateLimit-Reset of a 429
 
     @staticmethod
     def errors(status: int, *errors: tuple[str | None, str], **headers: str) -> Reply:
@@ -426,7 +427,7 @@ class SendGridServer(ContractServer):
         if status == 401:
             return self.errors(401, (None, "The provided authorization grant is invalid, expired, or revoked"))
         if status == 429:
-            reset = str(int(time.time()) + 60)
+            reset = str(int(time.time()) + self.rate_limit_reset)
             return self.errors(429, (None, "too many requests"), **{
                 "X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset,
                 **_retry_headers(retry_after)})

@@ -5,6 +5,8 @@ thread and records what it receives.  Tests program it to refuse an address,
 answer DATA with an error, hang up at a chosen moment or close a connection
 after N messages, the way real MTAs do, so that providers are tested against
 a socket rather than a mock.  (The idea is GNU Mailman's ``testing/mta.py``.)
+It can also hold a message's final reply until the test releases it (to act
+while a delivery is in flight) and refuse connections with a 421 greeting.
 
 Handler hooks run in the server's event-loop thread while the test reads from
 its own thread, so all shared state is guarded by one lock and the public
@@ -26,7 +28,7 @@ from typing import Any, Literal
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-__all__ = ["ReceivedMessage", "SMTPTestServer"]
+__all__ = ["Hold", "ReceivedMessage", "SMTPTestServer"]
 
 Stage = Literal["rcpt", "data_before", "data_after"]
 _STAGES = ("rcpt", "data_before", "data_after")
@@ -62,6 +64,8 @@ class SMTPTestServer:
         self._data_replies: dict[str, list[Any]] = {}   # address -> [reply, times left or None]
         self._drops: list[list[Any]] = []               # [stage, address, times left]
         self._stalls: list[list[Any]] = []              # [stage, address, seconds, times left]
+        self._holds: list[Hold] = []
+        self._refusals: list[Any] = []                  # [greeting reply, times left]
         self._close_after: int | None = None
         self._connections = 0
         self._quits = 0
@@ -90,6 +94,9 @@ class SMTPTestServer:
     def stop(self) -> None:
         if not self._running:
             return
+        with self._lock:
+            for held in self._holds:
+                held.release()
         # Close client connections first: the loop is about to stop and would
         # otherwise leave their transports to the garbage collector.
         self.disconnect_clients()
@@ -160,6 +167,39 @@ class SMTPTestServer:
         with self._lock:
             self._stalls.append([stage, address.lower(), seconds, times])
 
+    def hold(self, address: str) -> Hold:
+        """Say nothing after the content of the next message to ``address`` has arrived
+        until the test calls ``release()`` on the returned handle (``reached`` is set
+        while it waits); then answer as usual (``reply_to_data`` rules apply)."""
+        held = Hold(address.lower())
+        with self._lock:
+            self._holds.append(held)
+        return held
+
+    def refuse_connections(self, n: int, reply: str = "421 4.7.0 mta.test Error: too many connections "
+                                                       "from 127.0.0.1, try again later") -> None:
+        """Greet the next ``n`` connections with ``reply`` instead of 220 and close them,
+        as an MTA limiting connections per client does (Postfix's anvil)."""
+        with self._lock:
+            self._refusals.append([reply, n])
+
+    def _take_refusal(self) -> str | None:
+        with self._lock:
+            for rule in self._refusals:
+                if rule[1] > 0:
+                    rule[1] -= 1
+                    return rule[0]
+        return None
+
+    def _take_hold(self, addresses: Iterable[str]) -> Hold | None:
+        wanted = {a.lower() for a in addresses}
+        with self._lock:
+            for held in self._holds:
+                if held.address in wanted and not held.taken:
+                    held.taken = True
+                    return held
+        return None
+
     def _take_stall(self, stage: str, addresses: Iterable[str]) -> float:
         wanted = {a.lower() for a in addresses}
         with self._lock:
@@ -195,6 +235,10 @@ class SMTPTestServer:
             self._data_replies.clear()
             self._drops.clear()
             self._stalls.clear()
+            self._refusals.clear()
+            for held in self._holds:
+                held.release()
+            self._holds.clear()
             self._close_after = None
             self._connections = 0
             self._quits = 0
@@ -264,6 +308,26 @@ class SMTPTestServer:
         return AuthResult(success=False, handled=False)
 
 
+class Hold:
+    """A message held after its content (see :meth:`SMTPTestServer.hold`)."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.taken = False
+        self.reached = threading.Event()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def wait(self, limit: float = 30.0) -> None:
+        self.reached.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while not self._released.is_set() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+
+
 class _ProgrammableSMTP(SMTP):
     """aiosmtpd's SMTP session plus the ability to hang up at a chosen moment."""
 
@@ -273,6 +337,7 @@ class _ProgrammableSMTP(SMTP):
         self.number = 0
         self.delivered = 0
         self._hang_up: Literal["silent", "after_reply"] | None = None
+        self._greeted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
@@ -293,6 +358,12 @@ class _ProgrammableSMTP(SMTP):
             self.transport.close()
 
     async def push(self, status: Any) -> None:
+        if not self._greeted:
+            self._greeted = True
+            refusal = self.owner._take_refusal()
+            if refusal is not None:
+                status = refusal
+                self._hang_up = "after_reply"
         if self._hang_up == "silent":
             self.hang_up_now()
             return
@@ -342,6 +413,9 @@ class _Handler:
         stall = self.owner._take_stall("data_after", envelope.rcpt_tos)
         if stall:
             await asyncio.sleep(stall)
+        held = self.owner._take_hold(envelope.rcpt_tos)
+        if held is not None:
+            await held.wait()
         if self.owner._take_drop("data_after", envelope.rcpt_tos):
             server.hang_up()
             return "250 OK (never sent)"

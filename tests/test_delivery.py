@@ -24,18 +24,44 @@ from tests.conftest import CLI, write_config
 
 
 class FakeClock:
-    def __init__(self, start: datetime):
+    """The wall clock (``clock()``, steps with ``advance``/``now``) and a monotonic
+    one (``monotonic()``) that only moves when the engine sleeps; ``tick`` makes both
+    move a little on every reading, the way real time passes while code runs."""
+
+    def __init__(self, start: datetime, tick: float = 0.0):
         self.now = start
+        self.mono = 1000.0
         self.slept = 0.0
+        self.tick = tick
 
     def __call__(self) -> datetime:
+        if self.tick:
+            self.now += timedelta(seconds=self.tick)
+            self.mono += self.tick
         return self.now
 
+    def monotonic(self) -> float:
+        if self.tick:
+            self.now += timedelta(seconds=self.tick)
+            self.mono += self.tick
+        return self.mono
+
+    sleep_limit: float | None = None  # a test of a stall fails fast instead of sleeping for hours
+
     def sleep(self, seconds: float) -> None:
+        if self.sleep_limit is not None and self.slept + seconds > self.sleep_limit:
+            raise AssertionError(f"stalled: slept more than {self.sleep_limit} s")
         self.slept += seconds
         self.now += timedelta(seconds=seconds)
+        self.mono += seconds
 
     def advance(self, **kw) -> None:
+        """Time passes: both clocks move."""
+        self.now += timedelta(**kw)
+        self.mono += timedelta(**kw).total_seconds()
+
+    def step(self, **kw) -> None:
+        """The wall clock is set (NTP, an operator): only it moves, by any amount either way."""
         self.now += timedelta(**kw)
 
 
@@ -62,7 +88,7 @@ class Setup:
         provider = load_provider(self.config.provider.kind, self.config.provider.options, self.config.base_dir)
         try:
             return deliver(self.engine, self.config, edition_id, provider, clock=self.clock,
-                           sleep=self.clock.sleep, **kw)
+                           sleep=self.clock.sleep, monotonic=self.clock.monotonic, **kw)
         finally:
             provider.close()
 
@@ -354,7 +380,8 @@ def test_domain_limit_throttles_only_that_domain(make, smtp_server):
         return provider
 
     provider = spy_send(load_provider(s.config.provider.kind, s.config.provider.options, s.config.base_dir))
-    report = deliver(s.engine, s.config, s.edition(), provider, clock=s.clock, sleep=s.clock.sleep)
+    report = deliver(s.engine, s.config, s.edition(), provider, clock=s.clock, sleep=s.clock.sleep,
+                     monotonic=s.clock.monotonic)
     provider.close()
     assert report.sent == 30
     start = min(sent_at.values())

@@ -404,8 +404,20 @@ def test_smtp_421_mid_transaction_reconnects_for_the_next(smtp_server):
     with smtp_provider(smtp_server) as provider:
         results = by_id(provider.send(messages))
     assert results[2].status == "transient" and results[2].reply.startswith("421 4.3.2")
+    assert not results[2].throttled  # one session closed, not a throttle: the next message goes
     assert results[1].status == results[3].status == "accepted"
     assert smtp_server.connections == 2
+
+
+def test_smtp_421_greeting_is_a_throttle_and_the_rest_of_the_batch_waits(smtp_server):
+    smtp_server.refuse_connections(1)
+    messages = [make_message(i, f"{c}@example.jp") for i, c in enumerate("abc", start=1)]
+    with smtp_provider(smtp_server) as provider:
+        results = provider.send(messages)
+        assert [r.status for r in results] == ["transient"] * 3
+        assert all(r.throttled for r in results) and "421 4.7.0" in results[0].reply
+        assert smtp_server.messages == [] and smtp_server.connections == 1  # nobody knocked again
+        assert {r.status for r in provider.send(messages)} == {"accepted"}
 
 
 @pytest.mark.parametrize(("stage", "status"), [

@@ -100,7 +100,8 @@ def _send(app: App, edition_row, provider) -> int:
         click.echo(f"  edition paused: {report.paused}", err=True)
         return 1
     if report.waiting_until:
-        click.echo(f"  quota reached: sending resumes after {app.local_time(report.waiting_until)}")
+        click.echo(f"  {report.waiting_for or 'quota reached'}: sending resumes after "
+                   f"{app.local_time(report.waiting_until)}")
     elif counts["pending"]:
         click.echo(f"  {counts['pending']} pending; next retry at {app.local_time(retry)} — run 'edition send' "
                    "again or leave it to 'newsletter run'")

@@ -13,7 +13,11 @@ a network; ``transmit`` is tested against the local contract servers in
 
 What an answer means (:func:`classify_status`)
     2xx accepted; 429, 408 and 5xx transient (429 with ``retry_after`` taken from
-    ``Retry-After``, in seconds or as an HTTP-date); any other 4xx permanent.  A
+    ``Retry-After``, in seconds or as an HTTP-date); any other 4xx permanent.
+    A 429 (or what a service documents as its rate limit) is flagged
+    ``SendResult.throttled``; a 5xx or 408, and no answer at all before the request
+    was read (refused, reset), ``SendResult.server_error``: neither is about the
+    recipients, and the engine pauses or retries instead of counting an attempt.  A
     401 (and what each service documents as "your credentials are wrong") is not
     about the message at all: when nothing of the batch was accepted yet it raises
     :class:`~newsletter.errors.ConfigError`, which stops the run with every
@@ -159,9 +163,11 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 def whole(messages: Iterable[OutgoingMessage], status: Status, reply: str, *,
-          provider_id: str | None = None, retry_after: float | None = None) -> list[SendResult]:
+          provider_id: str | None = None, retry_after: float | None = None, throttled: bool = False,
+          server_error: bool = False) -> list[SendResult]:
     """The same result for every message of a request."""
-    return [SendResult(m.delivery_id, status, provider_id=provider_id, reply=reply, retry_after=retry_after)
+    return [SendResult(m.delivery_id, status, provider_id=provider_id, reply=reply, retry_after=retry_after,
+                       throttled=throttled, server_error=server_error)
             for m in messages]
 
 
@@ -283,10 +289,16 @@ class HTTPProvider:
     def retry_after(self, response: HTTPResponse) -> float | None:
         return parse_retry_after(response.header("Retry-After"), self.clock())
 
-    def trouble(self, request: HTTPRequest, response: HTTPResponse, detail: str | None = None) -> Outcome:
-        """A whole-request transient answer (429, 5xx): stop this batch for now."""
+    def trouble(self, request: HTTPRequest, response: HTTPResponse, detail: str | None = None, *,
+                throttled: bool | None = None) -> Outcome:
+        """A whole-request transient answer (429, 5xx): stop this batch for now.  A 429
+        (or ``throttled``) is a throttle; otherwise a 5xx or 408 is a server error."""
         wait = self.retry_after(response)
-        return Outcome(whole(request.messages, "transient", response.describe(detail), retry_after=wait),
+        if throttled is None:
+            throttled = response.status == 429
+        server_error = not throttled and (response.status >= 500 or response.status == 408)
+        return Outcome(whole(request.messages, "transient", response.describe(detail), retry_after=wait,
+                             throttled=throttled, server_error=server_error),
                        stop=True, retry_after=wait)
 
     def halves(self, request: HTTPRequest) -> list[list[OutgoingMessage]]:
@@ -336,7 +348,9 @@ class HTTPProvider:
             try:
                 response = self.transmit(request)
             except TransportError as exc:
-                outcome = Outcome(whole(request.messages, exc.status, exc.reply), stop=True)
+                # No answer and nothing read ("transient"): the service never saw the request.
+                outcome = Outcome(whole(request.messages, exc.status, exc.reply,
+                                        server_error=exc.status == "transient"), stop=True)
             else:
                 outcome = self.parse_results(request, response)
             if outcome.config_problem is not None:
@@ -362,7 +376,8 @@ class HTTPProvider:
                     for m in rest:
                         results[m.delivery_id] = SendResult(
                             m.delivery_id, "transient", reply=f"not sent: earlier in this batch: {reason}",
-                            retry_after=outcome.retry_after)
+                            retry_after=outcome.retry_after, throttled=bool(first and first.throttled),
+                            server_error=bool(first and first.server_error))
                 pending.clear()
         return [results.get(m.delivery_id) or SendResult(m.delivery_id, "transient", reply="no result")
                 for m in batch]

@@ -141,7 +141,7 @@ class PostmarkProvider(HTTPProvider):
             return self.trouble(request, response, said)
         code = data.get("ErrorCode") if isinstance(data, dict) else None
         if code in TRANSIENT_CODES:
-            return self.trouble(request, response, said)
+            return self.trouble(request, response, said, throttled=code == 429)
         if code == 410 and len(messages) > 1:  # "too many batch messages"
             return Outcome(resend=self.halves(request))
         # 200 with something that is not a list of results: we cannot tell what went.
@@ -182,6 +182,7 @@ def _result(message: OutgoingMessage, item: Mapping[str, Any] | None) -> SendRes
         return SendResult(message.delivery_id, "accepted", provider_id=item.get("MessageID"),
                           reply=f"Postmark: {words}")
     if code in TRANSIENT_CODES:
-        return SendResult(message.delivery_id, "transient", reply=f"Postmark ErrorCode {code}: {words}")
+        return SendResult(message.delivery_id, "transient", reply=f"Postmark ErrorCode {code}: {words}",
+                          throttled=code == 429)
     return SendResult(message.delivery_id, "permanent", reply=f"Postmark ErrorCode {code}: {words}",
                       bad_address=code in HARD_BOUNCE_CODES)

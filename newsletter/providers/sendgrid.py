@@ -152,8 +152,8 @@ class SendGridProvider(HTTPProvider):
                 reset = response.header("X-RateLimit-Reset")
                 if reset and reset.strip().isdigit():
                     wait = parse_retry_after(str(max(0, int(reset) - int(self.clock()))), self.clock())
-            return Outcome(whole(messages, "transient", response.describe(detail), retry_after=wait),
-                           stop=True, retry_after=wait)
+            return Outcome(whole(messages, "transient", response.describe(detail), retry_after=wait,
+                                 throttled=True), stop=True, retry_after=wait)
         if status >= 500 or status == 408:
             return self.trouble(request, response, detail)
         if 400 <= status < 500:

@@ -53,6 +53,8 @@ SERVICE = "ses"
 MAX_RAW_BASE64 = 40 * 1024 * 1024  # "40 MB per message (after base64 encoding)", SES v2
 TRANSIENT_ERRORS = {"TooManyRequestsException", "LimitExceededException", "SendingPausedException",
                     "Throttling", "ThrottlingException", "ServiceUnavailable", "InternalFailure"}
+# The sending-rate answers: a pause for everyone, not a failure of the message.
+THROTTLES = {"TooManyRequestsException", "Throttling", "ThrottlingException"}
 _UNRESERVED = "-_.~"
 
 
@@ -215,7 +217,7 @@ class SESProvider(HTTPProvider):
         if kind == "NotFoundException":
             return Outcome(config_problem=("configuration_set", f"Amazon SES: {response.describe(said)}"))
         if status in (408, 429) or status >= 500 or kind in TRANSIENT_ERRORS or not 200 <= status < 500:
-            return self.trouble(request, response, said)
+            return self.trouble(request, response, said, throttled=status == 429 or kind in THROTTLES)
         return Outcome(whole(messages, "permanent", response.describe(said)))
 
 

@@ -15,6 +15,12 @@ A connection lost any later counts as ``transient`` for the message in flight.
 What a reply means (accepted / transient / permanent, and whether it says the
 address is bad) is :mod:`newsletter.replies`; this module only talks SMTP.
 
+A 421 before a connection has carried anything (as the greeting, or to the
+first transaction on a fresh connection) is the server throttling us ("too many
+connections/messages"): the result is flagged ``throttled`` and the rest of the
+batch comes back untried with the same flag, so the engine pauses instead of
+counting attempts.  A 421 later in a session only closes that session.
+
 Not thread-safe: one provider instance per sending thread.
 """
 
@@ -54,8 +60,9 @@ def queue_id(text: str) -> str | None:
 class _ConnectFailed(TransportError):
     """No usable connection; every message not yet tried in the batch waits."""
 
-    def __init__(self, reply: str):
+    def __init__(self, reply: str, *, throttled: bool = False):
         super().__init__("transient", reply)
+        self.throttled = throttled
 
 
 class SMTPProvider:
@@ -142,20 +149,24 @@ class SMTPProvider:
     def send(self, batch: Sequence[OutgoingMessage]) -> list[SendResult]:
         results: list[SendResult] = []
         failure: str | None = None
+        throttled = False
         for message in batch:
             if failure is None:
                 try:
-                    results.append(self._send_one(message))
+                    result = self._send_one(message)
+                    results.append(result)
+                    if result.throttled:  # do not knock again before the engine's pause
+                        failure, throttled = f"not sent: {result.reply}", True
                     continue
                 except _ConnectFailed as exc:
-                    failure = str(exc)
+                    failure, throttled = str(exc), exc.throttled
                 except ConfigError as exc:
                     # Raising would lose the results already obtained in this
                     # batch (and send them twice); only the first message may.
                     if not results:
                         raise
                     failure = str(exc)
-            results.append(SendResult(message.delivery_id, "transient", reply=failure))
+            results.append(SendResult(message.delivery_id, "transient", reply=failure, throttled=throttled))
         return results
 
     @property
@@ -203,6 +214,7 @@ class SMTPProvider:
         if isinstance(options, SendResult):
             return options, False
         self._on_conn += 1
+        fresh = self._on_conn == 1
         stage = "MAIL FROM"
         try:
             if conn.has_extn("pipelining"):
@@ -248,7 +260,8 @@ class SMTPProvider:
             self._reset()
         stale = stage == "MAIL FROM" and code == 421
         status, bad_address = smtp_outcome(code, reply)  # what the reply means: newsletter.replies
-        return SendResult(message.delivery_id, status, reply=reply, bad_address=bad_address), stale
+        return SendResult(message.delivery_id, status, reply=reply, bad_address=bad_address,
+                          throttled=code == 421 and fresh), stale
 
     def _pipelined(self, conn: smtplib.SMTP, sender: str, options: list[str],
                    message: OutgoingMessage, where: list[str]) -> tuple[int, bytes, str]:
@@ -319,7 +332,7 @@ class SMTPProvider:
         try:
             code, text = conn.connect(self.host, self.port)
             if code != 220:
-                raise _ConnectFailed(f"{where} refused the session: {_reply(code, text)}")
+                raise _ConnectFailed(f"{where} refused the session: {_reply(code, text)}", throttled=code == 421)
             conn.ehlo_or_helo_if_needed()
             if self.security == "starttls":
                 if not conn.has_extn("starttls"):

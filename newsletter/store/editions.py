@@ -1,10 +1,17 @@
 """Queries on editions and the delivery log (the outbox).
 
+Claims are fenced: :func:`claim` stamps each row with the run's ``claim_token``
+and a lease; :func:`record` and :func:`renew` touch only rows that are still
+``pending`` with that token.  A row cancelled meanwhile (unsubscribe, bounce,
+``edition cancel``) or claimed by another run after the lease lapsed is not
+written: the caller learns which ids were, and the rest are "lost leases".
+
 Failed deliveries go back to ``pending`` only through :func:`requeue_failed`,
 fenced in the statement itself: a row that is no longer ``failed``, or whose
 subscriber is no longer ``active`` (unsubscribed, bounced, erased meanwhile), is
 left alone whatever the caller decided.  Which failures may be retried at all is
-the delivery engine's rule (``delivery.retry_failed``)."""
+the delivery engine's rule (``delivery.retry_failed``).
+"""
 
 from __future__ import annotations
 
@@ -128,6 +135,7 @@ def claim(
     limit: int,
     lease_until: datetime,
     *,
+    token: str | None = None,
     domains: Sequence[str] | None = None,
     exclude_domains: Sequence[str] = (),
 ) -> list[Row]:
@@ -136,7 +144,8 @@ def claim(
 
     One UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING: atomic on SQLite (the
     statement holds the write lock) and, with FOR UPDATE SKIP LOCKED, on
-    PostgreSQL, so two workers or two daemons never claim the same row.
+    PostgreSQL, so two workers or two daemons never claim the same row.  ``token``
+    marks the rows as this run's (see the module docstring).
     """
     if limit <= 0:
         return []
@@ -149,7 +158,8 @@ def claim(
     if conn.dialect.name == "postgresql":
         sub = sub.with_for_update(skip_locked=True)
     ids = conn.execute(
-        update(deliveries).where(deliveries.c.id.in_(sub)).values(lease_until=lease_until).returning(deliveries.c.id)
+        update(deliveries).where(deliveries.c.id.in_(sub))
+        .values(lease_until=lease_until, claim_token=token).returning(deliveries.c.id)
     ).scalars().all()
     if not ids:
         return []
@@ -188,9 +198,17 @@ def nth_sent_since(conn: Connection, since: datetime, n: int) -> datetime | None
     ).scalar()
 
 
-def release(conn: Connection, ids: Sequence[int]) -> None:
-    if ids:
-        conn.execute(update(deliveries).where(deliveries.c.id.in_(list(ids))).values(lease_until=None))
+def _held(ids: Sequence[int], token: str):
+    return and_(deliveries.c.id.in_(list(ids)), deliveries.c.status == "pending", deliveries.c.claim_token == token)
+
+
+def renew(conn: Connection, ids: Sequence[int], token: str, lease_until: datetime) -> set[int]:
+    """Extend the lease of the rows this run still holds; returns their ids."""
+    if not ids:
+        return set()
+    return set(conn.execute(
+        update(deliveries).where(_held(ids, token)).values(lease_until=lease_until).returning(deliveries.c.id)
+    ).scalars())
 
 
 def cancel_pending(conn: Connection, edition_id: int, reason: str) -> int:
@@ -219,9 +237,23 @@ def next_retry(conn: Connection, edition_id: int) -> datetime | None:
     ).scalar()
 
 
-def record(conn: Connection, updates: Sequence[Mapping[str, Any]], now: datetime | None = None) -> None:
-    """Write delivery results: each mapping has ``id`` plus the columns to set."""
+def record(conn: Connection, updates: Sequence[Mapping[str, Any]], now: datetime | None = None, *,
+           token: str | None = None) -> set[int]:
+    """Write delivery results: each mapping has ``id`` plus the columns to set.
+
+    With ``token``, only rows still pending under that claim are written (their
+    lease and token cleared first, in the same statement that locks them: the
+    write lock on SQLite, the row locks on PostgreSQL, so nothing can change
+    them between the check and the write).  Returns the ids written."""
     now = now or utcnow()
+    if token is not None and updates:
+        held = set(conn.execute(
+            update(deliveries).where(_held([u["id"] for u in updates], token))
+            .values(lease_until=None, claim_token=None, updated_at=now).returning(deliveries.c.id)
+        ).scalars())
+        updates = [u for u in updates if u["id"] in held]
+    else:
+        held = {u["id"] for u in updates}
     by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for u in updates:
         by_keys.setdefault(tuple(sorted(u)), []).append(dict(u))
@@ -233,6 +265,7 @@ def record(conn: Connection, updates: Sequence[Mapping[str, Any]], now: datetime
             .values(updated_at=now, **{c: bindparam(f"_{c}") for c in cols})
         )
         conn.execute(stmt, [{f"_{k}": v for k, v in r.items()} for r in rows])
+    return held
 
 
 def failed_deliveries(conn: Connection, edition_id: int) -> list[Row]:

@@ -172,6 +172,9 @@ deliveries = Table(
     # A worker that claimed the row holds it until then; a crashed worker's rows
     # become claimable again when the lease runs out.
     Column("lease_until", UTCDateTime, nullable=True),
+    # Which run holds the lease (random per run): every result, renewal and give-back is
+    # written only WHERE the row is still pending with this token (delivery.py, "fencing").
+    Column("claim_token", String(32), nullable=True),
     # Sent whole but never answered: retried once with the same Message-ID, no more.
     Column("unknown_outcomes", Integer, nullable=False, default=0, server_default="0"),
     UniqueConstraint("edition_id", "subscriber_id", name="uq_deliveries_edition_subscriber"),
