@@ -349,15 +349,15 @@ def import_csv(
     report = ImportReport(path=str(path), listener=listener)
     with open_text(path, encoding, where) as stream:
         rows = read_rows(stream, where, CSV_ALIASES, ("email",))
+        known = ", ".join(f"{k}/{names[0]}" for k, names in CSV_ALIASES.items())
+        for name in rows.unknown:
+            report.say("warning", f"{where}:1: unknown column '{name}' ignored (known: {known})")
         if "fields" not in rows and default_fields is None:
             accepted = ", ".join(("fields", *CSV_ALIASES["fields"]))
             raise InputError(
                 f"{where}:1: no fields column in the header (accepted names: {accepted}); "
                 "give --fields to choose the fields of every reader in the file"
             )
-        known = ", ".join(f"{k}/{names[0]}" for k, names in CSV_ALIASES.items())
-        for name in rows.unknown:
-            report.say("warning", f"{where}:1: unknown column '{name}' ignored (known: {known})")
         with engine.connect() as conn:
             staging = _Staging(conn)
             try:
