@@ -24,6 +24,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,12 +36,15 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Column, Index, Integer, MetaData, String, Table, bindparam, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from .config import CHARSETS, Config
 from .csvio import ENCODINGS, open_text, read_rows, split_list, write_csv
 from .errors import InputError
 from .sanitize import header_safe
 from .store import subscribers as q
+
+log = logging.getLogger(__name__)
 
 # Canonical column → the header names accepted for it.  Matched after NFKC, case,
 # spaces, "_" and "-" are folded (csvio.normalize_header): "E-mail", "Ｅメール",
@@ -71,10 +75,13 @@ NOTE_FULL_WIDTH_ADDRESS = "normalised full-width characters in the address"
 NOTE_FULL_WIDTH_FORMAT = "normalised full-width characters in the format"
 
 
-def normalize_email(value: str, notes: list[str] | None = None) -> str:
+def normalize_email(value: str, notes: list[str] | None = None, *, lookup: bool = False) -> str:
     """The canonical form of an address, or ValueError naming it (see module doc).
 
-    When full-width characters were folded and ``notes`` is given, a note is added to it."""
+    When full-width characters were folded and ``notes`` is given, a note is added to it.
+    ``lookup=True`` is for finding a subscriber only, never for storing one: it lets
+    a non-ASCII local part through, so that an address stored before this rule
+    can still be shown, changed, unsubscribed or erased."""
     raw = value.strip()
     if not raw:
         raise ValueError("missing email address")
@@ -82,13 +89,13 @@ def normalize_email(value: str, notes: list[str] | None = None) -> str:
         raise ValueError(f"invalid email address {raw!r}: control characters")
     folded = raw.translate(_FULL_WIDTH)
     local, at, _domain = folded.rpartition("@")
-    if at and not local.isascii():
+    if at and not local.isascii() and not lookup:
         raise ValueError(
             f"invalid email address '{raw}': the part before @ must be ASCII letters, digits or . _ + - "
             "(mail to a Japanese local part cannot be delivered)"
         )
     try:
-        result = validate_email(folded, check_deliverability=False, allow_smtputf8=False)
+        result = validate_email(folded, check_deliverability=False, allow_smtputf8=lookup)
     except EmailNotValidError as exc:
         raise ValueError(f"invalid email address '{raw}': {exc}") from None
     normalized = result.normalized.lower()
@@ -263,10 +270,15 @@ class _Staging:
             self.table.create(conn)
 
     def drop(self) -> None:
-        if self.conn.in_transaction():
-            self.conn.rollback()
-        with self.conn.begin():
-            self.table.drop(self.conn, checkfirst=True)
+        try:
+            if self.conn.in_transaction():
+                self.conn.rollback()
+            with self.conn.begin():
+                self.table.drop(self.conn, checkfirst=True)
+        except SQLAlchemyError as exc:
+            # Never hide the error that ended the import; a table left behind goes
+            # with the connection, or is dropped by the next import on it.
+            log.warning("could not drop the import's staging table: %s", exc)
 
     def add(self, config: Config, batch: dict[str, dict[str, Any]], report: ImportReport, where: str) -> None:
         """Stage a batch (already merged within itself), merging it into rows staged before."""
@@ -496,7 +508,7 @@ def set_status(
 def update(engine: Engine, config: Config, email: str, changes: dict[str, Any]) -> dict[str, Any]:
     """``subscriber set``: replace fields/format/charset/name/publications (no merge)."""
     try:
-        email = normalize_email(email)
+        email = normalize_email(email, lookup=True)
         values: dict[str, Any] = {}
         if "fields" in changes:
             values["fields"] = parse_fields(config, changes["fields"])
@@ -537,7 +549,7 @@ def delete(engine: Engine, email: str) -> None:
 
 def show(engine: Engine, email: str) -> tuple[Any, list[Any]]:
     try:
-        email = normalize_email(email)
+        email = normalize_email(email, lookup=True)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     with engine.connect() as conn:

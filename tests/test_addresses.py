@@ -180,3 +180,19 @@ def test_test_send_folds_full_width_and_refuses_non_ascii_in_one_line(tmp_path, 
     [line] = res.stderr.splitlines()
     assert line.startswith("error: --test-to: invalid email address 'へんしゅう@example.jp': the part before @")
     assert len(smtp_server.messages) == 1
+
+
+def test_an_address_stored_before_the_rule_can_still_be_found(project):
+    """Databases from before hold such rows: an operator must still be able to see and change them."""
+    from newsletter.store import subscribers as q
+
+    engine = make_engine(load_config(project.config_path).storage_url)
+    with engine.begin() as conn:
+        q.insert_many(conn, [{"email": "すずき@example.jp", "name": "", "fields": "education", "format": "html",
+                              "status": "active"}])
+    engine.dispose()
+    assert "すずき@example.jp" in project("subscriber", "show", "すずき@example.jp").stdout
+    result = project("subscriber", "set", "すずき@example.jp", "--name", "鈴木 一郎")
+    assert result.stdout.strip() == "すずき@example.jp: name=鈴木 一郎"
+    # but nothing new is stored in that form
+    assert project("subscriber", "add", "すずき@example.jp", "--fields", "教育", ok=False).exit_code == 1

@@ -163,7 +163,7 @@ def subscriber_set(app: App, email, fields, name, fmt, charset, publications):
     if not changes:
         raise click.UsageError("nothing to change: give --fields, --name, --format, --charset or --publications")
     values = subs.update(app.engine, app.config, email, changes)
-    click.echo(f"{subs.normalize_email(email)}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    click.echo(f"{subs.normalize_email(email, lookup=True)}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
 @subscriber.command("unsubscribe")
