@@ -6,8 +6,8 @@ Rules kept here:
 
 - Headers are matched through the caller's one alias table, after NFKC (so
   ``Ｅメール`` and ``ﾒｰﾙｱﾄﾞﾚｽ`` are ``Eメール`` and ``メールアドレス``), case, spaces,
-  ``_`` and ``-`` are folded.  A header this table does not know is reported
-  (``Rows.unknown``), never silently dropped by the caller.
+  ``_`` and ``-`` are folded.  A header this table does not know is listed in
+  ``Rows.unknown`` for the caller to report (the subscriber import does).
 - A large file is streamed (``open_text``): the encoding is decided and checked
   by a first pass over the bytes that keeps only one line in memory, so a
   decoding error is reported, with its line, before any row is processed.
