@@ -2,6 +2,7 @@
 
     python bench/import_subscribers.py --rows 100000
     python bench/import_subscribers.py --rows 100000 --url postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+    python bench/import_subscribers.py --memory-check 100000,1000000    # peak RSS of the import, small vs large
 
 Makes a temporary project (SQLite by default; with ``--url`` a temporary database
 on that PostgreSQL server, dropped afterwards), writes a CSV of N made-up
@@ -11,6 +12,10 @@ baseline an import would have without batching: parse and validate each row the
 same way, then insert the subscriber and its consent record and commit, one row
 at a time, for a sample of min(N, 2000) rows into a fresh database, extrapolated
 per row.  Prints JSON: rows, seconds, rows_per_s, naive_rows_per_s, speedup.
+
+``--memory-check SMALL,LARGE`` runs the import alone in a child process for each
+size (the CSV is written by the parent) and prints each child's peak RSS and
+their ratio: a streamed import stays flat however long the file is.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import itertools
 import json
 import os
 import re
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -111,6 +118,45 @@ def timed_import(config: Config, csv_path: Path, rows: int) -> float:
     return seconds
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; see bench/send.py)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def import_phase(config_path: str, csv_path: str, rows: int) -> dict:
+    """The child of --memory-check: the import alone, then this process's peak RSS."""
+    config = load_config(Path(config_path))
+    seconds = timed_import(config, Path(csv_path), rows)
+    return {"rows": rows, "seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def memory_check(base_url: str | None, small: int, large: int) -> dict:
+    results = {}
+    for n in (small, large):
+        with tempfile.TemporaryDirectory(prefix="nl-bench-") as tmp:
+            folder = Path(tmp)
+            csv_path = folder / "members.csv"
+            write_csv(csv_path, n)
+            with database(base_url, folder, "memory") as url:
+                config = project(folder / "memory", url)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--import-phase", str(config.path), str(csv_path), str(n)],
+                    check=True, capture_output=True, text=True,
+                )
+            results[n] = json.loads(out.stdout.strip().splitlines()[-1])
+            results[n]["csv_mb"] = round(csv_path.stat().st_size / 2**20, 1)
+    ratio = results[large]["peak_rss_mb"] / results[small]["peak_rss_mb"]
+    return {"memory_check": {str(k): v for k, v in results.items()},
+            "peak_rss_ratio": round(ratio, 3), "flat_within_15pct": ratio <= 1.15}
+
+
 def timed_naive(config: Config, csv_path: Path, sample: int) -> float:
     """Same parsing and validation, then one INSERT (+ consent) and one COMMIT per row."""
     engine = make_engine(config.storage_url)
@@ -135,10 +181,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--url", help="PostgreSQL server URL (a temporary database is made on it); default SQLite")
+    parser.add_argument("--memory-check", metavar="SMALL,LARGE", help="compare peak RSS of the import")
+    parser.add_argument("--import-phase", nargs=3, metavar=("CONFIG", "CSV", "ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rows < 1:
         parser.error("--rows must be at least 1")
     os.environ.pop("NEWSLETTER_STORAGE_URL", None)  # it would override the temporary project's database
+    if args.import_phase:
+        config_path, csv_path, rows = args.import_phase
+        print(json.dumps(import_phase(config_path, csv_path, int(rows))))
+        return
+    if args.memory_check:
+        try:
+            small, large = (int(x) for x in args.memory_check.split(","))
+        except ValueError:
+            parser.error("--memory-check: expected SMALL,LARGE (two row counts)")
+        print(json.dumps(memory_check(args.url, small, large), indent=2))
+        return
 
     with tempfile.TemporaryDirectory(prefix="nl-bench-") as tmp:
         folder = Path(tmp)

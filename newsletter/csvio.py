@@ -1,6 +1,16 @@
 """CSV as Japanese offices really have it: UTF-8 with or without BOM, or
 Shift_JIS/CP932 as Excel saves it; headers in English or Japanese; lists in one
 cell separated by ``;``, ``,``, ``、`` or ``・``.  And CSV that Excel opens safely.
+
+Rules kept here:
+
+- Headers are matched through the caller's one alias table, after NFKC (so
+  ``Ｅメール`` and ``ﾒｰﾙｱﾄﾞﾚｽ`` are ``Eメール`` and ``メールアドレス``), case, spaces,
+  ``_`` and ``-`` are folded.  A header this table does not know is listed in
+  ``Rows.unknown`` for the caller to report (the subscriber import does).
+- A large file is streamed (``open_text``): the encoding is decided and checked
+  by a first pass over the bytes that keeps only one line in memory, so a
+  decoding error is reported, with its line, before any row is processed.
 """
 
 from __future__ import annotations
@@ -8,7 +18,8 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .errors import InputError
@@ -62,20 +73,107 @@ def read_text(path: Path, encoding: str = "auto") -> str:
     return decode(data, encoding, str(path))
 
 
+def _first_bad_line(path: Path, codec: str) -> tuple[int, int] | None:
+    """(line number, byte offset) of the first byte ``codec`` cannot decode, else None.
+
+    Line by line: ``\n`` is never part of a multi-byte character in UTF-8 or CP932."""
+    offset = 0
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                raw.decode(codec)
+            except UnicodeDecodeError as exc:
+                return number, offset + exc.start
+            offset += len(raw)
+    return None
+
+
+def open_text(path: Path, encoding: str, where: str) -> io.TextIOWrapper:
+    """The file as a stream of text (for ``read_rows``), with the rules of ``decode``.
+
+    The encoding is checked over the whole file first (one line in memory at a
+    time), so the stream never fails half-way; use it in a ``with`` block."""
+    try:
+        with open(path, "rb") as fh:
+            bom = fh.read(3) == b"\xef\xbb\xbf"
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not a file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    if encoding == "auto":
+        if bom:
+            encoding = "utf-8"  # a BOM is a promise; hold the file to it below
+        elif _first_bad_line(path, "utf-8") is None:
+            encoding = "utf-8"
+        else:
+            bad = _first_bad_line(path, "cp932")
+            if bad is not None:
+                raise InputError(
+                    f"{where}: cannot tell the encoding (neither UTF-8 nor Shift_JIS/CP932; "
+                    f"bad byte at offset {bad[1]}); use --encoding"
+                )
+            encoding = "cp932"
+    codec = "utf-8-sig" if encoding == "utf-8" else encoding
+    bad = _first_bad_line(path, encoding)
+    if bad is not None:
+        raise InputError(f"{where}:{bad[0]}: not valid {encoding} (byte offset {bad[1]}); try --encoding auto")
+    return open(path, encoding=codec, newline="")  # the caller closes it
+
+
 def normalize_header(name: str) -> str:
-    return re.sub(r"[\s_\-]+", "", name.strip().strip("\ufeff").lower())
+    name = unicodedata.normalize("NFKC", name.strip().strip("\ufeff"))
+    return re.sub(r"[\s_\-]+", "", name.lower())
+
+
+class Rows:
+    """The rows of a CSV (see ``read_rows``); the header is read when it is made.
+
+    ``columns``: the canonical name of each column (None: not known);
+    ``unknown``: the header names the alias table does not know, as written."""
+
+    def __init__(self, reader, where: str, columns: list[str | None], unknown: list[str]):
+        self._reader = reader
+        self.where = where
+        self.columns = columns
+        self.unknown = unknown
+
+    def __contains__(self, canon: str) -> bool:
+        return canon in self.columns
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
+        reader, where, columns = self._reader, self.where, self.columns
+        while True:
+            # An unterminated quote is only noticed at the end of the file: name the line it opened on.
+            start = reader.line_num + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise InputError(f"{where}:{start}: malformed CSV line ({exc})") from None
+            line = reader.line_num
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) > len(columns) and any(c.strip() for c in cells[len(columns):]):
+                raise InputError(f"{where}:{line}: {len(cells)} cells but the header has {len(columns)} columns")
+            row = {col: excel_unquote(cells[i].strip()) for i, col in enumerate(columns) if col and i < len(cells)}
+            yield line, row
 
 
 def read_rows(
-    text: str, where: str, aliases: Mapping[str, Sequence[str]], required: Sequence[str]
-) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield (line number, {canonical column: value}) for each non-empty row.
+    text: str | Iterable[str], where: str, aliases: Mapping[str, Sequence[str]], required: Sequence[str]
+) -> Rows:
+    """The header now, then (line number, {canonical column: value}) for each non-empty row.
 
-    ``aliases`` maps a canonical column to the header spellings accepted for it.
-    A malformed line (unbalanced quote, NUL byte) raises InputError with its line.
+    ``text`` is the whole text or a stream of lines (``open_text``).  ``aliases``
+    maps a canonical column to the header spellings accepted for it.  A malformed
+    line (unbalanced quote, NUL byte) raises InputError with its line.
     """
     lookup = {normalize_header(a): canon for canon, names in aliases.items() for a in (canon, *names)}
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    lines = io.StringIO(text, newline="") if isinstance(text, str) else text
+    reader = csv.reader(lines, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -83,31 +181,19 @@ def read_rows(
     except csv.Error as exc:
         raise InputError(f"{where}:1: malformed CSV header ({exc})") from None
     columns: list[str | None] = []
+    unknown: list[str] = []
     for raw_name in header:
         canon = lookup.get(normalize_header(raw_name))
         if canon in columns and canon is not None:
             raise InputError(f"{where}:1: column '{raw_name}' given twice")
+        if canon is None and normalize_header(raw_name):
+            unknown.append(raw_name.strip().strip("\ufeff"))
         columns.append(canon)
     for need in required:
         if need not in columns:
             accepted = ", ".join((need, *aliases.get(need, ())))
             raise InputError(f"{where}:1: no '{need}' column in the header (accepted names: {accepted})")
-    while True:
-        # An unterminated quote is only noticed at the end of the file: name the line it opened on.
-        start = reader.line_num + 1
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise InputError(f"{where}:{start}: malformed CSV line ({exc})") from None
-        line = reader.line_num
-        if not any(c.strip() for c in cells):
-            continue
-        if len(cells) > len(columns) and any(c.strip() for c in cells[len(columns):]):
-            raise InputError(f"{where}:{line}: {len(cells)} cells but the header has {len(columns)} columns")
-        row = {col: excel_unquote(cells[i].strip()) for i, col in enumerate(columns) if col and i < len(cells)}
-        yield line, row
+    return Rows(reader, where, columns, unknown)
 
 
 def split_list(cell: str) -> list[str]:
@@ -137,15 +223,21 @@ def excel_unquote(text: str) -> str:
 
 
 def write_csv(path: Path, header: Sequence[str], rows, *, excel: bool) -> int:
-    """Write atomically; ``excel`` adds a BOM and CRLF so Excel reads UTF-8 Japanese."""
+    """Write atomically; ``excel`` adds a BOM and CRLF so Excel reads UTF-8 Japanese.
+
+    A path that cannot be written (no such folder, no permission, disk full) is an
+    InputError naming it; nothing is left behind."""
     tmp = path.with_name(f".{path.name}.tmp")
     count = 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", encoding="utf-8-sig" if excel else "utf-8", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\r\n" if excel else "\n")
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow([excel_safe(v) for v in row])
-            count += 1
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", encoding="utf-8-sig" if excel else "utf-8", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\r\n" if excel else "\n")
+            writer.writerow(header)
+            for row in rows:
+                writer.writerow([excel_safe(v) for v in row])
+                count += 1
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     return count

@@ -1,69 +1,135 @@
 """Subscribers: validation, CSV import/export, status changes and consent.
 
-Addresses are validated and normalised with email-validator (IDN domains are
-accepted and kept in Unicode form) and stored lower-cased, so that
-``Taro@Example.JP`` and ``taro@example.jp`` are one subscriber.
+Rules kept here:
 
-Stopping mail to an address has one home here, :func:`suppress`: every path
-(``subscriber unsubscribe``, the signed unsubscribe link and one-click POST, a
-mailed unsubscribe, a complaint or bounce from a webhook or a mailbox, a hard
-bounce seen by the delivery engine, ``subscriber delete``) calls it, inside the
-caller's transaction.  It changes the status (first reason wins: an address
-already unsubscribed, bounced or complained stays as it is), writes one consent
-row per subscriber that changed, and cancels that subscriber's pending
-deliveries in every edition with the real reason ("unsubscribed",
-"complaint", "hard bounce: 550 5.1.1 …", "erased"), clearing their lease.  The
-hard-bounce count (after how many bad-address answers) is :func:`count_bad_addresses`;
-which answers count is :mod:`newsletter.replies`.
+- ``normalize_email`` is the one address validator and normaliser: sign-up,
+  ``subscriber add``, import, ``edition send --test-to`` and every lookup call it.
+  It folds what Japanese input methods type by mistake (full-width ``＠``, ``．``
+  and full-width ASCII) to ASCII, refuses a local part (before ``@``) that is not
+  ASCII — no provider we use can deliver to ``すずき@example.jp``, SMTPUTF8 is
+  not something a public office can count on — and keeps IDN domains
+  (``user@例え.jp``) in Unicode form.  Stored lower-cased, so that
+  ``Taro@Example.JP`` and ``taro@example.jp`` are one subscriber.  Idempotent.
+- ``CSV_ALIASES`` is the one table of column names, English and Japanese; the
+  Excel export writes headers from it, so an export re-imports as it was.
+- An import is one transaction: all of it or nothing, and ``--dry-run`` writes
+  nothing.  It streams: rows are read, validated and staged in batches into a
+  temporary table (``_Staging``, one per connection, dropped at the end), which
+  is where duplicates within the file are merged — memory stays bounded however
+  long the file is.  Then the staged rows are merged, batch by batch, with the
+  subscribers already stored.  A column the table does not know is reported; a
+  file without a fields column is refused unless ``--fields`` gives a default
+  (a reader must never silently get every field).
+- Stopping mail to an address has one home here, :func:`suppress`: every path
+  (``subscriber unsubscribe``, the signed unsubscribe link and one-click POST, a
+  mailed unsubscribe, a complaint or bounce from a webhook or a mailbox, a hard
+  bounce seen by the delivery engine, ``subscriber delete``) calls it, inside the
+  caller's transaction.  It changes the status (first reason wins: an address
+  already unsubscribed, bounced or complained stays as it is), writes one consent
+  row per subscriber that changed, and cancels that subscriber's pending
+  deliveries in every edition with the real reason ("unsubscribed",
+  "complaint", "hard bounce: 550 5.1.1 …", "erased"), clearing their lease.  The
+  hard-bounce count (after how many bad-address answers) is :func:`count_bad_addresses`;
+  which answers count is :mod:`newsletter.replies`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import logging
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy.engine import Engine
+from sqlalchemy import Column, Index, Integer, MetaData, String, Table, bindparam, select
+from sqlalchemy import update as sql_update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from .config import CHARSETS, Config
-from .csvio import ENCODINGS, decode, read_rows, split_list, write_csv
+from .csvio import ENCODINGS, open_text, read_rows, split_list, write_csv
 from .errors import InputError
 from .sanitize import header_safe
 from .store import subscribers as q
 
+log = logging.getLogger(__name__)
+
+# Canonical column → the header names accepted for it.  Matched after NFKC, case,
+# spaces, "_" and "-" are folded (csvio.normalize_header): "E-mail", "Ｅメール",
+# "氏名（漢字）" need no entry of their own.  The first Japanese name of each is
+# what the Excel export writes (EXCEL_HEADER).
 CSV_ALIASES = {
-    "email": ("mail", "e-mail", "emailaddress", "address", "メールアドレス", "メール", "アドレス", "電子メール"),
-    "name": ("氏名", "名前", "お名前", "fullname"),
-    "fields": ("field", "分野", "配信分野", "topics"),
-    "format": ("形式", "配信形式", "mailformat"),
-    "charset": ("文字コード", "encoding"),
-    "publications": ("publication", "購読", "配信誌"),
+    "email": ("メールアドレス", "mail", "emailaddress", "mailaddress", "address", "メール", "アドレス",
+              "Eメール", "Eメールアドレス", "電子メール", "電子メールアドレス", "メアド"),
+    "name": ("氏名", "名前", "お名前", "氏名(漢字)", "お名前(漢字)", "名前(漢字)", "fullname", "宛名", "購読者名"),
+    "fields": ("分野", "field", "配信分野", "希望分野", "購読分野", "配信希望分野", "関心分野", "ジャンル",
+               "カテゴリ", "カテゴリー", "topics", "topic", "category", "categories"),
+    "format": ("形式", "配信形式", "メール形式", "受信形式", "希望形式", "mailformat"),
+    "charset": ("文字コード", "文字セット", "encoding"),
+    "publications": ("配信誌", "publication", "購読", "購読誌", "メルマガ", "メールマガジン"),
+    # Written by the export, read back without effect on what is stored (see ``import_csv``).
+    "status": ("状態", "配信状態"),
+    "created_at": ("登録日時", "created", "登録日"),
 }
-FORMAT_WORDS = {"html": "html", "text": "text", "テキスト": "text", "txt": "text", "plain": "text", "HTML": "html"}
+FORMAT_WORDS = {
+    "html": "html", "html形式": "html", "htmlメール": "html", "text/html": "html",
+    "text": "text", "txt": "text", "plain": "text", "text/plain": "text", "テキスト": "text",
+    "テキスト形式": "text", "テキストメール": "text", "プレーンテキスト": "text",
+}
+# Full-width ASCII (U+FF01..U+FF5E: ＠ ． ａ １ …) and the ideographic space, as an
+# IME in full-width mode types them, to their ASCII selves.
+_FULL_WIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+NOTE_FULL_WIDTH_ADDRESS = "normalised full-width characters in the address"
+NOTE_FULL_WIDTH_FORMAT = "normalised full-width characters in the format"
 
 
-def normalize_email(value: str) -> str:
-    """The canonical form of an address, or ValueError naming it."""
+def normalize_email(value: str, notes: list[str] | None = None, *, lookup: bool = False) -> str:
+    """The canonical form of an address, or ValueError naming it (see module doc).
+
+    When full-width characters were folded and ``notes`` is given, a note is added to it.
+    ``lookup=True`` is for finding a subscriber only, never for storing one: it lets
+    a non-ASCII local part through, so that an address stored before this rule
+    can still be shown, changed, unsubscribed or erased."""
     raw = value.strip()
     if not raw:
         raise ValueError("missing email address")
     if any(c in raw for c in "\r\n\t\x00"):
         raise ValueError(f"invalid email address {raw!r}: control characters")
+    folded = raw.translate(_FULL_WIDTH)
+    local, at, _domain = folded.rpartition("@")
+    if at and not local.isascii() and not lookup:
+        raise ValueError(
+            f"invalid email address '{raw}': the part before @ must be ASCII letters, digits or . _ + - "
+            "(mail to a Japanese local part cannot be delivered)"
+        )
     try:
-        result = validate_email(raw, check_deliverability=False)
+        result = validate_email(folded, check_deliverability=False, allow_smtputf8=lookup)
     except EmailNotValidError as exc:
         raise ValueError(f"invalid email address '{raw}': {exc}") from None
-    return result.normalized.lower()
+    normalized = result.normalized.lower()
+    from .editions.compose import ascii_address  # the form every provider gets
+
+    try:
+        ascii_address(normalized)
+    except UnicodeError:
+        raise ValueError(f"invalid email address '{raw}': the domain cannot be written in ASCII (IDNA)") from None
+    if folded != raw and notes is not None:
+        notes.append(NOTE_FULL_WIDTH_ADDRESS)
+    return normalized
 
 
-def parse_format(value: str | None) -> str:
-    if not value:
+def parse_format(value: str | None, notes: list[str] | None = None) -> str:
+    if not value or not value.strip():
         return "html"
-    fmt = FORMAT_WORDS.get(value.strip(), FORMAT_WORDS.get(value.strip().lower()))
+    word = unicodedata.normalize("NFKC", value).strip()
+    fmt = FORMAT_WORDS.get(word.lower())
     if fmt is None:
         raise ValueError(f"bad format '{value}' (expected html or text)")
+    if word != value.strip() and notes is not None:
+        notes.append(NOTE_FULL_WIDTH_FORMAT)
     return fmt
 
 
@@ -101,19 +167,23 @@ def parse_publications(config: Config, value: str | Iterable[str] | None) -> str
     return ",".join(sorted(set(tokens)))
 
 
-def validate(config: Config, raw: dict[str, Any]) -> dict[str, Any]:
-    email = normalize_email(raw.get("email") or "")
+def validate(
+    config: Config, raw: dict[str, Any], *, notes: list[str] | None = None, default_fields: str | None = None
+) -> dict[str, Any]:
+    """One subscriber's values from user input, or ValueError.  An empty fields
+    value means ``default_fields`` when given, else every field."""
+    email = normalize_email(raw.get("email") or "", notes)
     name = header_safe(raw.get("name") or "")
     if len(name) > 200:
         raise ValueError("name longer than 200 characters")
     fields_value = raw.get("fields")
     if fields_value in (None, ""):
-        fields_value = list(config.field_slugs)  # no preference given: everything
+        fields_value = default_fields if default_fields is not None else list(config.field_slugs)
     return {
         "email": email,
         "name": name,
         "fields": parse_fields(config, fields_value),
-        "format": parse_format(raw.get("format")),
+        "format": parse_format(raw.get("format"), notes),
         "charset": parse_charset(raw.get("charset")),
         "publications": parse_publications(config, raw.get("publications")),
     }
@@ -154,6 +224,13 @@ def add(
         return "updated", values
 
 
+# What an import says, line by line: "error" (a row left out), "warning" (an unknown
+# column), "normalised" (a row changed on its way in), "note" (a merge, an address
+# left as it is).  A listener gets each as it happens (the CLI prints them, so a
+# long import needs no memory for its report); without one they are kept in lists.
+Listener = Callable[[str, str], None]
+
+
 @dataclass
 class ImportReport:
     path: str
@@ -162,9 +239,110 @@ class ImportReport:
     updated: int = 0
     merged_in_file: int = 0
     suppressed: int = 0
+    rejected: int = 0
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    normalised: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     written: bool = False
+    listener: Listener | None = field(default=None, repr=False, compare=False)
+
+    def say(self, kind: str, text: str) -> None:
+        if kind == "error":
+            self.rejected += 1
+        if self.listener is not None:
+            self.listener(kind, text)
+        else:
+            {"error": self.problems, "warning": self.warnings, "normalised": self.normalised,
+             "note": self.notes}[kind].append(text)
+
+
+BATCH = 1000
+_VALUE_KEYS = ("name", "fields", "format", "charset", "publications")
+
+
+class _Staging:
+    """A temporary table of the file's subscribers, one row per address (the
+    in-file duplicate merge), on one connection; ``line`` is the address's first line."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        meta = MetaData()
+        self.table = Table(
+            "nl_import_staging", meta,
+            Column("email", String(320), primary_key=True),
+            Column("line", Integer, nullable=False),
+            *(Column(k, String(500)) for k in _VALUE_KEYS),
+            Index("nl_import_staging_line", "line", unique=True),
+            prefixes=["TEMPORARY"],
+        )
+        with conn.begin():
+            self.table.drop(conn, checkfirst=True)
+            self.table.create(conn)
+
+    def drop(self) -> None:
+        try:
+            if self.conn.in_transaction():
+                self.conn.rollback()
+            with self.conn.begin():
+                self.table.drop(self.conn, checkfirst=True)
+        except SQLAlchemyError as exc:
+            # Never hide the error that ended the import; a table left behind goes
+            # with the connection, or is dropped by the next import on it.
+            log.warning("could not drop the import's staging table: %s", exc)
+
+    def add(self, config: Config, batch: dict[str, dict[str, Any]], report: ImportReport, where: str) -> None:
+        """Stage a batch (already merged within itself), merging it into rows staged before."""
+        if not batch:
+            return
+        t = self.table
+        staged = {r.email: r for r in self.conn.execute(select(t).where(t.c.email.in_(list(batch))))}
+        new, merged = [], []
+        for email, values in batch.items():
+            row = staged.get(email)
+            if row is None:
+                new.append(values)
+                continue
+            prev = {k: getattr(row, k) for k in _VALUE_KEYS}
+            _merge_into(config, prev, values)
+            merged.append({"key": email, **prev})
+            report.merged_in_file += 1
+            report.say("note", f"{where}:{values['line']}: {email}: merged with line {row.line}")
+        if new:
+            self.conn.execute(t.insert(), new)
+        if merged:
+            self.conn.execute(
+                sql_update(t).where(t.c.email == bindparam("key")).values({k: bindparam(k) for k in _VALUE_KEYS}),
+                merged,
+            )
+
+    def batches(self) -> Iterable[list[Any]]:
+        t, last = self.table, 0
+        while True:
+            chunk = self.conn.execute(select(t).where(t.c.line > last).order_by(t.c.line).limit(BATCH)).all()
+            if not chunk:
+                return
+            last = chunk[-1].line
+            yield chunk
+
+
+def _merge_into(config: Config, prev: dict[str, Any], values: dict[str, Any]) -> None:
+    """The same person twice in one file (common when lists are concatenated):
+    the union of the fields; the later row's other values where it has them."""
+    prev["fields"] = _merge_fields(config, prev["fields"], values["fields"])
+    for key in ("name", "charset", "publications"):
+        prev[key] = values[key] or prev[key]
+    prev["format"] = values["format"]
+
+
+def _file_status(value: str | None) -> str:
+    """The status column of an export read back: only ``active`` rows (or no
+    status) are imported — an export's unsubscribed or never-confirmed reader
+    must not come back as active in another database."""
+    status = (value or "").strip().lower() or "active"
+    if status not in q.STATUSES:
+        raise ValueError(f"unknown status '{value}' (expected {', '.join(q.STATUSES)})")
+    return status
 
 
 def import_csv(
@@ -176,60 +354,100 @@ def import_csv(
     dry_run: bool = False,
     strict: bool = False,
     status: str = "active",
+    default_fields: str | None = None,
+    listener: Listener | None = None,
 ) -> ImportReport:
-    """Import a CSV of subscribers in one transaction (see module doc for the rules)."""
+    """Import a CSV of subscribers in one transaction, streaming (see module doc for the rules).
+
+    ``default_fields`` (``--fields``): the fields of rows whose fields cell is
+    empty, and what makes a file without a fields column acceptable."""
     if encoding not in ENCODINGS:
         raise InputError(f"--encoding: expected one of {', '.join(ENCODINGS)}")
-    where = path.name
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, not a file") from None
-    text = decode(data, encoding, where)
-    report = ImportReport(path=str(path))
-    wanted: dict[str, dict[str, Any]] = {}
-    first_line: dict[str, int] = {}
-    for line, row in read_rows(text, where, CSV_ALIASES, ("email",)):
-        report.rows += 1
+    if default_fields is not None:
         try:
-            values = validate(config, row)
+            default_fields = parse_fields(config, default_fields)
+        except ValueError as exc:
+            raise InputError(f"--fields: {exc}") from None
+    where = path.name
+    report = ImportReport(path=str(path), listener=listener)
+    with open_text(path, encoding, where) as stream:
+        rows = read_rows(stream, where, CSV_ALIASES, ("email",))
+        known = ", ".join(f"{k}/{names[0]}" for k, names in CSV_ALIASES.items())
+        for name in rows.unknown:
+            report.say("warning", f"{where}:1: unknown column '{name}' ignored (known: {known})")
+        if "fields" not in rows and default_fields is None:
+            accepted = ", ".join(("fields", *CSV_ALIASES["fields"]))
+            raise InputError(
+                f"{where}:1: no fields column in the header (accepted names: {accepted}); "
+                "give --fields to choose the fields of every reader in the file"
+            )
+        with engine.connect() as conn:
+            staging = _Staging(conn)
+            try:
+                with conn.begin() as tx:
+                    _stage_rows(config, rows, staging, report, where, default_fields)
+                    if strict and report.rejected:
+                        tx.rollback()
+                        return report
+                    _merge_staged(config, conn, staging, report, where, status, dry_run)
+                    if dry_run:
+                        tx.rollback()  # nothing was written: updates and inserts are skipped in a dry run
+                        return report
+            finally:
+                staging.drop()
+    report.written = True
+    return report
+
+
+def _stage_rows(config, rows, staging: _Staging, report: ImportReport, where: str, default_fields) -> None:
+    batch: dict[str, dict[str, Any]] = {}
+    for line, row in rows:
+        report.rows += 1
+        notes: list[str] = []
+        try:
+            values = validate(config, row, notes=notes, default_fields=default_fields)
+            in_file = _file_status(row.get("status"))
         except ValueError as exc:
             # row number, address, problem (the address only when the message lacks it)
             address = row.get("email", "")
             who = f"{address}: " if address and address not in str(exc) else ""
-            report.problems.append(f"{where}:{line}: {who}{exc}")
+            report.say("error", f"{where}:{line}: {who}{exc}")
             continue
         email = values["email"]
-        if email in wanted:
-            # The same person twice in one file (common when lists are concatenated):
-            # one subscriber, with the union of the fields.
-            prev = wanted[email]
-            prev["fields"] = _merge_fields(config, prev["fields"], values["fields"])
-            for key in ("name", "charset", "publications"):
-                prev[key] = values[key] or prev[key]
-            prev["format"] = values["format"]
-            report.merged_in_file += 1
-            report.notes.append(f"{where}:{line}: {email}: merged with line {first_line[email]}")
+        for note in notes:
+            report.say("normalised", f"{where}:{line}: {email}: {note}")
+        if in_file != "active":
+            report.suppressed += 1
+            report.say("note", f"{where}:{line}: {email}: is {in_file} in the file; not imported")
             continue
-        wanted[email] = values
-        first_line[email] = line
-    if strict and report.problems:
-        return report
+        if email in batch:
+            _merge_into(config, batch[email], values)
+            report.merged_in_file += 1
+            report.say("note", f"{where}:{line}: {email}: merged with line {batch[email]['line']}")
+            continue
+        batch[email] = {**values, "line": line}
+        if len(batch) >= BATCH:
+            staging.add(config, batch, report, where)
+            batch = {}
+    staging.add(config, batch, report, where)
 
-    new_rows: list[dict[str, Any]] = []
-    with engine.begin() as conn:
-        existing = q.by_emails(conn, list(wanted))
+
+def _merge_staged(config, conn: Connection, staging: _Staging, report: ImportReport, where: str, status: str,
+                  dry_run: bool) -> None:
+    source = f"import:{where}"
+    for chunk in staging.batches():
+        existing = q.by_emails(conn, [r.email for r in chunk])
+        new_rows: list[dict[str, Any]] = []
         changed: list[str] = []
-        for email, values in wanted.items():
-            row = existing.get(email)
+        for staged in chunk:
+            values = {k: getattr(staged, k) for k in _VALUE_KEYS}
+            row = existing.get(staged.email)
             if row is None:
-                new_rows.append({**values, "status": status})
+                new_rows.append({"email": staged.email, **values, "status": status})
                 continue
             if row.status in q.SUPPRESSED:
                 report.suppressed += 1
-                report.notes.append(f"{where}:{first_line[email]}: {email}: is {row.status}; left as it is")
+                report.say("note", f"{where}:{staged.line}: {staged.email}: is {row.status}; left as it is")
                 continue
             merged = {
                 "name": values["name"] or row.name,
@@ -241,31 +459,37 @@ def import_csv(
             if any(getattr(row, k) != v for k, v in merged.items()):
                 if not dry_run:
                     q.update_subscriber(conn, row.id, merged)
-                changed.append(email)
-        report.created = len(new_rows)
-        report.updated = len(changed)
+                changed.append(staged.email)
+        report.created += len(new_rows)
+        report.updated += len(changed)
         if dry_run:
-            return report  # nothing was written: updates above are skipped in a dry run
+            continue
         q.insert_many(conn, new_rows)
-        source = f"import:{path.name}"
         q.add_consents(conn, [r["email"] for r in new_rows], "import", source=source)
         if changed:
             q.add_consents(conn, changed, "change", source=source)
-    report.written = True
-    return report
 
 
 EXPORT_HEADER = ("email", "name", "fields", "format", "charset", "status", "publications", "created_at")
+# The Excel flavour: Japanese headers, each one the alias table knows for the same column.
+EXCEL_HEADER = ("メールアドレス", "氏名", "分野", "形式", "文字コード", "状態", "配信誌", "登録日時")
 
 
-def export_csv(engine: Engine, path: Path, *, excel: bool = False, status: str | None = None) -> int:
+def export_csv(engine: Engine, config: Config, path: Path, *, excel: bool = False, status: str | None = None) -> int:
+    """Write subscribers to ``path``.  Plain: English headers, times in UTC (ISO 8601);
+    ``excel``: Japanese headers, times in the site's time zone, BOM and CRLF."""
+    tz = ZoneInfo(config.site.timezone)
+
+    def when(at) -> str:
+        return at.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if excel else at.isoformat(timespec="seconds")
+
     with engine.connect() as conn:
         rows = (
             (r.email, r.name, ";".join(r.fields.split(",")), r.format, r.charset or "", r.status,
-             r.publications or "", r.created_at.isoformat(timespec="seconds"))
+             r.publications or "", when(r.created_at))
             for r in q.list_subscribers(conn, status=status)
         )
-        return write_csv(path, EXPORT_HEADER, rows, excel=excel)
+        return write_csv(path, EXCEL_HEADER if excel else EXPORT_HEADER, rows, excel=excel)
 
 
 @dataclass(frozen=True)
@@ -330,7 +554,7 @@ def set_status(
     Returns (previous status, number of deliveries cancelled); an address already
     suppressed keeps its status."""
     try:
-        email = normalize_email(email)
+        email = normalize_email(email, lookup=True)  # an address stored before the rule can still be stopped
     except ValueError as exc:
         raise InputError(str(exc)) from None
     with engine.begin() as conn:
@@ -344,7 +568,7 @@ def set_status(
 def update(engine: Engine, config: Config, email: str, changes: dict[str, Any]) -> dict[str, Any]:
     """``subscriber set``: replace fields/format/charset/name/publications (no merge)."""
     try:
-        email = normalize_email(email)
+        email = normalize_email(email, lookup=True)
         values: dict[str, Any] = {}
         if "fields" in changes:
             values["fields"] = parse_fields(config, changes["fields"])
@@ -378,7 +602,7 @@ def delete(engine: Engine, email: str) -> int:
     stay true) without the address, its domain or the server's words.  Returns
     the number of deliveries cancelled."""
     try:
-        email = normalize_email(email)
+        email = normalize_email(email, lookup=True)  # an address stored before the rule can still be stopped
     except ValueError as exc:
         raise InputError(str(exc)) from None
     with engine.begin() as conn:
@@ -393,7 +617,7 @@ def delete(engine: Engine, email: str) -> int:
 
 def show(engine: Engine, email: str) -> tuple[Any, list[Any]]:
     try:
-        email = normalize_email(email)
+        email = normalize_email(email, lookup=True)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     with engine.connect() as conn:

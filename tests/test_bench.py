@@ -40,3 +40,11 @@ def test_send_benchmark_file_provider():
 def test_import_benchmark_small():
     result = run("bench/import_subscribers.py", "--rows", "1000")
     assert result["rows"] == 1000 and result["rows_per_s"] > 0 and result["naive_rows_per_s"] > 0
+
+
+def test_import_memory_check_small():
+    result = run("bench/import_subscribers.py", "--memory-check", "500,2000")
+    assert set(result["memory_check"]) == {"500", "2000"}
+    for size in ("500", "2000"):
+        assert result["memory_check"][size]["peak_rss_mb"] > 0
+    assert result["peak_rss_ratio"] > 0

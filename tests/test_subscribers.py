@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from newsletter.config import load_config
 from newsletter.store import make_engine, upgrade
 from newsletter.store import subscribers as q
 from newsletter.store.tables import consents, subscribers
-from tests.conftest import write_config
+from tests.conftest import ROOT, write_config
 
 
 def table(cli, tbl=subscribers) -> list:
@@ -187,11 +188,11 @@ def test_idn_addresses(project):
     result = project("subscriber", "add", "user@xn--r8jz45g.jp", "--fields", "行政")
     assert result.stdout.startswith("updated user@例え.jp")
     assert show(project, "USER@例え.JP")["email"] == "user@例え.jp"
-    text = "メールアドレス,氏名,分野\r\n担当@市役所.jp,市役所 担当,地方自治\r\n"
+    text = "メールアドレス,氏名,分野\r\ntanto@市役所.jp,市役所 担当,地方自治\r\n"
     path = write(project.folder, "idn.csv", text.encode("cp932"))
     project("subscriber", "import", path)
-    assert sorted(by_email(project)) == ["user@例え.jp", "担当@市役所.jp"]
-    assert project("subscriber", "list", "--field", "地方自治").stdout.startswith("担当@市役所.jp\tactive")
+    assert sorted(by_email(project)) == ["tanto@市役所.jp", "user@例え.jp"]
+    assert project("subscriber", "list", "--field", "地方自治").stdout.startswith("tanto@市役所.jp\tactive")
 
 
 # --- CSV import ----------------------------------------------------------------------------
@@ -357,15 +358,15 @@ def test_malformed_csv_line_changes_nothing(project):
 
 
 def test_too_many_cells(sqlite_project):
-    path = write(sqlite_project.folder, "members.csv", "email,name\r\nito@example.com,伊藤,余分\r\n")
+    path = write(sqlite_project.folder, "members.csv", "email,name,fields\r\nito@example.com,伊藤,教育,余分\r\n")
     [line] = sqlite_project("subscriber", "import", path, ok=False).stderr.splitlines()
-    assert line == "error: members.csv:2: 3 cells but the header has 2 columns"
+    assert line == "error: members.csv:2: 4 cells but the header has 3 columns"
     assert count(sqlite_project) == 0
 
 
 def test_control_characters_in_names_are_blanked(project):
     path = write(project.folder, "members.csv", "email,name\r\nito@example.com,伊\x00藤\x1b\r\n")
-    project("subscriber", "import", path)
+    project("subscriber", "import", path, "--fields", "教育")
     assert by_email(project)["ito@example.com"].name == "伊 藤"
     project("subscriber", "set", "ito@example.com", "--name", "伊藤\r\nBcc: x@example.jp")
     assert by_email(project)["ito@example.com"].name == "伊藤  Bcc: x@example.jp"
@@ -422,17 +423,6 @@ def test_import_never_reactivates(project):
     }
 
 
-def test_bare_file_names_mean_the_subscribers_folder(sqlite_project, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    folder = sqlite_project.folder / "subscribers"
-    folder.mkdir()
-    write(folder, "members.csv", MEMBERS.encode("cp932"))
-    sqlite_project("subscriber", "import", "members.csv")
-    assert count(sqlite_project) == 4
-    sqlite_project("subscriber", "export", "out.csv")
-    assert (folder / "out.csv").exists()
-
-
 # --- export --------------------------------------------------------------------------------
 
 
@@ -446,7 +436,7 @@ def test_export_for_excel_and_plain(project):
     assert data.startswith(b"\xef\xbb\xbf")
     assert data.count(b"\r\n") == 3 and data.count(b"\n") == 3
     rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
-    assert rows[0] == ["email", "name", "fields", "format", "charset", "status", "publications", "created_at"]
+    assert rows[0] == ["メールアドレス", "氏名", "分野", "形式", "文字コード", "状態", "配信誌", "登録日時"]
     assert rows[1][:6] == ["sato.hanako@example.jp", "佐藤 花子", "local-government;education", "html", "", "active"]
     assert rows[2][:6] == ["suzuki@example.com", "鈴木 一郎", "administration", "text", "", "unsubscribed"]
 
@@ -527,7 +517,7 @@ def test_export_then_import_round_trips():
                     for e, (n, f, fm, c, p) in wanted.items()
                 ])
             path = folder / "export.csv"
-            assert subs.export_csv(engine, path, excel=excel) == len(wanted)
+            assert subs.export_csv(engine, config, path, excel=excel) == len(wanted)
             with engine.begin() as conn:
                 conn.execute(delete(subscribers))
             report = subs.import_csv(engine, config, path)
@@ -660,3 +650,235 @@ def test_concurrent_unsubscribes_write_one_consent_row(project):
         assert by_email(project)["renda@example.jp"].status == "unsubscribed"
     finally:
         engine.dispose()
+
+
+# --- columns (issue 11, item 11) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Eメール,お名前,希望分野",
+        "電子メール,氏名(漢字),購読分野",
+        "E-mail,氏名（漢字）,配信分野",
+        "Ｅメール,お名前,分野",
+        "メール,名前,配信希望分野",
+        "ﾒｰﾙｱﾄﾞﾚｽ,氏名,ジャンル",
+    ],
+)
+def test_japanese_header_names(sqlite_project, header):
+    text = f"{header}\r\nnakamura@example.com,中村 拓也,教育\r\n"
+    path = write(sqlite_project.folder, "members.csv", text.encode("cp932"))
+    result = sqlite_project("subscriber", "import", path)
+    assert result.stderr == ""
+    row = by_email(sqlite_project)["nakamura@example.com"]
+    assert (row.name, row.fields) == ("中村 拓也", "education")
+
+
+def test_format_column_names(sqlite_project):
+    text = "メールアドレス,分野,配信形式\r\nito@example.org,教育,テキスト\r\n"
+    path = write(sqlite_project.folder, "members.csv", text)
+    sqlite_project("subscriber", "import", path)
+    assert by_email(sqlite_project)["ito@example.org"].format == "text"
+
+
+def test_unknown_columns_are_reported(project):
+    text = (
+        "メールアドレス,氏名,分野,備考,フリガナ\r\n"
+        "sato.hanako@example.jp,佐藤 花子,教育,総務課長,サトウ ハナコ\r\n"
+    )
+    path = write(project.folder, "members.csv", text.encode("cp932"))
+    result = project("subscriber", "import", path)
+    warnings = result.stderr.splitlines()
+    assert [w.split(" ignored")[0] for w in warnings] == [
+        "warning: members.csv:1: unknown column '備考'",
+        "warning: members.csv:1: unknown column 'フリガナ'",
+    ]
+    assert "email/メールアドレス" in warnings[0] and "fields/分野" in warnings[0]
+    assert result.stdout.strip().endswith("1 rows, 1 new, 0 updated, 0 merged duplicates, 0 left unsubscribed/bounced")
+    assert by_email(project)["sato.hanako@example.jp"].fields == "education"
+
+
+def test_a_file_without_a_fields_column_needs_fields(project):
+    # "希望の分野" is no name we know: before, every reader silently got every field
+    text = (
+        "メールアドレス,氏名,希望の分野\r\n"
+        "sato.hanako@example.jp,佐藤 花子,教育\r\n"
+        "suzuki@example.com,鈴木 一郎,行政\r\n"
+    )
+    path = write(project.folder, "members.csv", text.encode("cp932"))
+    result = project("subscriber", "import", path, ok=False)
+    assert result.exit_code == 1
+    warning, error = result.stderr.splitlines()
+    assert warning.startswith("warning: members.csv:1: unknown column '希望の分野' ignored")
+    assert error.startswith("error: members.csv:1: no fields column in the header (accepted names: fields, 分野, ")
+    assert error.endswith("give --fields to choose the fields of every reader in the file")
+    assert count(project) == 0 and count(project, consents) == 0
+
+    project("subscriber", "import", path, "--fields", "行政")
+    assert {e: r.fields for e, r in by_email(project).items()} == {
+        "sato.hanako@example.jp": "administration", "suzuki@example.com": "administration",
+    }
+    result = project("subscriber", "import", path, "--fields", "スポーツ", ok=False)
+    assert result.stderr.splitlines()[-1].startswith("error: --fields: unknown field 'スポーツ'")
+
+
+def test_fields_option_fills_empty_cells(sqlite_project):
+    text = "email,fields\r\na@example.jp,\r\nb@example.jp,教育\r\n"
+    path = write(sqlite_project.folder, "members.csv", text)
+    sqlite_project("subscriber", "import", path, "--fields", "地方自治,行政")
+    assert {e: r.fields for e, r in by_email(sqlite_project).items()} == {
+        "a@example.jp": "local-government,administration", "b@example.jp": "education",
+    }
+
+
+# --- streaming (issue 11, item 15) ---------------------------------------------------------------
+
+
+def members_csv(path: Path, rows: int, *, start: int = 0) -> Path:
+    cells = ["地方自治", "行政", "教育", "地方自治、行政", "行政・教育"]
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\r\n")
+        w.writerow(["メールアドレス", "氏名", "分野", "形式"])
+        for i in range(start, start + rows):
+            w.writerow([f"member{i:06d}@example.jp", f"会員 {i}号", cells[i % len(cells)], "text" if i % 3 else "html"])
+    return path
+
+
+def test_import_memory_does_not_grow_with_the_file(tmp_path):
+    """Python's peak allocations for 6 times the rows stay about the same (before: ~6 times)."""
+    import tracemalloc
+
+    config = load_config(write_config(tmp_path / "project", f"sqlite:///{tmp_path / 'm.db'}"))
+    engine = make_engine(config.storage_url)
+    upgrade(engine)
+    subs.import_csv(engine, config, members_csv(tmp_path / "warm.csv", 10, start=900000))  # imports, caches
+    engine.dispose()
+    peaks = []
+    for n, rows in enumerate((3000, 18000)):
+        path = members_csv(tmp_path / f"m{n}.csv", rows, start=n * 100000)
+        engine = make_engine(config.storage_url)
+        upgrade(engine)
+        tracemalloc.start()
+        try:
+            report = subs.import_csv(engine, config, path)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+            engine.dispose()
+        assert report.created == rows and report.written
+    assert peaks[1] < 1.5 * peaks[0], peaks
+
+
+def test_streamed_import_merges_across_batches_and_is_all_or_nothing(project, monkeypatch):
+    monkeypatch.setattr(subs, "BATCH", 4)
+    project("subscriber", "add", "kato.hiroshi@example.jp", "--fields", "education", "--name", "加藤 浩")
+    lines = ["email,name,fields,format"]
+    for i in range(12):
+        lines.append(f"member{i:02d}@example.jp,会員{i},行政,html")
+    lines[3] = "yamada.ryo@example.org,山田 亮,地方自治,html"             # line 4
+    lines[9] = "YAMADA.RYO@example.org,,教育,text"                         # line 10: another batch
+    lines[11] = "Kato.Hiroshi@Example.jp,,administration,"                  # line 12: the database's
+    good = "\r\n".join(lines) + "\r\n"
+    before = table(project), table(project, consents)
+
+    broken = write(project.folder, "broken.csv", good + 'sato@example.jp,"佐藤 花子,教育\r\n')
+    result = project("subscriber", "import", broken, ok=False)
+    assert result.stderr.splitlines()[-1].startswith("error: broken.csv:14: malformed CSV line")
+    assert (table(project), table(project, consents)) == before  # 12 good rows in 3 batches: none written
+
+    path = write(project.folder, "members.csv", good)
+    result = project("subscriber", "import", "--dry-run", path)
+    assert "note: members.csv:10: yamada.ryo@example.org: merged with line 4" in result.stdout
+    assert result.stdout.splitlines()[-1] == (
+        f"would import {path}: 12 rows, 10 new, 1 updated, 1 merged duplicates, 0 left unsubscribed/bounced"
+    )
+    assert (table(project), table(project, consents)) == before
+
+    result = project("subscriber", "import", path)
+    assert result.stdout.splitlines()[-1] == (
+        f"imported {path}: 12 rows, 10 new, 1 updated, 1 merged duplicates, 0 left unsubscribed/bounced"
+    )
+    rows = by_email(project)
+    assert len(rows) == 11
+    assert (rows["yamada.ryo@example.org"].fields, rows["yamada.ryo@example.org"].format,
+            rows["yamada.ryo@example.org"].name) == ("local-government,education", "text", "山田 亮")
+    assert (rows["kato.hiroshi@example.jp"].fields, rows["kato.hiroshi@example.jp"].name) == (
+        "administration,education", "加藤 浩")
+    assert count(project, consents) == 1 + 10 + 1  # add; 10 imports; 1 change
+
+
+# --- export paths and the Excel flavour ---------------------------------------------------------
+
+
+def test_paths_are_relative_to_the_current_folder(sqlite_project, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    sqlite_project("subscriber", "add", "sato.hanako@example.jp", "--fields", "教育")
+    assert sqlite_project("subscriber", "export", "out.csv").stdout.strip() == "exported 1 subscribers to out.csv"
+    assert (elsewhere / "out.csv").read_text(encoding="utf-8").startswith("email,name,")
+    assert not (sqlite_project.folder / "subscribers").exists()  # never personal data next to the code
+    # and import reads the current folder too, not the project's subscribers/
+    (sqlite_project.folder / "subscribers").mkdir()
+    members_csv(sqlite_project.folder / "subscribers" / "members.csv", 2)
+    result = sqlite_project("subscriber", "import", "members.csv", ok=False)
+    assert result.stderr.strip() == "error: members.csv: no such file"
+    result = sqlite_project("subscriber", "export", "no-such-folder/out.csv", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("error: no-such-folder/out.csv: cannot write (")
+    assert list(elsewhere.iterdir()) == [elsewhere / "out.csv"]
+
+
+def test_subscriber_lists_are_git_ignored_except_the_sample():
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def ignored(name: str) -> bool:
+        return subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", name]).returncode == 0
+
+    assert ignored("subscribers/export.csv") and ignored("subscribers/会員名簿.csv")
+    assert not ignored("subscribers/sample.csv")
+
+
+def test_excel_export_is_japanese_local_time_and_re_imports(project):
+    project("subscriber", "add", "sato.hanako@example.jp", "--fields", "地方自治、教育", "--name", "佐藤 花子")
+    project("subscriber", "add", "suzuki@example.com", "--fields", "行政", "--format", "text",
+            "--charset", "iso-2022-jp", "--publications", "weekly", "--name", "鈴木 一郎")
+    project("subscriber", "add", "ito@example.org", "--fields", "教育")
+    project("subscriber", "unsubscribe", "ito@example.org")
+    engine = make_engine(load_config(project.config_path).storage_url)
+    with engine.begin() as conn:
+        conn.execute(subscribers.update().values(created_at=datetime(2026, 3, 31, 15, 30, tzinfo=UTC)))
+    engine.dispose()
+    excel, plain = project.folder / "excel.csv", project.folder / "plain.csv"
+    project("subscriber", "export", "--excel", excel)
+    project("subscriber", "export", plain)
+    rows = list(csv.reader(io.StringIO(excel.read_text(encoding="utf-8-sig"), newline="")))
+    assert rows == [
+        ["メールアドレス", "氏名", "分野", "形式", "文字コード", "状態", "配信誌", "登録日時"],
+        ["ito@example.org", "", "education", "html", "", "unsubscribed", "", "2026-04-01 00:30:00"],
+        ["sato.hanako@example.jp", "佐藤 花子", "local-government;education", "html", "", "active", "",
+         "2026-04-01 00:30:00"],
+        ["suzuki@example.com", "鈴木 一郎", "administration", "text", "iso-2022-jp", "active", "weekly",
+         "2026-04-01 00:30:00"],
+    ]
+    assert plain.read_text(encoding="utf-8").splitlines()[2].endswith(",active,,2026-03-31T15:30:00+00:00")
+
+    before = {e: (r.name, r.fields, r.format, r.charset, r.publications) for e, r in by_email(project).items()
+              if r.status == "active"}
+    engine = make_engine(load_config(project.config_path).storage_url)
+    with engine.begin() as conn:
+        conn.execute(delete(consents))
+        conn.execute(delete(subscribers))
+    engine.dispose()
+    result = project("subscriber", "import", "--dry-run", excel)
+    assert result.stderr == ""  # every column known, nothing rejected
+    assert "note: excel.csv:2: ito@example.org: is unsubscribed in the file; not imported" in result.stdout
+    result = project("subscriber", "import", excel)
+    assert result.stdout.strip().endswith("3 rows, 2 new, 0 updated, 0 merged duplicates, 1 left unsubscribed/bounced")
+    after = {e: (r.name, r.fields, r.format, r.charset, r.publications) for e, r in by_email(project).items()}
+    assert after == before  # the unsubscribed reader does not come back as active

@@ -221,7 +221,10 @@ def _variant(app: App, pub, fields: str | None, fmt: str) -> VariantKey:
 
 
 def _test_send(app: App, publication, number, address, fields, fmt):
-    address = normalize_email(address)
+    try:
+        address = normalize_email(address)
+    except ValueError as exc:
+        raise InputError(f"--test-to: {exc}") from None
     content, when, row = _content_for(app, publication, number)
     slug = content["publication"]["slug"]
     pub = app.config.publication(slug)

@@ -19,13 +19,6 @@ def subscriber() -> None:
     """Add, import, export and manage subscribers."""
 
 
-def _csv_path(app: App, path: Path) -> Path:
-    # A bare file name means the subscribers/ folder, the default place for lists.
-    if not path.is_absolute() and path.parent == Path(".") and not path.exists():
-        return app.config.subscribers_dir / path
-    return path
-
-
 @subscriber.command("add")
 @click.argument("email")
 @click.option("--fields", help="Comma-separated slugs or names (default: all fields).")
@@ -51,45 +44,52 @@ def subscriber_add(app: App, email, fields, name, fmt, charset, publications, pe
 @click.option("--dry-run", is_flag=True, help="Report row by row; write nothing.")
 @click.option("--encoding", type=click.Choice(ENCODINGS), default="auto", show_default=True)
 @click.option("--strict", is_flag=True, help="Import nothing if any row is bad.")
+@click.option("--fields", "default_fields",
+              help="Fields (slugs or names) for rows that give none; needed when the file has no fields column.")
 @pass_app
-def subscriber_import(app: App, file, dry_run, encoding, strict):
+def subscriber_import(app: App, file, dry_run, encoding, strict, default_fields):
     """Import a CSV (UTF-8 with or without BOM, or Shift_JIS/CP932 from Excel).
 
-    Columns: email/メールアドレス (required), name/氏名, fields/分野, format/形式,
-    charset, publications. Duplicates are merged; addresses that unsubscribed,
-    bounced or complained are left as they are.
+    Columns: email/メールアドレス (required), fields/分野 (required unless --fields),
+    name/氏名, format/形式, charset, publications; Japanese names such as 希望分野,
+    配信形式, Eメール, お名前 are known too, and an unknown column is reported.
+    Duplicates are merged; addresses that unsubscribed, bounced or complained are
+    left as they are. The file is streamed, in one transaction.
     """
+
+    def say(kind: str, text: str) -> None:
+        if kind in ("error", "warning"):
+            click.echo(f"{kind}: {text}", err=True)
+        elif kind == "normalised" or dry_run:
+            click.echo(f"note: {text}")
+
     report = subs.import_csv(
-        app.engine, app.config, _csv_path(app, file), encoding=encoding, dry_run=dry_run, strict=strict
+        app.engine, app.config, file, encoding=encoding, dry_run=dry_run, strict=strict,
+        default_fields=default_fields, listener=say,
     )
-    for problem in report.problems:
-        click.echo(f"error: {problem}", err=True)
-    if dry_run:
-        for note in report.notes:
-            click.echo(f"note: {note}")
-    if strict and report.problems:
-        click.echo(f"nothing imported: {len(report.problems)} bad row(s) (--strict)", err=True)
+    if strict and report.rejected:
+        click.echo(f"nothing imported: {report.rejected} bad row(s) (--strict)", err=True)
         raise SystemExit(1)
     verb = "would import" if dry_run else "imported"
     click.echo(
         f"{verb} {file}: {report.rows} rows, {report.created} new, {report.updated} updated, "
         f"{report.merged_in_file} merged duplicates, {report.suppressed} left unsubscribed/bounced"
-        + (f", {len(report.problems)} rejected" if report.problems else "")
+        + (f", {report.rejected} rejected" if report.rejected else "")
     )
-    if report.problems:
+    if report.rejected:
         raise SystemExit(1)
 
 
 @subscriber.command("export")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--excel", is_flag=True, help="Add a BOM and CRLF so Excel shows Japanese correctly.")
+@click.option("--excel", is_flag=True,
+              help="For Excel: Japanese headers, local times, a BOM and CRLF (re-imports as it is).")
 @click.option("--status", type=click.Choice(q.STATUSES))
 @pass_app
 def subscriber_export(app: App, file, excel, status):
-    """Write subscribers to a CSV (formula-injection safe)."""
-    target = _csv_path(app, file)
-    n = subs.export_csv(app.engine, target, excel=excel, status=status)
-    click.echo(f"exported {n} subscribers to {target}")
+    """Write subscribers to a CSV (formula-injection safe); FILE is relative to the current folder."""
+    n = subs.export_csv(app.engine, app.config, file, excel=excel, status=status)
+    click.echo(f"exported {n} subscribers to {file}")
 
 
 @subscriber.command("list")
@@ -163,7 +163,7 @@ def subscriber_set(app: App, email, fields, name, fmt, charset, publications):
     if not changes:
         raise click.UsageError("nothing to change: give --fields, --name, --format, --charset or --publications")
     values = subs.update(app.engine, app.config, email, changes)
-    click.echo(f"{subs.normalize_email(email)}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    click.echo(f"{subs.normalize_email(email, lookup=True)}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
 @subscriber.command("unsubscribe")
