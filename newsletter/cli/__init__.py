@@ -89,7 +89,8 @@ def main(ctx: click.Context, config_path: str | None, verbose: int, log_format: 
 @main.command()
 @pass_app
 def init(app: App) -> None:
-    """Create the database, or upgrade it to this version's schema."""
+    """Create the database, or upgrade it to this version's schema; make var/secret.key
+    when $NEWSLETTER_SECRET is unset and there is none."""
     from ..store import make_engine, upgrade
 
     engine = make_engine(app.config.storage_url)
@@ -100,6 +101,9 @@ def init(app: App) -> None:
         click.echo(f"database is up to date (schema {after})")
     else:
         click.echo(f"upgraded {app.config.storage_url} from schema {before} to {after}")
+    made = app.config.create_secret()
+    if made is not None:
+        click.echo(f"made a link-signing key in {made} (${app.config.site.secret_env} is not set)")
 
 
 # Each noun's commands live in their own module and register on ``main``.

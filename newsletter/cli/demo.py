@@ -29,6 +29,7 @@ def demo(app: App, publication):
     config = app.config
     engine = make_engine(config.storage_url)
     upgrade(engine)
+    config.create_secret()
     app._engine = engine
     base = config.base_dir
 
