@@ -340,15 +340,15 @@ def _parse_delivery(r: OptionReader) -> DeliverySettings:
         sub.finish()
         limits.append(DomainLimit(tuple(d.strip().lower() for d in domains), limit_rate))
     return DeliverySettings(
-        connections=r.integer("connections", 1, minimum=1),
+        connections=r.integer("connections", 1, minimum=1, maximum=100),
         rate=r.rate("rate"),
-        hourly_quota=r.integer("hourly_quota", None, minimum=1),
-        daily_quota=r.integer("daily_quota", None, minimum=1),
+        hourly_quota=r.integer("hourly_quota", None, minimum=1, maximum=10**12),
+        daily_quota=r.integer("daily_quota", None, minimum=1, maximum=10**12),
         domain_limits=tuple(limits),
         retry_for_seconds=r.duration("retry_for", "3d"),
-        hard_bounce_limit=r.integer("hard_bounce_limit", 1, minimum=1),
-        max_errors=r.integer("max_errors", 50, minimum=1),
-        batch_size=r.integer("batch_size", 500, minimum=1),
+        hard_bounce_limit=r.integer("hard_bounce_limit", 1, minimum=1, maximum=1000),
+        max_errors=r.integer("max_errors", 50, minimum=1, maximum=10**9),
+        batch_size=r.integer("batch_size", 500, minimum=1, maximum=100_000),
         lease_seconds=r.duration("lease_seconds", 120, positive=True),
     )
 

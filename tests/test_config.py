@@ -482,6 +482,9 @@ def _check_one(tmp_path, path, value):
     rates = [r for r in (d.rate, *(lim.rate for lim in d.domain_limits)) if r is not None]
     assert all(0 < r.per_second <= MAX_RATE for r in rates), (path, value, rates)
     assert all(isinstance(f, str) for p in config.publications for f in p.fields)
+    # Counts that size threads, batches and SQL limits are bounded too.
+    assert d.connections <= 100 and d.batch_size <= 100_000, (path, value)
+    assert all(p.max_articles <= 1000 and p.text_width <= 1000 for p in config.publications), (path, value)
     assert dataclasses.is_dataclass(config)
 
 
