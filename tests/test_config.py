@@ -587,3 +587,16 @@ def test_a_command_needing_the_key_without_one_is_one_line(tmp_path, monkeypatch
     assert not (tmp_path / "var" / "secret.key").exists()
     listing = CliRunner().invoke(main, ["--config", str(path), "edition", "list"])
     assert listing.exit_code == 0 and "weekly" not in listing.stdout, listing.output  # nothing created
+
+
+def test_the_demo_makes_the_key_it_needs(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("NEWSLETTER_SECRET", raising=False)
+    for name in ("config.toml", "templates", "subscribers", "articles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    result = CliRunner().invoke(main, ["--config", str(tmp_path / "config.toml"), "demo"])
+    assert result.exit_code == 0, result.output
+    assert "12 mails sent" in result.stdout
+    assert len((tmp_path / "var" / "secret.key").read_text()) == 64
