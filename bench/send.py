@@ -146,6 +146,7 @@ def prepare(folder: Path, n: int, provider: str, port: int | None, connections: 
     config = load_config(write_project(folder, provider, port, connections, dkim))
     engine = make_engine(config.storage_url)
     upgrade(engine)
+    config.create_secret()  # as 'newsletter init' does
     csv_path = folder / "subscribers.csv"
     write_subscribers(csv_path, n)
     t = time.perf_counter()

@@ -5,6 +5,14 @@ Every item is validated before anything is written.  An import is one
 transaction: the valid items go in and the bad ones are reported by file and
 line (or item number), or with ``strict`` nothing goes in when anything is bad.
 Re-importing an item with the same GUID (else URL) updates it, never duplicates.
+
+What :func:`validate` lets through renders: every text passes
+``sanitize.text_problem`` (no NUL, control characters or lone surrogates; line
+breaks only in summary and body, and folded to spaces in the one-line title and
+author), the URL passes ``sanitize.url_problem``, ``publish_at`` lies in years
+1900–2999 and ``priority`` fits the database column.  The same rules are
+preflight's per-article check (:func:`render_problem`) for articles stored
+before they existed.
 """
 
 from __future__ import annotations
@@ -16,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Engine
@@ -24,11 +31,12 @@ from sqlalchemy.engine import Engine
 from .config import Config
 from .csvio import decode, read_rows, split_list
 from .errors import InputError
-from .sanitize import header_safe, html_to_plain, sanitize_html
+from .sanitize import html_to_plain, sanitize_html, text_problem, url_problem
 from .store import articles as q
 
 MAX_TITLE = 500
-MAX_URL = 2000
+PRIORITY_RANGE = (-(2**31), 2**31 - 1)  # the column is a 32-bit INTEGER on PostgreSQL
+YEAR_RANGE = (1900, 2999)
 BODY_FORMATS = ("markdown", "html")
 INPUT_STATUSES = ("draft", "queued")
 
@@ -62,12 +70,51 @@ def check_url(value: str) -> str:
     url = value.strip()
     if not url:
         raise ValueError("missing url")
-    if any(c.isspace() for c in url) or len(url) > MAX_URL:
-        raise ValueError(f"bad url '{url[:80]}'")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or "." not in parts.hostname:
-        raise ValueError(f"bad url '{url[:80]}' (expected http:// or https:// with a host name)")
+    problem = url_problem(url)
+    if problem:
+        raise ValueError(f"bad url {_quote(url)} ({problem})")
     return url
+
+
+def _quote(text: str, n: int = 80) -> str:
+    """``'text'`` cut to ``n`` characters, control characters escaped: an error stays one line."""
+    text = text[:n]
+    return f"'{text}'" if text.isprintable() else repr(text)
+
+
+def _text(raw: Mapping[str, Any], key: str, *, lines: bool) -> str:
+    """The text under ``key`` ("" when absent), or ValueError naming the key.  One-line
+    texts have their line breaks and tabs folded to spaces (titles reach mail headers)."""
+    value = raw.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"bad {key}: expected text, got {_kind(value)}")
+    text = str(value)
+    problem = text_problem(text.replace("\r", "\n"))  # positions as the editor typed them
+    if problem:
+        raise ValueError(f"{key} {problem}")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text if lines else fold_spaces(text)
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", dict: "an object", bool: "true/false"}.get(type(value), type(value).__name__)
+
+
+def render_problem(article: Mapping[str, Any]) -> str | None:
+    """Why a stored (or frozen) article cannot render, or None: the input rules again,
+    for rows written before they existed."""
+    for key in ("title", "author", "guid"):
+        problem = text_problem(str(article.get(key) or ""), lines=False)
+        if problem:
+            return f"{key} {problem}"
+    for key in ("summary", "body", "body_html"):
+        problem = text_problem(str(article.get(key) or ""))
+        if problem:
+            return f"{key} {problem}"
+    problem = url_problem(str(article.get("url") or "").strip())
+    return f"url {problem}" if problem else None
 
 
 def parse_time(value: Any, tz: str) -> datetime | None:
@@ -84,7 +131,13 @@ def parse_time(value: Any, tz: str) -> datetime | None:
             raise ValueError(f"bad publish_at '{value}' (expected ISO 8601, e.g. 2026-12-01T09:00+09:00)") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=ZoneInfo(tz))
-    return dt.astimezone(UTC)
+    try:
+        dt = dt.astimezone(UTC)
+    except OverflowError:  # year 1 east of UTC, year 9999 west of it
+        dt = None
+    if dt is None or not YEAR_RANGE[0] <= dt.year <= YEAR_RANGE[1]:
+        raise ValueError(f"bad publish_at '{value}' (expected a year from {YEAR_RANGE[0]} to {YEAR_RANGE[1]})")
+    return dt
 
 
 def _bool(value: Any, key: str) -> bool:
@@ -103,10 +156,18 @@ def _int(value: Any, key: str) -> int:
         raise ValueError(f"bad {key} '{value}' (expected a whole number)")
     if value in (None, ""):
         return 0
+    if isinstance(value, (list, dict)):
+        raise ValueError(f"bad {key}: expected a whole number, got {_kind(value)}")
+    text = str(value).strip()
+    low, high = PRIORITY_RANGE
     try:
-        return int(str(value).strip())
+        # The length check first: int() of a 100,000-digit string is slow, and far out of range anyway.
+        number = int(text) if len(text) <= 12 else high + 1
     except ValueError:
-        raise ValueError(f"bad {key} '{value}' (expected a whole number)") from None
+        raise ValueError(f"bad {key} {_quote(text)} (expected a whole number)") from None
+    if not low <= number <= high:
+        raise ValueError(f"bad {key} {_quote(text, 30)} (expected a whole number from {low} to {high})")
+    return number
 
 
 def resolve_fields(config: Config, values: Iterable[str]) -> str:
@@ -129,41 +190,43 @@ def validate(raw: Mapping[str, Any], config: Config, *, default_fields: Sequence
         raise ValueError(f"expected an object with title, url, fields; got {type(raw).__name__}")
     unknown = sorted(set(raw) - KNOWN_KEYS)
     if unknown:
-        raise ValueError(f"unknown key '{unknown[0]}'")
-    # Titles and authors end up in mail headers: no control characters at all (NUL
-    # would also crash PostgreSQL, which cannot store it in a text column).
-    title = fold_spaces(header_safe(str(raw.get("title") or "")))
+        raise ValueError(f"unknown key {_quote(unknown[0])}")
+    # Titles and authors end up in mail headers: no line breaks, no control characters
+    # (NUL would also fail the whole transaction on PostgreSQL, which cannot store it).
+    title = _text(raw, "title", lines=False)
     if not title:
         raise ValueError("missing title")
     if len(title) > MAX_TITLE:
         raise ValueError(f"title longer than {MAX_TITLE} characters")
-    url = check_url(str(raw.get("url") or ""))
+    url = check_url(_text(raw, "url", lines=False))
     fields_value = raw.get("fields")
     if isinstance(fields_value, str):
         tokens = split_list(fields_value)
     elif isinstance(fields_value, list):
-        tokens = [str(t) for t in fields_value]
+        if not all(isinstance(t, str) for t in fields_value):
+            raise ValueError("fields must be a list of field names")
+        tokens = list(fields_value)
     elif fields_value is None:
         tokens = list(default_fields)
     else:
         raise ValueError("fields must be a list or a string")
     if not tokens:
         tokens = list(default_fields)
-    body_format = str(raw.get("body_format") or "markdown").lower()
+    body_format = (_text(raw, "body_format", lines=False) or "markdown").lower()
     if body_format not in BODY_FORMATS:
-        raise ValueError(f"bad body_format '{body_format}' (expected markdown or html)")
-    body = str(raw.get("body") or "").replace("\x00", "")
+        raise ValueError(f"bad body_format {_quote(body_format)} (expected markdown or html)")
+    body = _text(raw, "body", lines=True)
     if body_format == "html":
         body = sanitize_html(body)
-    status = str(raw.get("status") or "queued").lower()
+    status = (_text(raw, "status", lines=False) or "queued").lower()
     if status not in INPUT_STATUSES:
-        raise ValueError(f"bad status '{status}' (expected draft or queued)")
-    guid = str(raw.get("guid") or "").strip() or None
-    author = fold_spaces(header_safe(str(raw.get("author") or "")))
+        raise ValueError(f"bad status {_quote(status)} (expected draft or queued)")
+    guid = _text(raw, "guid", lines=False) or None
+    author = _text(raw, "author", lines=False)
     return {
         "title": title,
         "url": url,
-        "summary": str(raw.get("summary") or "").replace("\x00", "").strip(),
+        "summary": _text(raw, "summary", lines=True).strip(),
         "body": body,
         "body_format": body_format,
         "author": author[:200],
@@ -173,7 +236,7 @@ def validate(raw: Mapping[str, Any], config: Config, *, default_fields: Sequence
         "pinned": _bool(raw.get("pinned", False), "pinned"),
         "guid": guid[:500] if guid else None,
         "status": status,
-        "source": str(raw.get("source") or "")[:500],
+        "source": _text(raw, "source", lines=False)[:500],
     }
 
 
@@ -261,6 +324,8 @@ def items_from_json(text: str, where: str) -> list[tuple[str, Mapping[str, Any]]
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise InputError(f"{where}: invalid JSON (nested too deeply)") from None
     if isinstance(data, dict) and isinstance(data.get("articles"), list):
         data = data["articles"]
     if isinstance(data, dict):
@@ -292,6 +357,8 @@ def items_from_markdown(text: str, where: str) -> list[tuple[str, Mapping[str, A
         mark = getattr(exc, "problem_mark", None)
         line = (mark.line + 2) if mark else 1
         raise InputError(f"{where}:{line}: invalid front matter ({getattr(exc, 'problem', exc)})") from None
+    except RecursionError:
+        raise InputError(f"{where}:2: invalid front matter (nested too deeply)") from None
     if not isinstance(meta, dict):
         raise InputError(f"{where}:2: front matter must be key: value pairs")
     item = {str(k): v for k, v in meta.items()}
@@ -327,7 +394,8 @@ def items_from_feed(data: bytes, where: str) -> list[tuple[str, Mapping[str, Any
             item["fields"] = tags
         if published:
             item["publish_at"] = datetime(*published[:6], tzinfo=UTC)
-        out.append((f"{where}: entry {i} ({link or 'no link'})", item))
+        shown = (link if link.isprintable() else repr(link)) or "no link"
+        out.append((f"{where}: entry {i} ({shown})", item))
     return out
 
 

@@ -15,7 +15,9 @@ error      the HTML is over Gmail's clipping limit (the footer with the
            Electronic Mail requires would be cut off); a link that goes
            nowhere (empty, relative, ``javascript:``, no host, spaces); no
            unsubscribe link in a part; an empty subject; an untitled article
-           or an empty section; a template that does not render
+           or an empty section; a template that does not render; an article
+           that cannot render (a control character in its URL or text,
+           stored before input was checked), named by id
 warning    characters not in ISO-2022-JP (compose sends those mails as UTF-8,
            readable almost everywhere but not on every old phone — which is
            why a reader chose ISO-2022-JP); ``http://`` or non-ASCII links;
@@ -48,6 +50,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from . import japanese
+from .articles import render_problem
 from .config import Config, Publication
 from .editions.assemble import VariantKey, sections, variant_fields
 from .editions.compose import PYTHON_CODECS
@@ -195,6 +198,13 @@ def check_plan(config: Config, pub: Publication, plan: Plan) -> list[Finding]:
             f"{len(plan.names_not_in_jis)} ISO-2022-JP reader(s) have a name that cannot be written in it "
             f"({shown}): their mail goes out as UTF-8"))
     findings += placeholder_lookalikes(plan.content)
+    for art in plan.content.get("articles", []):
+        problem = render_problem(art)
+        if problem:
+            title = _short(art.get("title"))
+            title = title if title.isprintable() else repr(title)[1:-1]
+            findings.append(Finding("error", "article", f"article {art.get('id')} '{title}': {problem}: "
+                                    "it cannot render (fix it with 'article edit' or withdraw it)"))
     rendered: dict[tuple[tuple[str, ...], str], Rendered] = {}
     for key in sorted(plan.variants, key=VariantKey.encode):
         label = key.encode()
@@ -205,7 +215,7 @@ def check_plan(config: Config, pub: Publication, plan: Plan) -> list[Finding]:
             try:
                 rendered[base] = render_variant(plan.content, key.fields, config.templates_dir, when=plan.when,
                                                 html=True, charset=key.charset, width=pub.text_width)
-            except NewsletterError as exc:
+            except (NewsletterError, ValueError) as exc:  # ValueError: lxml refusing a character
                 findings.append(Finding("error", "render", f"does not render: {exc}", label))
                 continue
         findings += [Finding(f.severity, f.code, f.message, label)

@@ -3,12 +3,22 @@
 Article bodies arrive as Markdown or HTML from editors and feeds; both end up as
 HTML filtered through an allow-list (nh3, the Rust ``ammonia`` sanitizer): no
 scripts, no event handlers, no styles, only http(s)/mailto links.
+
+What may reach XML/HTML at all is decided here, once, for every input path
+(article add/edit/import, config): :func:`text_problem` refuses NUL and other
+C0/C1 control characters (tab and line feed allowed where a text has lines),
+lone surrogates and the XML non-characters U+FFFE/U+FFFF — lxml refuses them
+mid-render, naming nothing; :func:`url_problem` holds a link to http(s), a
+host name (IDN allowed), no white space or control/format characters, and
+at most ``MAX_URL`` characters.
 """
 
 from __future__ import annotations
 
 import html
 import re
+import unicodedata
+from urllib.parse import urlsplit
 
 import markdown as _markdown
 import nh3
@@ -62,3 +72,50 @@ def html_to_plain(source: str) -> str:
 def header_safe(value: str) -> str:
     """No CR, LF or other control characters: nothing from data may start a header."""
     return "".join(" " if (ord(c) < 32 or ord(c) == 127) else c for c in value).strip()
+
+
+MAX_URL = 2000
+_NOT_XML = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+_NOT_XML_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def text_problem(value: str, *, lines: bool = True) -> str | None:
+    """Why ``value`` cannot go into a mail or a page, or None.  ``lines``: tab and line
+    feed are allowed (bodies, summaries); else they are refused too."""
+    m = (_NOT_XML if lines else _NOT_XML_LINE).search(value)
+    if m is None:
+        return None
+    ch = m.group()
+    what = "a control character"
+    if ch == "\x00":
+        what = "a NUL character"
+    elif "\ud800" <= ch <= "\udfff":
+        what = "a lone surrogate"
+    elif ch in "\ufffe\uffff":
+        what = "a non-character"
+    return f"has {what} (U+{ord(ch):04X}) at character {m.start() + 1}"
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not a link a reader can follow, or None."""
+    if not url:
+        return "missing url"
+    if len(url) > MAX_URL:
+        return f"longer than {MAX_URL} characters"
+    bad = next((c for c in url if c.isspace() or c in "\ufffe\uffff"
+                or unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")), None)
+    if bad is not None:
+        return f"has white space or a control character (U+{ord(bad):04X})"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        return f"malformed ({exc})"
+    if parts.scheme not in ("http", "https") or not host or "." not in host.strip("."):
+        return "expected http:// or https:// with a host name"
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return f"bad host name '{host[:80]}'"
+    return None

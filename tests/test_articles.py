@@ -165,11 +165,21 @@ def test_add_rejects_bad_input(project, args, message):
 
 
 def test_titles_cannot_carry_line_breaks_or_control_characters(project):
-    sneaky = "人事異動のお知らせ\r\nBcc: everyone@example.jp\r\n\r\n<h1>本文</h1>\x00\x1b"
+    # Line breaks in a one-line text are folded (nothing may start a header); any other
+    # control character is refused, naming the item (issue 11 item 7).
+    sneaky = "人事異動のお知らせ\r\nBcc: everyone@example.jp\r\n\r\n<h1>本文</h1>"
     project("article", "add", "--field", "行政", "--title", sneaky, "--url", "https://news.example.jp/jinji")
-    items = [{"title": "防災訓練\nX-Injected: yes\x00", "url": "https://news.example.jp/bousai", "fields": ["地方自治"],
-              "author": "危機管理課\r\nBcc: a@example.jp", "body": "<p>本文\x00</p>", "body_format": "html"}]
-    project("article", "import", write(project.folder, "evil.json", json.dumps(items)))
+    result = project("article", "add", "--field", "行政", "--title", sneaky + "\x1b", "--url",
+                     "https://news.example.jp/jinji2", ok=False)
+    assert result.exit_code == 1
+    assert errors(result) == ["article: title has a control character (U+001B) at character 51"]
+    items = [{"title": "防災訓練\nX-Injected: yes", "url": "https://news.example.jp/bousai", "fields": ["地方自治"],
+              "author": "危機管理課\r\nBcc: a@example.jp", "body": "<p>本文</p>", "body_format": "html"},
+             {"title": "防災訓練（続報）", "url": "https://news.example.jp/bousai2", "fields": ["地方自治"],
+              "body": "<p>本文\x00</p>", "body_format": "html"}]
+    result = project("article", "import", write(project.folder, "evil.json", json.dumps(items)), ok=False)
+    assert result.exit_code == 1
+    assert errors(result) == ["evil.json: item 2: body has a NUL character (U+0000) at character 6"]
     rows = article_rows(project)
     assert [r.title for r in rows] == [
         "人事異動のお知らせ Bcc: everyone@example.jp <h1>本文</h1>",

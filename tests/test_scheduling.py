@@ -362,7 +362,7 @@ def test_config_keys(tmp_path):
 
 @pytest.mark.parametrize("replace_map, extra, message", [
     ({SCHEDULE_LINE: SCHEDULE_LINE + '\non_holiday = "monday"'}, "",
-     "publications[0].on_holiday: expected one of send, skip, next_business_day"),
+     "publications[0].on_holiday: must be one of 'send', 'skip', 'next_business_day'"),
     ({SCHEDULE_LINE: SCHEDULE_LINE + '\nmisfire_grace = "6 hours"'}, "", "publications[0].misfire_grace: invalid"),
     ({}, '\n[calendar]\nclosure = ["12-32", "01-03"]\n', "calendar.closure: invalid day '12-32'"),
     ({}, '\n[calendar]\nclosure = ["12-29"]\n', "calendar.closure: expected"),

@@ -93,7 +93,8 @@ def main(ctx: click.Context, config_path: str | None, verbose: int, log_format: 
 @click.option("--force", is_flag=True, help="With --templates: overwrite files that are already there.")
 @pass_app
 def init(app: App, templates_to: Path | None, force: bool) -> None:
-    """Create the database, or upgrade it to this version's schema.
+    """Create the database, or upgrade it to this version's schema; make var/secret.key
+    when $NEWSLETTER_SECRET is unset and there is none.
 
     On PostgreSQL the database itself is created when the server allows it."""
     if templates_to is not None:
@@ -113,6 +114,9 @@ def init(app: App, templates_to: Path | None, force: bool) -> None:
         click.echo(f"database is up to date (schema {after})")
     else:
         click.echo(f"upgraded {app.config.storage_url} from schema {before} to {after}")
+    made = app.config.create_secret()
+    if made is not None:
+        click.echo(f"made a link-signing key in {made} (${app.config.site.secret_env} is not set)")
 
 
 def _copy_templates(dest: Path, force: bool) -> None:

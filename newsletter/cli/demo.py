@@ -44,6 +44,7 @@ def demo(app: App, publication):
     ensure_database(config.storage_url)
     engine = make_engine(config.storage_url)
     upgrade(engine)
+    config.create_secret()
     app._engine = engine
     base = config.base_dir
 

@@ -182,6 +182,7 @@ def _preflight(app: App, pub, force: bool) -> None:
     """The checks of 'edition check' before anything is created or sent."""
     from ..preflight import check_edition, format_findings, has_errors
 
+    app.config.secret()  # every mail carries signed links: without a key, refuse before creating anything
     findings = check_edition(app.engine, app.config, pub)
     errors = has_errors(findings)
     for line in format_findings([f for f in findings if f.severity in ("error", "warning")], verbose=False):

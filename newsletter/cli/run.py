@@ -27,6 +27,7 @@ def run_daemon(app: App, poll, stop_timeout):
     """
     from ..daemon import Daemon
 
+    app.config.secret()  # a missing link-signing key is an error now, not at the first slot
     daemon = Daemon(app.config_path, poll_seconds=poll, stop_timeout=stop_timeout)
     raise SystemExit(daemon.run())
 

@@ -5,9 +5,11 @@ A provider is a class registered under the entry-point group
 package adds a service the same way we do.  :func:`load_provider` turns the
 ``[provider]`` table of ``config.toml`` into a ready instance.
 
-:class:`OptionReader` is the shared, small validator for that table: every
-provider reads its options through it so that all of them report mistakes
-the same way (``provider.<key>: ...``) and refuse keys they do not know.
+:class:`OptionReader` (defined in :mod:`newsletter.config`, the one reader of
+every TOML table) is how every provider reads its options, so that all of them
+report mistakes the same way (``provider.<key>: ...``, ``fail(key, message)``),
+read timeouts with ``duration()``/``number()`` (finite, bounded) and refuse keys
+they do not know.
 
 :func:`open_provider` builds the configured provider for a command or the
 daemon: building one validates every option and reads its secrets from the
@@ -19,11 +21,12 @@ send`` call it *before* anything starts or is created, and a typo (``kind =
 from __future__ import annotations
 
 import importlib
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
+from newsletter.config import OptionReader
 from newsletter.errors import ConfigError
 from newsletter.interfaces import Provider
 
@@ -117,85 +120,3 @@ def _load_reference(kind: str, reference: str) -> object:
         return getattr(module, attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"provider.kind: cannot load provider '{kind}' ({reference}): {exc}") from exc
-
-
-class OptionReader:
-    """Typed, validated access to a provider's options.
-
-    Every getter records the key as known; :meth:`finish` then refuses any key
-    nobody asked for, which is how a misspelt ``prot = 587`` gets caught instead
-    of silently falling back to the default port.
-    """
-
-    def __init__(self, options: Mapping[str, Any], provider: str, prefix: str = "provider"):
-        self._options = dict(options)
-        self._provider = provider
-        self._prefix = prefix
-        self._known: set[str] = set()
-
-    def fail(self, key: str, message: str) -> ConfigError:
-        """An error naming ``provider.<key>``, for the caller to raise."""
-        return ConfigError(f"{self._prefix}.{key}: {message}")
-
-    def present(self, key: str) -> bool:
-        return key in self._options
-
-    def text(self, key: str, default: str | None = None, *,
-             choices: Collection[str] | None = None) -> str | None:
-        self._known.add(key)
-        if key not in self._options:
-            return default
-        value = self._options[key]
-        if not isinstance(value, str):
-            raise self.fail(key, f"must be a string, not {_type_name(value)}")
-        if not value.strip():
-            raise self.fail(key, "must not be empty")
-        if choices is not None and value not in choices:
-            raise self.fail(key, f"must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
-        return value
-
-    def integer(self, key: str, default: int, *,
-                minimum: int | None = None, maximum: int | None = None) -> int:
-        self._known.add(key)
-        if key not in self._options:
-            return default
-        value = self._options[key]
-        # bool is an int subclass; "port = true" is a mistake, not port 1.
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"must be an integer, not {_type_name(value)}")
-        self._check_range(key, value, minimum, maximum)
-        return value
-
-    def number(self, key: str, default: float, *, minimum: float | None = None) -> float:
-        self._known.add(key)
-        if key not in self._options:
-            return default
-        value = self._options[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(key, f"must be a number, not {_type_name(value)}")
-        self._check_range(key, value, minimum, None)
-        return float(value)
-
-    def forbid(self, key: str, message: str) -> None:
-        """Refuse a key that must never be set here (e.g. a literal password)."""
-        if key in self._options:
-            raise self.fail(key, message)
-        self._known.add(key)
-
-    def finish(self) -> None:
-        """Raise for the first key no getter asked about."""
-        for key in self._options:
-            if key not in self._known:
-                known = ", ".join(sorted(self._known))
-                raise self.fail(key, f"unknown option for the '{self._provider}' provider (known: {known})")
-
-    def _check_range(self, key: str, value: float, minimum: float | None, maximum: float | None) -> None:
-        if minimum is not None and value < minimum:
-            raise self.fail(key, f"must be at least {minimum}, not {value}")
-        if maximum is not None and value > maximum:
-            raise self.fail(key, f"must be at most {maximum}, not {value}")
-
-
-def _type_name(value: object) -> str:
-    return {bool: "a boolean", str: "a string", int: "an integer", float: "a number",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)

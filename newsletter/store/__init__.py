@@ -10,6 +10,11 @@ SQLAlchemy URL (``postgresql+psycopg://...``) works unchanged.
 lets this user do it (:func:`ensure_database`, through the ``postgres``
 maintenance database); otherwise it says, in one line, the ``createdb`` command
 to run.  No other command creates a database: they refuse to start instead.
+
+A full disk is a :class:`StoreError` (``database full: <path>``) raised from the
+engine itself (:func:`_map_errors`), so every caller — CLI, daemon, web — sees
+one line instead of a driver traceback; the transaction it interrupted is
+rolled back as any other error would roll it back.
 """
 
 from __future__ import annotations
@@ -41,6 +46,20 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.close()
 
 
+SQLITE_FULL = 13  # sqlite3.Error.sqlite_errorcode: "database or disk is full"
+PG_DISK_FULL = "53100"
+
+
+def _map_errors(where: str):
+    def handle_error(context) -> None:
+        orig = context.original_exception
+        full = (getattr(orig, "sqlite_errorcode", None) == SQLITE_FULL
+                or getattr(orig, "sqlstate", None) == PG_DISK_FULL)
+        if full:
+            raise StoreError(f"database full: {where}") from orig
+    return handle_error
+
+
 def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -61,6 +80,8 @@ def make_engine(url: str) -> Engine:
         raise StoreError(f"storage.url: database driver not installed ({exc.name})") from None
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    where = parsed.database if parsed.get_backend_name() == "sqlite" else parsed.render_as_string(hide_password=True)
+    event.listen(engine, "handle_error", _map_errors(where or ":memory:"))
     return engine
 
 
