@@ -79,6 +79,9 @@ class Publication:
     text_width: int = 70  # display columns of the text part (a full-width character takes 2)
     on_holiday: str = "send"  # "send" | "skip" | "next_business_day" (see calendar_jp)
     misfire_grace: float = 6 * 3600.0  # seconds: a slot missed by less is still sent
+    # "none": editions go out as created (today's behaviour); "required": nothing reaches a
+    # subscriber without an approval by someone other than the last editor (editions/state.py).
+    approval: str = "none"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -188,6 +191,7 @@ def _parse_delivery(r: _Reader) -> DeliverySettings:
 
 
 ON_HOLIDAY = ("send", "skip", "next_business_day")
+APPROVAL = ("none", "required")
 
 
 @dataclass(frozen=True)
@@ -660,6 +664,7 @@ def parse_config(raw: dict, file: Path) -> Config:
                 text_width=text_width,
                 on_holiday=r.choice("on_holiday", ON_HOLIDAY, "send"),
                 misfire_grace=_duration(r, "misfire_grace", "6h"),
+                approval=r.choice("approval", APPROVAL, "none"),
             )
         )
         r.done()
