@@ -3,9 +3,10 @@
 :func:`check_edition` looks at what ``edition send PUB`` would send now — the
 publication's unfinished edition if there is one (its pending deliveries),
 else the edition it would start (approved, scheduled, or with ``approval =
-"none"`` a draft: editions/state.py ``next_to_send``), else the next edition as it would be created (the distinct variants of the
-active subscribers, exactly as :func:`publish.plan` would key them) — renders
-every variant once and checks it.  It writes nothing.
+"none"`` a draft: editions/state.py ``next_to_send``), else the next edition
+as it would be created (the distinct variants of the active subscribers,
+exactly as :func:`publish.plan` would key them) — renders every variant once
+and checks it.  It writes nothing.
 
 Severities (``error`` stops ``edition send`` unless ``--force``; ``edition check``
 exits 1):
