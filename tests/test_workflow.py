@@ -335,11 +335,17 @@ def _race(o: Office, args_a: list[str], args_b: list[str]) -> list[subprocess.Co
                 return watch.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                                           "AND datname = current_database()")).scalar()
 
-        while waiting() < 2:
-            assert time.monotonic() < deadline, [p.poll() for p in procs]
-            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-            time.sleep(0.05)
-        tx.rollback()
+        try:
+            while waiting() < 2:
+                assert time.monotonic() < deadline, [p.poll() for p in procs]
+                assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+                time.sleep(0.05)
+        except BaseException:
+            for p in procs:
+                p.kill()
+            raise
+        finally:
+            tx.rollback()
     out = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=60)
