@@ -285,6 +285,7 @@ def import_items(
     dry_run: bool = False,
 ) -> ImportReport:
     report = ImportReport(source=source)
+    updated: list[int] = []
     valid: list[tuple[str, dict[str, Any]]] = []
     seen: dict[str, str] = {}
     for where, raw in items:
@@ -313,6 +314,13 @@ def import_items(
                 continue
             setattr(report, action, getattr(report, action) + 1)
             report.ids.append(article_id)
+            if action == "updated":
+                updated.append(article_id)
+        if updated:  # unsent editions carrying them follow (an approved one goes back to draft)
+            from .editions.state import articles_changed
+            from .users import Actor
+
+            articles_changed(conn, config, updated, Actor(None), f"re-imported from {source}")
     return report
 
 

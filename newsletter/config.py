@@ -93,6 +93,9 @@ class Publication:
     text_width: int = 70  # display columns of the text part (a full-width character takes 2)
     on_holiday: str = "send"  # "send" | "skip" | "next_business_day" (see calendar_jp)
     misfire_grace: float = 6 * 3600.0  # seconds: a slot missed by less is still sent
+    # "none": editions go out as created (today's behaviour); "required": nothing reaches a
+    # subscriber without an approval by someone other than the last editor (editions/state.py).
+    approval: str = "none"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -357,6 +360,7 @@ def _parse_delivery(r: OptionReader) -> DeliverySettings:
 
 
 ON_HOLIDAY = ("send", "skip", "next_business_day")
+APPROVAL = ("none", "required")
 
 
 @dataclass(frozen=True)
@@ -820,6 +824,7 @@ def _parse_publication(r: OptionReader, fields: tuple[Field, ...], site: Site) -
         text_width=r.integer("text_width", 70, minimum=30, maximum=1000),
         on_holiday=r.text("on_holiday", "send", choices=ON_HOLIDAY),
         misfire_grace=r.duration("misfire_grace", "6h"),
+        approval=r.text("approval", "none", choices=APPROVAL),
     )
     problem = text_problem(pub.description)
     if problem:

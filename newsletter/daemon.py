@@ -6,7 +6,10 @@ Threads:
 - APScheduler's one executor thread (:class:`newsletter.scheduling.ScheduleRunner`):
   ``tick`` on each publication's slot, and ``sync`` every ``poll`` seconds, which
   re-reads config.toml when its mtime changed and ticks every publication (so a
-  CLI action from another process — ``schedule pause/resume/run-now`` — is seen);
+  CLI action from another process — ``schedule pause/resume/run-now`` — is seen,
+  and an edition scheduled for a one-off time starts within ``poll`` seconds of
+  it).  Editions become ``sending`` only through ``editions/state.py``, which
+  checks the approval;
 - ``delivery``: sends every edition that has due work (``store.schedules.due_editions``),
   one at a time, through :func:`newsletter.delivery.deliver`, then sleeps until
   woken (a new edition) or ``poll`` seconds pass.  ``edition pause/cancel`` reach

@@ -2,9 +2,11 @@
 
 :func:`check_edition` looks at what ``edition send PUB`` would send now — the
 publication's unfinished edition if there is one (its pending deliveries),
-else the next edition as it would be created (the distinct variants of the
-active subscribers, exactly as :func:`publish.plan` would key them) — renders
-every variant once and checks it.  It writes nothing.
+else the edition it would start (approved, scheduled, or with ``approval =
+"none"`` a draft: editions/state.py ``next_to_send``), else the next edition
+as it would be created (the distinct variants of the active subscribers,
+exactly as :func:`publish.plan` would key them) — renders every variant once
+and checks it.  It writes nothing.
 
 Severities (``error`` stops ``edition send`` unless ``--force``; ``edition check``
 exits 1):
@@ -36,6 +38,7 @@ info       what ISO-2022-JP mapping replaced (① → (1) ×3); sizes and
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -109,6 +112,7 @@ class Plan:
     variants: dict[VariantKey, int]  # variant → readers
     # Display names of ISO-2022-JP readers that cannot be written in it (their mail goes as UTF-8).
     names_not_in_jis: tuple[str, ...] = ()
+    unsent_status: str | None = None  # an edition not yet sending: draft, approved, scheduled
 
 
 def _names_not_in_jis(conn, ids: list[int]) -> tuple[str, ...]:
@@ -121,11 +125,16 @@ def _names_not_in_jis(conn, ids: list[int]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def plan_send(engine: Engine, config: Config, pub: Publication, *, now: datetime | None = None) -> Plan | None:
-    """The edition ``edition send PUB`` would work on now, or None (nothing new)."""
+def plan_send(engine: Engine, config: Config, pub: Publication, *, now: datetime | None = None,
+              edition=None) -> Plan | None:
+    """The edition ``edition send PUB`` would work on now, or None (nothing new).
+    ``edition``: an unsent edition (draft, approved, scheduled) to check instead."""
+    from .editions.state import next_to_send
+
     now = now or utcnow()
     with engine.connect() as conn:
-        row = q.unfinished(conn, pub.slug)
+        row = q.unfinished(conn, pub.slug) if edition is None else None
+        unsent = edition if edition is not None else (next_to_send(conn, pub) if row is None else None)
         if row is not None:
             pending = conn.execute(
                 select(deliveries.c.variant, func.count())
@@ -139,7 +148,12 @@ def plan_send(engine: Engine, config: Config, pub: Publication, *, now: datetime
                     deliveries.c.variant.like("%|iso-2022-jp"), deliveries.c.subscriber_id.is_not(None)))]
             return Plan(load_content(row), row.scheduled_for or row.created_at, row.number, True, variants,
                         _names_not_in_jis(conn, jis_ids))
-        content = next_content(conn, config, pub, now)
+        when = now
+        if unsent is not None:
+            content = load_content(unsent) if unsent.status == "draft" else json.loads(unsent.approved_content)
+            when = unsent.scheduled_for or unsent.created_at
+        else:
+            content = next_content(conn, config, pub, now)
         if not content["articles"]:
             return None
         counts: Counter[VariantKey] = Counter()
@@ -154,15 +168,17 @@ def plan_send(engine: Engine, config: Config, pub: Publication, *, now: datetime
                 if key.charset == "iso-2022-jp":
                     jis_ids.append(sub.id)
         names = _names_not_in_jis(conn, jis_ids)
-    return Plan(content, now, content["number"], False, dict(counts), names)
+    return Plan(content, when, content["number"], False, dict(counts), names,
+                unsent.status if unsent is not None else None)
 
 
-def check_edition(engine: Engine, config: Config, pub: Publication, *, now: datetime | None = None) -> list[Finding]:
+def check_edition(engine: Engine, config: Config, pub: Publication, *, now: datetime | None = None,
+                  edition=None) -> list[Finding]:
     """Every finding for what ``edition send PUB`` would send now (changes nothing).
 
     ``edition send`` calls this first and refuses to start when
     :func:`has_errors` is true, unless ``--force``."""
-    plan = plan_send(engine, config, pub, now=now)
+    plan = plan_send(engine, config, pub, now=now, edition=edition)
     if plan is None:
         return [Finding("info", "nothing", f"{pub.slug}: nothing new to send (no queued articles past their embargo)")]
     return check_plan(config, pub, plan) + deliverability(engine, config)

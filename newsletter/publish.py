@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,11 +20,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from .config import Config, Publication
-from .editions.assemble import VariantKey, freeze, select_articles, variant_fields
+from .editions.assemble import VariantKey, freeze, inert, select_articles, variant_fields
 from .errors import InputError
+from .sanitize import markdown_to_html
 from .store import articles as article_q
 from .store import editions as q
 from .store.tables import utcnow
+from .users import Actor
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,34 @@ def next_content(
     rows = [r._asdict() for r in article_q.candidates(conn, fields=pub.fields, now=now, exclude_ids=carried)]
     chosen = select_articles(rows, pub.max_articles)
     return freeze(config, pub, number or q.next_number(conn, pub.slug), chosen, now)
+
+
+def default_subject(content: Mapping[str, Any]) -> str:
+    """【{title}】第{n}号 {top headline} (English: [{title}] No. {n} {top headline})."""
+    title, number = content["publication"]["title"], content["number"]
+    top = content["articles"][0]["title"] if content["articles"] else ""
+    head = f"[{title}] No. {number}" if content["language"] == "en" else f"【{title}】第{number}号"
+    return f"{head} {top}".strip()
+
+
+def draft_content(
+    config: Config, pub: Publication, number: int, article_rows: Sequence[Mapping[str, Any]], created: datetime,
+    texts: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A draft's content: the articles frozen as :func:`freeze` does, plus the editor's
+    subject (None: the default, which follows the top headline), lead and afterword
+    (Markdown, sanitized like article bodies)."""
+    content = freeze(config, pub, number, article_rows, created)
+    lead, afterword, subject = texts.get("lead") or "", texts.get("afterword") or "", texts.get("subject")
+    content.update({
+        "subject": subject or default_subject(content),
+        "subject_custom": bool(subject),
+        "lead": lead,
+        "lead_html": inert(markdown_to_html(lead)) if lead.strip() else "",
+        "afterword": afterword,
+        "afterword_html": inert(markdown_to_html(afterword)) if afterword.strip() else "",
+    })
+    return content
 
 
 def receives(pub: Publication, row) -> bool:
@@ -79,10 +110,16 @@ def plan(
 
 def create_edition(
     engine: Engine, config: Config, pub: Publication, *, now: datetime | None = None,
-    scheduled_for: datetime | None = None,
+    scheduled_for: datetime | None = None, actor: Actor | None = None,
 ) -> Created | None:
-    """The next edition of ``pub``, or None when there is nothing new to carry."""
+    """The next edition of ``pub``, created and ready to send in one step, or None when
+    there is nothing new to carry.  Only for ``approval = "none"``: with ``"required"``
+    an edition is a draft first (:func:`newsletter.editions.state.create_draft`)."""
+    from .editions import state
+
     now = now or utcnow()
+    actor = actor or Actor(None)
+    state.check_may_send_unapproved(pub)
     try:
         with engine.begin() as conn:
             content = next_content(conn, config, pub, now)
@@ -90,9 +127,12 @@ def create_edition(
                 return None
             edition_id = q.insert_edition(
                 conn, publication=pub.slug, number=content["number"], content=content, now=now,
-                scheduled_for=scheduled_for,
+                scheduled_for=scheduled_for, created_by=actor.name,
             )
             pending, skipped = plan(conn, pub, content, edition_id, now)
+            state.record(conn, actor, "created", pub.slug, edition_id, now,
+                         f"第{content['number']}号, {len(content['articles'])} articles, sending at once "
+                         f"({pending} to send)")
     except IntegrityError:
         # Another process created this number (or this scheduled slot) at the same time.
         raise InputError(f"{pub.slug}: an edition was created concurrently; try again") from None

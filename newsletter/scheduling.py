@@ -33,6 +33,14 @@ Policy (also in the README):
   a moved slot that lands on another slot is one slot).
 - *Pause*: slots passing while paused are logged as skipped; resume counts from
   then.  ``run-now`` works while paused: it is an operator's explicit request.
+- *Approval* (editions/state.py): at a slot the oldest ``approved`` edition
+  without a time of its own goes out (it takes the slot as ``scheduled_for``);
+  without one, an edition is created from the queue when ``approval = "none"``,
+  and the slot is skipped ("slot skipped: nothing approved", logged and kept as
+  the schedule's last result for ``newsletter status``) when ``"required"``.
+- *One-off times* (予約配信, ``edition schedule N --at``): every tick starts the
+  ``scheduled`` editions whose time has come, within ``misfire_grace``; one later
+  than that goes back to ``approved`` with a note.  A paused schedule holds them.
 
 Why our own ``schedules`` table and not APScheduler's ``SQLAlchemyJobStore``: the
 job store pickles each job (callable reference + trigger) into a BLOB, so the
@@ -64,8 +72,11 @@ from . import publish
 from .calendar_jp import closed_reason, first_day_that_can_shift_onto, next_business_day
 from .config import CalendarSettings, Config, Publication
 from .cron import cron_trigger
+from .editions import state
 from .errors import InputError
+from .store import editions as edition_q
 from .store import schedules as store
+from .users import DAEMON
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +255,7 @@ class Run:
 
     publication: str
     slot: datetime
-    outcome: str  # "created" | "exists" | "nothing-new"
+    outcome: str  # "created" | "approved" (an approved edition sent) | "exists" | "nothing-new" | "skipped"
     edition_id: int | None = None
     number: int | None = None
     pending: int = 0
@@ -254,8 +265,12 @@ class Run:
     def describe(self) -> str:
         if self.outcome == "created":
             return f"created 第{self.number}号 ({self.articles} articles, {self.pending} to send)"
+        if self.outcome == "approved":
+            return f"sent approved 第{self.number}号 ({self.pending} to send)"
         if self.outcome == "exists":
             return f"第{self.number}号 already created for this slot"
+        if self.outcome == "skipped":
+            return "slot skipped: nothing approved"
         return "nothing new to send"
 
 
@@ -279,10 +294,43 @@ class SchedulerCore:
         for pub in self.config.publications:
             if only is not None and pub.slug != only:
                 continue
+            self.send_scheduled(pub, now)
             run = self.tick_publication(pub, now)
             if run is not None:
                 runs.append(run)
         return runs
+
+    def send_scheduled(self, pub: Publication, now: datetime) -> list[int]:
+        """Start the editions scheduled for a one-off time that has come (予約配信),
+        within the publication's misfire_grace; a later one goes back to approved,
+        for a person to decide.  A paused schedule holds them.  Returns their ids."""
+        with self.engine.connect() as conn:
+            due = edition_q.scheduled_due(conn, pub.slug, now)
+            paused = bool(due) and bool(getattr(store.get(conn, pub.slug), "paused", False))
+        started = []
+        for row in due if not paused else ():
+            fields = {"publication": pub.slug, "edition": row.id, "number": row.number,
+                      "slot": row.scheduled_for.isoformat()}
+            late = now - row.scheduled_for
+            if late > timedelta(seconds=pub.misfire_grace):
+                if state.missed(self.engine, row, late, DAEMON, now=now):
+                    log.warning("%s 第%d号: its time %s passed %s ago, more than misfire_grace: not sent; back to "
+                                "approved", pub.slug, row.number, _local(row.scheduled_for, pub), _human(late),
+                                extra={"event": "edition.schedule_missed", **fields})
+                continue
+            try:
+                result = state.start_sending(self.engine, self.config, row.id, DAEMON, now=now)
+            except InputError as exc:  # unapproved meanwhile, or another daemon was first
+                log.info("%s 第%d号: not started: %s", pub.slug, row.number, exc,
+                         extra={"event": "edition.not_started", **fields})
+                continue
+            log.info("%s 第%d号: its scheduled time %s has come: sending, %d to send", pub.slug, row.number,
+                     _local(row.scheduled_for, pub), result.pending,
+                     extra={"event": "edition.scheduled_send", **fields, "counts": {"pending": result.pending}})
+            started.append(row.id)
+            if self.on_created is not None:
+                self.on_created(row.id)
+        return started
 
     def tick_publication(self, pub: Publication, now: datetime) -> Run | None:
         sig = signature(pub)
@@ -321,6 +369,11 @@ class SchedulerCore:
                          extra={"event": "schedule.slot_exists", "publication": pub.slug,
                                 "edition": existing.id, "number": existing.number, "slot": slot.at.isoformat()})
                 return Run(pub.slug, slot.at, "exists", existing.id, existing.number)
+            run = self.send_approved(pub, slot, now)
+            if run == "again":
+                continue
+            if run is not None:
+                return run
             try:
                 created = self.create(self.engine, self.config, pub, now=now, scheduled_for=slot.at)
             except InputError:
@@ -349,6 +402,35 @@ class SchedulerCore:
             return Run(pub.slug, slot.at, "created", created.edition_id, created.number, created.pending,
                        created.skipped, created.articles)
         raise InputError(f"{pub.slug}: could not create the edition of {slot.at.isoformat()} (kept colliding)")
+
+    def send_approved(self, pub: Publication, slot: Slot, now: datetime) -> Run | str | None:
+        """At a slot: the oldest approved edition without a time of its own goes out;
+        with ``approval = "required"`` and none, the slot is skipped.  None: create
+        one from the queue as before; "again": another scheduler was first, look again."""
+        with self.engine.connect() as conn:
+            ready = edition_q.oldest_in(conn, pub.slug, ("approved",), unscheduled=True)
+        fields = {"publication": pub.slug, "slot": slot.at.isoformat()}
+        if ready is None:
+            if pub.approval != "required":
+                return None
+            log.warning("schedule %s: slot %s skipped: nothing approved", pub.slug, _local(slot.at, pub),
+                        extra={"event": "schedule.slot_skipped", **fields})
+            return Run(pub.slug, slot.at, "skipped")
+        try:
+            started = state.start_sending(self.engine, self.config, ready.id, DAEMON, now=now, slot=slot.at)
+        except state.Conflict:
+            return "again"
+        except InputError as exc:
+            log.error("schedule %s: slot %s: 第%d号 not sent: %s", pub.slug, _local(slot.at, pub), ready.number, exc,
+                      extra={"event": "schedule.error", **fields})
+            return Run(pub.slug, slot.at, "skipped")
+        log.info("schedule %s: slot %s: sending approved 第%d号, %d to send", pub.slug, _local(slot.at, pub),
+                 ready.number, started.pending,
+                 extra={"event": "edition.approved_send", **fields, "edition": ready.id, "number": ready.number,
+                        "counts": {"pending": started.pending, "skipped": started.skipped}})
+        if self.on_created is not None:
+            self.on_created(ready.id)
+        return Run(pub.slug, slot.at, "approved", ready.id, ready.number, started.pending, started.skipped)
 
     def run_now(self, pub: Publication, now: datetime) -> Run:
         """Fire an extra slot at ``now`` (to the second), whatever the schedule says."""

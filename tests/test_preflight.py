@@ -10,6 +10,7 @@ import shutil
 import pytest
 from sqlalchemy import func, select
 
+from newsletter import publish
 from newsletter.config import load_config
 from newsletter.editions.assemble import VariantKey
 from newsletter.preflight import GMAIL_CLIP_BYTES, Plan, check_edition, check_plan, has_errors, link_problem
@@ -220,7 +221,16 @@ def test_edition_check_looks_at_the_unfinished_edition(project, tmp_path):
     cli("subscriber", "add", "sato@example.jp", "--name", "髙橋 花子", "--charset", "iso-2022-jp")
     cli("edition", "create", "weekly")
     out = cli("edition", "check", "weekly").stdout
-    assert "weekly 第1号 (unfinished edition, resumed by 'edition send'): 1 articles, 1 variant(s), 1 reader(s)" \
+    assert "weekly 第1号 (draft, started by 'edition send'): 1 articles, 1 variant(s), 1 reader(s)" in out
+    assert "髙橋 花子" in out
+    # An edition already sending (created in one step, as 'edition send' does) is resumed.
+    cli("edition", "cancel", "1")
+    config = load_config(cli.config_path)
+    engine = open_engine(config.storage_url)
+    publish.create_edition(engine, config, config.publication("weekly"))
+    engine.dispose()
+    out = cli("edition", "check", "weekly").stdout
+    assert "weekly 第2号 (unfinished edition, resumed by 'edition send'): 1 articles, 1 variant(s), 1 reader(s)" \
         in out
     assert "髙橋 花子" in out
 

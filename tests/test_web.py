@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
+from newsletter import publish
 from newsletter.config import Config, load_config
 from newsletter.store import open_engine
 from newsletter.store.tables import consents, deliveries, editions, signups, subscribers
@@ -420,7 +421,8 @@ def test_preferences_of_a_suppressed_address(site):
 def pending_delivery(site: Site, address: str) -> None:
     site.cli("article", "add", "--field", "education", "--title", "県立高校の入試日程を公表",
              "--url", "https://news.example.jp/edu/1")
-    site.cli("edition", "create", "weekly")
+    # Created and ready to send ('edition send' without the send); 'edition create' makes a draft.
+    publish.create_edition(site.engine, site.config, site.config.publication("weekly"))
     with site.engine.connect() as conn:
         assert conn.execute(select(deliveries.c.status).where(deliveries.c.email == address)).scalar() == "pending"
 

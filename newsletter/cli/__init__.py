@@ -22,8 +22,9 @@ log = logging.getLogger("newsletter")
 class App:
     """What every command needs, loaded on first use so that ``--help`` never needs a config."""
 
-    def __init__(self, config_path: str | None):
+    def __init__(self, config_path: str | None, user: str | None = None):
         self.config_path = config_path
+        self.user = user
         self._config: Config | None = None
         self._engine = None
 
@@ -40,6 +41,13 @@ class App:
 
             self._engine = open_engine(self.config.storage_url)
         return self._engine
+
+    @property
+    def actor(self):
+        """Who acts (``--as`` / ``$NEWSLETTER_USER``); the audit log records the name."""
+        from ..users import actor
+
+        return actor(self.engine, self.user, "cli")
 
     def local_time(self, dt: datetime | None, tz: str | None = None) -> str:
         if dt is None:
@@ -71,9 +79,11 @@ pass_app = click.make_pass_decorator(App)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", envvar="NEWSLETTER_LOG_FORMAT",
               show_default=True, help="Log lines on stderr as text or as JSON lines.")
+@click.option("--as", "user", metavar="NAME", envvar="NEWSLETTER_USER",
+              help="Act as this user (default: $NEWSLETTER_USER); recorded in the audit log.")
 @click.version_option(__version__, prog_name="newsletter")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, verbose: int, log_format: str) -> None:
+def main(ctx: click.Context, config_path: str | None, verbose: int, log_format: str, user: str | None) -> None:
     """newsletter — a mail-magazine publishing pipeline.
 
     Editors queue articles, operators manage subscribers, and editions (第N号)
@@ -84,7 +94,7 @@ def main(ctx: click.Context, config_path: str | None, verbose: int, log_format: 
 
     configure(log_format, debug=verbose >= 2)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
-    ctx.obj = App(config_path)
+    ctx.obj = App(config_path, user)
 
 
 @main.command()
@@ -141,4 +151,4 @@ def _copy_templates(dest: Path, force: bool) -> None:
 
 
 # Each noun's commands live in their own module and register on ``main``.
-from . import articles, bounces, check, deliverability, demo, editions, run, schedule, subscribers, web  # noqa: E402,F401,I001
+from . import articles, bounces, check, deliverability, demo, editions, run, schedule, subscribers, users, web  # noqa: E402,F401,I001

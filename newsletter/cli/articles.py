@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .. import articles as arts
+from ..editions import state
 from ..errors import InputError
 from ..store import articles as q
 from . import App, main, pass_app
@@ -164,7 +165,10 @@ def article_show(app: App, article_id):
 def article_edit(
     app: App, article_id, title, url, summary, fields, body_file, author, publish_at, priority, pin, status
 ):
-    """Change an article that has not been published yet."""
+    """Change an article that has not been published yet (an unsent edition carrying it
+    is updated; an approved one goes back to draft)."""
+    actor = app.actor
+    touched: list[str] = []
     with app.engine.begin() as conn:
         row = _get(app, conn, article_id)
         if row.status in ("published", "withdrawn"):
@@ -199,7 +203,11 @@ def article_edit(
             raise InputError(f"article {article_id}: another article already has url {changes['url']}")
         if changes:
             q.update_article(conn, article_id, changes)
+            touched = state.articles_changed(conn, app.config, [article_id], actor,
+                                             f"article {article_id} edited ({', '.join(sorted(changes))})")
     click.echo(f"article {article_id}: " + (", ".join(sorted(changes)) + " changed" if changes else "nothing changed"))
+    for line in touched:
+        click.echo(f"  {line}")
 
 
 @article.command("withdraw")
@@ -207,8 +215,13 @@ def article_edit(
 @pass_app
 def article_withdraw(app: App, article_id):
     """Take an article out of the queue (it stays in editions already sent)."""
+    actor = app.actor
+    touched: list[str] = []
     with app.engine.begin() as conn:
         row = _get(app, conn, article_id)
         if row.status != "withdrawn":
             q.update_article(conn, article_id, {"status": "withdrawn"})
+            touched = state.articles_changed(conn, app.config, [article_id], actor, f"article {article_id} withdrawn")
     click.echo(f"article {article_id}: withdrawn (was {row.status})")
+    for line in touched:
+        click.echo(f"  {line}")

@@ -33,6 +33,8 @@ def edition_check(app: App, publication, quiet):
         click.echo(f"{pub.slug}: nothing new to send (no queued articles past their embargo)")
         return
     which = "unfinished edition, resumed by 'edition send'" if plan.resumed else "next edition"
+    if plan.unsent_status:
+        which = f"{plan.unsent_status}, started by 'edition send'"
     click.echo(f"{pub.slug} 第{plan.number}号 ({which}): {len(plan.content['articles'])} articles, "
                f"{len(plan.variants)} variant(s), {sum(plan.variants.values())} reader(s)")
     findings = preflight.check_plan(app.config, pub, plan) + preflight.deliverability(app.engine, app.config)

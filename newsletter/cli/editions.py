@@ -9,6 +9,7 @@ import click
 
 from .. import publish
 from ..delivery import Variants, deliver, edition_eta, sending_for
+from ..editions import state
 from ..editions.assemble import VariantKey
 from ..editions.compose import Recipient, compose
 from ..errors import InputError
@@ -17,6 +18,8 @@ from ..store import editions as q
 from ..store.tables import utcnow
 from ..subscribers import normalize_email, parse_fields
 from . import App, main, pass_app
+
+HASH_SHOWN = 16  # hex digits of a content hash shown and accepted by --hash
 
 
 @main.group()
@@ -36,16 +39,18 @@ def _counts_line(counts: dict[str, int]) -> str:
 @click.argument("publication")
 @pass_app
 def edition_create(app: App, publication):
-    """Assemble the next edition of PUBLICATION from the queue and freeze it (does not send)."""
+    """Make the next edition of PUBLICATION a draft from the queue (sends nothing).
+
+    Its articles are reserved for it; adjust it with add-article, remove-article,
+    order and set, preview it, then approve (and schedule) it."""
     pub = app.config.publication(publication)
-    created = publish.create_edition(app.engine, app.config, pub)
-    if created is None:
+    draft = state.create_draft(app.engine, app.config, pub, app.actor)
+    if draft is None:
         click.echo(f"{pub.slug}: nothing new to send (no queued articles past their embargo)")
         return
-    click.echo(
-        f"{pub.slug} 第{created.number}号: {created.articles} articles, "
-        f"{created.pending} deliveries planned, {created.skipped} skipped"
-    )
+    click.echo(f"{pub.slug} 第{draft.number}号: draft with {draft.articles} articles "
+               f"(content {draft.content_hash[:HASH_SHOWN]})")
+    click.echo(f"  preview: newsletter edition preview {pub.slug} --edition {draft.number}")
 
 
 def _send(app: App, edition_row, provider) -> int:
@@ -145,6 +150,12 @@ def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt, f
         return _test_send(app, publication or pub_opt, number, test_to, fields, fmt)
     if number is not None:
         row = publish.resolve_edition(app.engine, app.config, number, publication or pub_opt)
+        if row.status in state.UNSENT:
+            pub = app.config.publication(row.publication)
+            _preflight(app, pub, force, edition=row)
+            provider = _provider(app)
+            row = _start(app, row, provider)
+            raise SystemExit(_send(app, row, provider))
         if row.status != "sending":
             click.echo(f"{row.publication} 第{row.number}号 is {row.status}; nothing to send")
             return
@@ -155,18 +166,25 @@ def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt, f
             raise click.UsageError("name the publication: newsletter edition send PUB")
         publication = app.config.publications[0].slug
     pub = app.config.publication(publication)
+    with app.engine.connect() as conn:
+        row = q.unfinished(conn, pub.slug)
+        ready = state.next_to_send(conn, pub) if row is None else None
+    if row is None and ready is None and pub.approval == "required":
+        raise InputError(f"{pub.slug}: nothing approved to send (approval = \"required\"): "
+                         "edition create, preview, then edition approve")
     provider = _provider(app)  # a bad provider config fails before anything is created
     try:
         _preflight(app, pub, force)
+        if ready is not None:
+            row = _start(app, ready, provider)
     except BaseException:
         provider.close()
         raise
-    with app.engine.connect() as conn:
-        row = q.unfinished(conn, pub.slug)
     if row is not None:
-        click.echo(f"resuming {pub.slug} 第{row.number}号")
+        if ready is None:
+            click.echo(f"resuming {pub.slug} 第{row.number}号")
     else:
-        created = publish.create_edition(app.engine, app.config, pub)
+        created = publish.create_edition(app.engine, app.config, pub, actor=app.actor)
         if created is None:
             provider.close()
             click.echo(f"{pub.slug}: nothing new to send (no queued articles past their embargo)")
@@ -178,12 +196,25 @@ def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt, f
     raise SystemExit(_send(app, row, provider))
 
 
-def _preflight(app: App, pub, force: bool) -> None:
+def _start(app: App, row, provider):
+    """An unsent edition starts sending (editions/state.py checks the approval)."""
+    try:
+        started = state.start_sending(app.engine, app.config, row.id, app.actor)
+    except BaseException:
+        provider.close()
+        raise
+    click.echo(f"sending {row.publication} 第{row.number}号 ({row.status}): {started.pending} to send, "
+               f"{started.skipped} skipped (nothing in their fields)")
+    with app.engine.connect() as conn:
+        return q.get_edition(conn, row.id)
+
+
+def _preflight(app: App, pub, force: bool, edition=None) -> None:
     """The checks of 'edition check' before anything is created or sent."""
     from ..preflight import check_edition, format_findings, has_errors
 
     app.config.secret()  # every mail carries signed links: without a key, refuse before creating anything
-    findings = check_edition(app.engine, app.config, pub)
+    findings = check_edition(app.engine, app.config, pub, edition=edition)
     errors = has_errors(findings)
     for line in format_findings([f for f in findings if f.severity in ("error", "warning")], verbose=False):
         click.echo(line, err=True)
@@ -244,46 +275,188 @@ def _test_send(app: App, publication, number, address, fields, fmt):
         raise SystemExit(1)
 
 
-def _change(app: App, number: int, publication: str | None, allowed: tuple[str, ...], new: str, note: str):
-    row = publish.resolve_edition(app.engine, app.config, number, publication)
-    if row.status not in allowed:
-        verb = {"paused": "pause", "resumed": "resume", "cancelled": "cancel"}[note]
-        raise InputError(f"{row.publication} 第{row.number}号 is {row.status}; cannot {verb} it")
-    with app.engine.begin() as conn:
-        cancelled = q.cancel_pending(conn, row.id, "edition cancelled") if new == "cancelled" else 0
-        q.set_status(conn, row.id, new, finished=utcnow() if new == "cancelled" else None,
-                     note=f"{note} by an operator" if new != "sending" else None)
-    return row, cancelled
+def _row(app: App, number: int, publication: str | None):
+    return publish.resolve_edition(app.engine, app.config, number, publication)
+
+
+publication_option = click.option("--publication", help="When several publications have an edition N.")
 
 
 @edition.command("pause")
 @click.argument("number", type=int)
-@click.option("--publication", help="When several publications have an edition N.")
+@publication_option
 @pass_app
 def edition_pause(app: App, number, publication):
     """Pause edition NUMBER: a running send stops within seconds, nothing is lost."""
-    row, _ = _change(app, number, publication, ("sending",), "paused", "paused")
+    row = state.pause(app.engine, app.config, _row(app, number, publication).id, app.actor)
     click.echo(f"{row.publication} 第{row.number}号: paused")
 
 
 @edition.command("resume")
 @click.argument("number", type=int)
-@click.option("--publication", help="When several publications have an edition N.")
+@publication_option
 @pass_app
 def edition_resume(app: App, number, publication):
     """Resume a paused edition (then 'edition send --edition N', or the daemon, sends it)."""
-    row, _ = _change(app, number, publication, ("paused",), "sending", "resumed")
+    row = state.resume(app.engine, app.config, _row(app, number, publication).id, app.actor)
     click.echo(f"{row.publication} 第{row.number}号: resumed")
 
 
 @edition.command("cancel")
 @click.argument("number", type=int)
-@click.option("--publication", help="When several publications have an edition N.")
+@publication_option
 @pass_app
 def edition_cancel(app: App, number, publication):
-    """Cancel edition NUMBER: its pending deliveries are never sent."""
-    row, cancelled = _change(app, number, publication, ("sending", "paused"), "cancelled", "cancelled")
-    click.echo(f"{row.publication} 第{row.number}号: cancelled ({cancelled} pending deliveries dropped)")
+    """Cancel edition NUMBER: its pending deliveries are never sent (an unsent edition
+    is discarded and its articles go back to the queue)."""
+    before = _row(app, number, publication)
+    row, cancelled = state.cancel(app.engine, app.config, before.id, app.actor)
+    if before.status in state.UNSENT:
+        click.echo(f"{row.publication} 第{row.number}号: cancelled (was {before.status}; its articles are free again)")
+    else:
+        click.echo(f"{row.publication} 第{row.number}号: cancelled ({cancelled} pending deliveries dropped)")
+
+
+@edition.command("add-article")
+@click.argument("number", type=int)
+@click.argument("article_id", type=int)
+@publication_option
+@pass_app
+def edition_add_article(app: App, number, article_id, publication):
+    """Add article ARTICLE_ID to draft NUMBER (at the end; see 'edition order')."""
+    row = _row(app, number, publication)
+    digest = state.add_article(app.engine, app.config, row.id, article_id, app.actor)
+    click.echo(f"{row.publication} 第{row.number}号: added article {article_id} (content {digest[:HASH_SHOWN]})")
+
+
+@edition.command("remove-article")
+@click.argument("number", type=int)
+@click.argument("article_id", type=int)
+@publication_option
+@pass_app
+def edition_remove_article(app: App, number, article_id, publication):
+    """Remove article ARTICLE_ID from draft NUMBER (it goes back to the queue)."""
+    row = _row(app, number, publication)
+    digest = state.remove_article(app.engine, app.config, row.id, article_id, app.actor)
+    click.echo(f"{row.publication} 第{row.number}号: removed article {article_id} (content {digest[:HASH_SHOWN]})")
+
+
+@edition.command("order")
+@click.argument("number", type=int)
+@click.argument("ids")
+@publication_option
+@pass_app
+def edition_order(app: App, number, ids, publication):
+    """Put the articles of draft NUMBER in the order IDS (every id once: 12,7,9)."""
+    try:
+        order = [int(x) for x in ids.replace("、", ",").split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"order: '{ids}' is not a comma-separated list of article ids") from None
+    row = _row(app, number, publication)
+    digest = state.reorder(app.engine, app.config, row.id, order, app.actor)
+    click.echo(f"{row.publication} 第{row.number}号: order {','.join(map(str, order))} "
+               f"(content {digest[:HASH_SHOWN]})")
+
+
+def _read_markdown(path: Path | None, option: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{option} {path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{option} {path}: not UTF-8 (byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"{option} {path}: {exc.strerror}") from None
+
+
+@edition.command("set")
+@click.argument("number", type=int)
+@click.option("--subject", help="The subject ('' for the default: 【title】第N号 top headline).")
+@click.option("--lead-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Markdown file with the lead (巻頭言); an empty file removes it.")
+@click.option("--afterword-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Markdown file with the afterword (編集後記); an empty file removes it.")
+@publication_option
+@pass_app
+def edition_set(app: App, number, subject, lead_file, afterword_file, publication):
+    """Set the subject, lead and afterword of draft NUMBER."""
+    if subject is None and lead_file is None and afterword_file is None:
+        raise click.UsageError("nothing to set: give --subject, --lead-file or --afterword-file")
+    lead = _read_markdown(lead_file, "--lead-file")
+    afterword = _read_markdown(afterword_file, "--afterword-file")
+    row = _row(app, number, publication)
+    digest = state.set_texts(app.engine, app.config, row.id, app.actor, subject=subject, lead=lead,
+                             afterword=afterword)
+    click.echo(f"{row.publication} 第{row.number}号: updated (content {digest[:HASH_SHOWN]})")
+
+
+@edition.command("approve")
+@click.argument("number", type=int)
+@click.option("--hash", "digest", required=True, help="The content hash 'edition preview --edition N' printed.")
+@click.option("--by", "by", metavar="NAME", help="The approver (default: --as / $NEWSLETTER_USER).")
+@publication_option
+@pass_app
+def edition_approve(app: App, number, digest, by, publication):
+    """Approve draft NUMBER exactly as previewed (its content hash must still match)."""
+    from ..users import actor
+
+    who = actor(app.engine, by, "cli") if by else app.actor
+    row = state.approve(app.engine, app.config, _row(app, number, publication).id, who, digest)
+    click.echo(f"{row.publication} 第{row.number}号: approved by {who} (content {row.approved_hash[:HASH_SHOWN]})")
+
+
+@edition.command("unapprove")
+@click.argument("number", type=int)
+@publication_option
+@pass_app
+def edition_unapprove(app: App, number, publication):
+    """Withdraw the approval of edition NUMBER (and its schedule): it is a draft again."""
+    row = state.unapprove(app.engine, app.config, _row(app, number, publication).id, app.actor)
+    click.echo(f"{row.publication} 第{row.number}号: back to draft")
+
+
+@edition.command("schedule")
+@click.argument("number", type=int)
+@click.option("--at", "at", required=True, help='When, in the publication\'s time zone: "2026-12-03 10:00".')
+@publication_option
+@pass_app
+def edition_schedule(app: App, number, at, publication):
+    """Send approved edition NUMBER at a given time (予約配信; 'newsletter run' sends it)."""
+    from ..articles import parse_time
+
+    row = _row(app, number, publication)
+    pub = app.config.publication(row.publication)
+    try:
+        when = parse_time(at, pub.timezone)
+    except ValueError:
+        raise InputError(f"--at '{at}': expected a date and time such as \"2026-12-03 10:00\"") from None
+    row = state.schedule(app.engine, app.config, row.id, when, app.actor)
+    click.echo(f"{row.publication} 第{row.number}号: scheduled for {app.local_time(row.scheduled_for, pub.timezone)}")
+
+
+@edition.command("unschedule")
+@click.argument("number", type=int)
+@publication_option
+@pass_app
+def edition_unschedule(app: App, number, publication):
+    """Take edition NUMBER off its schedule (it stays approved)."""
+    row = state.unschedule(app.engine, app.config, _row(app, number, publication).id, app.actor)
+    click.echo(f"{row.publication} 第{row.number}号: unscheduled (approved)")
+
+
+@edition.command("history")
+@click.argument("number", type=int)
+@publication_option
+@pass_app
+def edition_history(app: App, number, publication):
+    """Every state change of edition NUMBER: when, who, from where, what."""
+    row = _row(app, number, publication)
+    tz = app.config.publication(row.publication).timezone
+    for r in state.history(app.engine, row.id):
+        detail = f"  {r.detail}" if r.detail else ""
+        click.echo(f"{app.local_time(r.at, tz)}\t{r.actor or '-'}\t{r.interface}\t{r.action}{detail}")
 
 
 @edition.command("preview")
@@ -300,9 +473,14 @@ def edition_preview(app: App, publication, number, fields, fmt, out, charset):
 
     For an ISO-2022-JP reader it reports on stderr what had to be replaced
     (① → (1) ...) and what cannot be sent in that charset at all."""
-    content, when, _row = _content_for(app, publication, number)
+    content, when, row = _content_for(app, publication, number)
     pub = app.config.publication(content["publication"]["slug"])
     key = _variant(app, pub, fields, fmt)
+    if row is not None and row.status in state.UNSENT:
+        digest = state.hash_of(row)[:HASH_SHOWN]
+        click.echo(f"{row.publication} 第{row.number}号 ({row.status}), content {digest}"
+                   + (f" — approve what you see: newsletter edition approve {row.number} --hash {digest}"
+                      if row.status == "draft" else ""), err=True)
     if charset:
         key = VariantKey(key.fields, key.format, charset)
     rendered = Variants(app.config, content, when).get(key)
@@ -358,6 +536,14 @@ def edition_status(app: App, number, publication):
         retry = q.next_retry(conn, row.id)
     click.echo(f"edition:     {row.publication} 第{row.number}号 ({content['publication']['title']})")
     click.echo(f"status:      {row.status}")
+    if row.status in state.UNSENT or row.approved_by:
+        click.echo(f"subject:     {content.get('subject') or '-'}")
+        click.echo(f"edited by:   {row.edited_by or '-'} ({app.local_time(row.edited_at)})")
+        click.echo(f"approved by: {row.approved_by or '-'} ({app.local_time(row.approved_at)})")
+    if row.status in state.UNSENT:
+        click.echo(f"content:     {state.hash_of(row)[:HASH_SHOWN]}")
+    if row.status == "scheduled":
+        click.echo(f"goes out:    {app.local_time(row.scheduled_for)}")
     click.echo(f"created:     {app.local_time(row.created_at)}")
     click.echo(f"finished:    {app.local_time(row.finished_at)}")
     click.echo(f"articles:    {len(content['articles'])}")

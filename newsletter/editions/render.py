@@ -105,6 +105,10 @@ def context(content: Mapping[str, Any], fields: Sequence[str], when: datetime,
         "sections": secs,
         "full_text": content["full_text"],
         "links": {"unsubscribe": ph.unsubscribe, "preferences": ph.preferences, "archive": ""},
+        # An edition made as a draft has the editor's lead (巻頭言) and afterword (編集後記),
+        # sanitized HTML, and its own subject (editions/state.py).
+        "lead_html": content.get("lead_html", ""),
+        "afterword_html": content.get("afterword_html", ""),
     }
 
 
@@ -221,7 +225,7 @@ def render_variant(
     placeholders = Placeholders.new()
     ctx = context(content, fields, when, placeholders)
     try:
-        subject = env.get_template("subject.txt.j2").render(ctx).strip()
+        subject = content.get("subject") or env.get_template("subject.txt.j2").render(ctx).strip()
         raw_html = env.get_template("digest.html.j2").render(ctx)
         try:
             text_template = env.get_template("digest.txt.j2")

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Row
 from .articles import field_filter
 from .tables import articles, deliveries, edition_articles, editions, subscribers, utcnow
 
-EDITION_STATUSES = ("sending", "paused", "done", "cancelled")
+EDITION_STATUSES = ("draft", "approved", "scheduled", "sending", "paused", "done", "cancelled")
 DELIVERY_STATUSES = ("pending", "sent", "failed", "skipped", "cancelled")
 CHUNK = 1000
 
@@ -47,19 +47,20 @@ def carried_article_ids(conn: Connection, publication: str) -> list[int]:
 
 def insert_edition(
     conn: Connection, *, publication: str, number: int, content: Mapping[str, Any], now: datetime,
-    scheduled_for: datetime | None = None,
+    scheduled_for: datetime | None = None, status: str = "sending", **extra: Any,
 ) -> int:
+    """A new edition with its articles.  A ``draft`` only reserves its articles; they
+    are marked published when it starts sending."""
     edition_id = conn.execute(
         editions.insert().values(
-            publication=publication, number=number, status="sending", scheduled_for=scheduled_for,
-            created_at=now, content=json.dumps(content, ensure_ascii=False),
+            publication=publication, number=number, status=status, scheduled_for=scheduled_for,
+            created_at=now, content=json.dumps(content, ensure_ascii=False), **extra,
         )
     ).inserted_primary_key[0]
     ids = [a["id"] for a in content["articles"]]
-    if ids:
-        conn.execute(edition_articles.insert(),
-                     [{"edition_id": edition_id, "article_id": a, "position": i} for i, a in enumerate(ids)])
-        conn.execute(update(articles).where(articles.c.id.in_(ids)).values(status="published", updated_at=now))
+    set_articles(conn, edition_id, ids)
+    if status == "sending":
+        mark_published(conn, ids, now)
     return edition_id
 
 
@@ -324,3 +325,89 @@ def delivery_recipient(conn: Connection, delivery_id: int) -> Row | None:
         return None
     return conn.execute(select(deliveries.c.subscriber_id, deliveries.c.email)
                         .where(deliveries.c.id == delivery_id)).first()
+
+
+# -- the editorial workflow (editions/state.py is the only caller that writes) --------
+
+WORKFLOW_STATUSES = ("draft", "approved", "scheduled")
+
+
+def compare_and_set(conn: Connection, edition_id: int, expected: Sequence[str], values: Mapping[str, Any],
+                    *, revision: int | None = None, content_hash: str | None = None) -> bool:
+    """UPDATE … WHERE status IN expected [AND revision/hash match]: True when this call
+    made the change.  Two people acting at once: the database lets exactly one in."""
+    q = update(editions).where(editions.c.id == edition_id, editions.c.status.in_(list(expected)))
+    if revision is not None:
+        q = q.where(editions.c.revision == revision)
+    if content_hash is not None:
+        q = q.where(editions.c.content_hash == content_hash)
+    return conn.execute(q.values(**values)).rowcount == 1
+
+
+def set_articles(conn: Connection, edition_id: int, article_ids: Sequence[int]) -> None:
+    """The articles an unsent edition reserves, in order."""
+    conn.execute(edition_articles.delete().where(edition_articles.c.edition_id == edition_id))
+    if article_ids:
+        conn.execute(edition_articles.insert(),
+                     [{"edition_id": edition_id, "article_id": a, "position": i} for i, a in enumerate(article_ids)])
+
+
+def release_articles(conn: Connection, edition_id: int) -> None:
+    conn.execute(edition_articles.delete().where(edition_articles.c.edition_id == edition_id))
+
+
+def mark_published(conn: Connection, article_ids: Sequence[int], now: datetime) -> None:
+    if article_ids:
+        conn.execute(update(articles).where(articles.c.id.in_(list(article_ids))).values(status="published",
+                                                                                          updated_at=now))
+
+
+def articles_by_id(conn: Connection, ids: Sequence[int]) -> dict[int, Row]:
+    if not ids:
+        return {}
+    return {r.id: r for r in conn.execute(select(articles).where(articles.c.id.in_(list(ids))))}
+
+
+def unsent_carrying(conn: Connection, article_ids: Sequence[int]) -> list[Row]:
+    """Drafts, approved and scheduled editions that carry any of ``article_ids``."""
+    if not article_ids:
+        return []
+    q = (
+        select(editions).distinct()
+        .join(edition_articles, edition_articles.c.edition_id == editions.c.id)
+        .where(edition_articles.c.article_id.in_(list(article_ids)), editions.c.status.in_(WORKFLOW_STATUSES))
+        .order_by(editions.c.id)
+    )
+    return list(conn.execute(q))
+
+
+def oldest_in(conn: Connection, publication: str, statuses: Sequence[str], *, unscheduled: bool = False) -> Row | None:
+    q = select(editions).where(editions.c.publication == publication, editions.c.status.in_(list(statuses)))
+    if unscheduled:
+        q = q.where(editions.c.scheduled_for.is_(None))
+    return conn.execute(q.order_by(editions.c.number).limit(1)).first()
+
+
+def scheduled_due(conn: Connection, publication: str, now: datetime) -> list[Row]:
+    return list(conn.execute(
+        select(editions).where(editions.c.publication == publication, editions.c.status == "scheduled",
+                               editions.c.scheduled_for <= now).order_by(editions.c.scheduled_for)
+    ))
+
+
+def add_version(conn: Connection, edition_id: int, digest: str, content_json: str, now: datetime) -> None:
+    from .tables import edition_versions
+
+    exists = conn.execute(select(edition_versions.c.id).where(
+        edition_versions.c.edition_id == edition_id, edition_versions.c.hash == digest)).first()
+    if exists is None:
+        conn.execute(edition_versions.insert().values(edition_id=edition_id, hash=digest, content=content_json,
+                                                      created_at=now))
+
+
+def find_version(conn: Connection, edition_id: int, digest_prefix: str) -> Row | None:
+    from .tables import edition_versions
+
+    return conn.execute(select(edition_versions).where(
+        edition_versions.c.edition_id == edition_id, edition_versions.c.hash.like(f"{digest_prefix}%"))
+        .order_by(edition_versions.c.id.desc()).limit(1)).first()

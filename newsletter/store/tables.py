@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -139,6 +140,17 @@ editions = Table(
     Column("content", Text, nullable=False),
     # Why the edition is paused or waiting (quota, too many errors, an operator).
     Column("note", Text, nullable=True),
+    # -- the editorial workflow (editions/state.py): who made it, who changed it last,
+    # the hash of ``content`` now, and what was approved (the frozen JSON and its hash).
+    Column("content_hash", String(64), nullable=True),
+    Column("revision", Integer, nullable=False, default=0, server_default="0"),
+    Column("created_by", String(64), nullable=True),
+    Column("edited_by", String(64), nullable=True),
+    Column("edited_at", UTCDateTime, nullable=True),
+    Column("approved_by", String(64), nullable=True),
+    Column("approved_at", UTCDateTime, nullable=True),
+    Column("approved_hash", String(64), nullable=True),
+    Column("approved_content", Text, nullable=True),
     UniqueConstraint("publication", "number", name="uq_editions_publication_number"),
     UniqueConstraint("publication", "scheduled_for", name="uq_editions_publication_scheduled_for"),
 )
@@ -263,4 +275,52 @@ rate_limits = Table(
     Column("key", String(200), primary_key=True),
     Column("window_start", UTCDateTime, nullable=False),
     Column("count", Integer, nullable=False),
+)
+
+
+# --- The editorial workflow (issue 13): users, the audit log, content versions ---
+
+# People who act on editions (CLI ``--as``, the console).  Passwords are argon2
+# hashes (newsletter/users.py); a disabled user keeps their row so that the audit
+# log still names them.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("email", String(320), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", String(200), nullable=True),
+    Column("disabled", Boolean, nullable=False, default=False, server_default=false()),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# One row per state change: who (a user name, or NULL for the daemon / nobody
+# named), when, what, through which interface (cli, daemon, console).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(64), nullable=True),
+    Column("interface", String(16), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("publication", String(64), nullable=True),
+    Column("edition_id", Integer, ForeignKey("editions.id", ondelete="CASCADE"), nullable=True),
+    Column("detail", Text, nullable=True),
+    Index("ix_audit_log_edition_id", "edition_id"),
+)
+
+# Every content an edition had while it was a draft, by hash: approving with the
+# hash of an older preview says what changed since.
+edition_versions = Table(
+    "edition_versions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("edition_id", Integer, ForeignKey("editions.id", ondelete="CASCADE"), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("edition_id", "hash", name="uq_edition_versions_edition_id"),
 )
