@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from .config import Config, Publication
-from .editions.assemble import VariantKey, freeze, inert, select_articles, variant_fields
+from .editions.assemble import VariantKey, freeze, select_articles, variant_fields
 from .errors import InputError
 from .sanitize import markdown_to_html
 from .store import articles as article_q
@@ -71,9 +71,9 @@ def draft_content(
         "subject": subject or default_subject(content),
         "subject_custom": bool(subject),
         "lead": lead,
-        "lead_html": inert(markdown_to_html(lead)) if lead.strip() else "",
+        "lead_html": markdown_to_html(lead) if lead.strip() else "",
         "afterword": afterword,
-        "afterword_html": inert(markdown_to_html(afterword)) if afterword.strip() else "",
+        "afterword_html": markdown_to_html(afterword) if afterword.strip() else "",
     })
     return content
 

@@ -288,8 +288,10 @@ def test_lead_and_afterword_appear_in_both_parts(open_office, tmp_path):
     html = msg.get_body(("html",)).get_content()
     plain = msg.get_body(("plain",)).get_content()
     for part in (html, plain):
-        assert "寒さが" in part and "編集後記" in part and "%%NL_UNSUBSCRIBE_URL%%" not in part
-        assert "/unsubscribe/" in part  # the real link, once, from the footer
+        # The lead's look-alike placeholder stays literal text: personal data goes only
+        # where the template puts it (the markers are unguessable, newsletter/links.py).
+        assert "寒さが" in part and "編集後記" in part and "%%NL_UNSUBSCRIBE_URL%%" in part
+        assert part.count("/unsubscribe/") == 1  # the real link, once, from the footer
     assert "<strong>厳しく</strong>" in html and "onerror" not in html and "<img" not in html
     assert html.index("寒さが") < html.index("続きを読む") < html.index("編集後記")
 
@@ -532,7 +534,7 @@ def test_the_approval_key_is_checked(tmp_path):
     cli = CLI(write_config(tmp_path / "p", f"sqlite:///{tmp_path / 'p.db'}",
                            replace={'schedule = "0 9 * * TUE"': 'schedule = "0 9 * * TUE"\napproval = "maybe"'}))
     line = one_error_line(cli("init", ok=False))
-    assert "publications[0].approval" in line and "none, required" in line
+    assert "publications[0].approval" in line and "'none', 'required'" in line
 
 
 # -- a database from the previous release ---------------------------------------------------
@@ -584,7 +586,9 @@ def test_a_database_at_0005_upgrades_and_its_editions_keep_working(tmp_path, sto
                 conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                                   f"(SELECT max(id) FROM {table}))"))
     engine.dispose()
-    assert cli("init").stdout.strip().endswith("from schema 0005 to 0007")
+    from newsletter.store import schema_head
+
+    assert f"from schema 0005 to {schema_head()}" in cli("init").stdout
     out = cli("edition", "send", "--edition", "2").stdout
     assert "this run sent 1, failed 0" in out
     listing = cli("edition", "list").stdout
