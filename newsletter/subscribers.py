@@ -40,7 +40,9 @@ def normalize_email(value: str) -> str:
     if any(c in raw for c in "\r\n\t\x00"):
         raise ValueError(f"invalid email address {raw!r}: control characters")
     try:
-        result = validate_email(raw, check_deliverability=False)
+        # allow_smtputf8=False: a non-ASCII local part (すずき@example.jp) cannot be
+        # mailed by our providers; IDN domains stay allowed.
+        result = validate_email(raw, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise ValueError(f"invalid email address '{raw}': {exc}") from None
     return result.normalized.lower()
