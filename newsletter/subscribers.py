@@ -454,7 +454,9 @@ def unsubscribe_id(
 ) -> tuple[str | None, int]:
     """Unsubscribe by id (a signed link or a mailed request): the pending
     deliveries are cancelled and a consent row written; repeating it, or doing
-    it to a bounced/complained address, changes nothing.
+    it to a bounced/complained address, changes nothing — also when the same
+    link is posted many times at once: the status change is a compare-and-set,
+    and only the request that made it writes the consent row.
 
     Returns (the status before or None when there is no such subscriber, the
     number of deliveries cancelled)."""
@@ -464,6 +466,9 @@ def unsubscribe_id(
             return None, 0
         if row.status in q.SUPPRESSED:
             return row.status, 0
-        q.update_subscriber(conn, subscriber_id, {"status": "unsubscribed"})
+        if not q.change_status(conn, subscriber_id, "unsubscribed", unless=q.SUPPRESSED):
+            # A concurrent request (the same link posted twice, a bounce) suppressed it first.
+            now = q.get_by_id(conn, subscriber_id)
+            return (now.status if now else None), 0
         q.add_consent(conn, subscriber_id, "unsubscribed", source=source, ip=ip, user_agent=user_agent, detail=detail)
         return row.status, q.cancel_pending_deliveries(conn, subscriber_id)

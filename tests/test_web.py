@@ -6,8 +6,15 @@ request — each must end as a 4xx that changes nothing, never a 500."""
 from __future__ import annotations
 
 import email
+import http.client
 import re
+import socket
+import threading
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import policy
@@ -16,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import uvicorn
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
@@ -477,6 +485,59 @@ def test_one_click_post(site, encoding):
     bad = client.post(path, content=b"List-Unsubscribe=Yes",
                       headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert bad.status_code == 400
+
+
+@contextmanager
+def served(app) -> Iterator[int]:
+    """``app`` on a real uvicorn server on 127.0.0.1 (in a thread); yields the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                           backlog=512))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def test_concurrent_one_click_posts_write_one_consent_row(tmp_path, storage_url):
+    """200 one-click POSTs on one link at the same moment (a mailbox provider
+    retrying, a scanner and the reader): all answered 200, and the consent
+    record says once that the reader unsubscribed — one row per actual change
+    (it used to get a dozen)."""
+    site = make_site(tmp_path, storage_url)
+    site.cli("subscriber", "add", "reader@example.jp", "--fields", "education")
+    pending_delivery(site, "reader@example.jp")
+    path = f"/unsubscribe/{site.token('unsubscribe', 'reader@example.jp')}"
+    n = 200
+    barrier = threading.Barrier(n)
+
+    def one_click(port: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.connect()
+        barrier.wait()  # every connection open, then all requests at once
+        conn.request("POST", path, body=b"List-Unsubscribe=One-Click",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    with served(site.client.app) as port, ThreadPoolExecutor(n) as pool:
+        statuses = list(pool.map(one_click, [port] * n))
+    assert statuses == [200] * n
+    assert site.subscriber("reader@example.jp").status == "unsubscribed"
+    assert delivery_status(site, "reader@example.jp") == "cancelled"
+    events = [c.event for c in site.consents("reader@example.jp")]
+    assert events == ["subscribe", "unsubscribed"]
 
 
 def test_unsubscribe_of_an_erased_subscriber_is_harmless(site):

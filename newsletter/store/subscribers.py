@@ -65,6 +65,19 @@ def consent_records(conn: Connection, subscriber_id: int) -> list[Row]:
     return list(conn.execute(select(consents).where(consents.c.subscriber_id == subscriber_id).order_by(consents.c.id)))
 
 
+def change_status(conn: Connection, subscriber_id: int, status: str, *, unless: Sequence[str]) -> bool:
+    """Compare-and-set: give the subscriber ``status`` unless theirs is already
+    one of ``unless``; True when this call changed it.  Requests racing to make
+    the same change all read the old status, but only one UPDATE matches
+    (PostgreSQL re-checks the WHERE once the row lock is free; SQLite has one
+    writer at a time), so only that caller writes the consent row."""
+    result = conn.execute(
+        update(subscribers).where(subscribers.c.id == subscriber_id, subscribers.c.status.not_in(unless))
+        .values(status=status, updated_at=utcnow())
+    )
+    return result.rowcount == 1
+
+
 def cancel_pending_deliveries(conn: Connection, subscriber_id: int) -> int:
     result = conn.execute(
         update(deliveries)
