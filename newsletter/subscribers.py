@@ -745,7 +745,9 @@ def unsubscribe_id(
 ) -> tuple[str | None, int]:
     """Unsubscribe by id (a signed link or a mailed request): the pending
     deliveries are cancelled and a consent row written; repeating it, or doing
-    it to a bounced/complained address, changes nothing.
+    it to a bounced/complained address, changes nothing — also when the same
+    link is posted many times at once: the status change is a compare-and-set,
+    and only the request that made it writes the consent row.
 
     Returns (the status before or None when there is no such subscriber, the
     number of deliveries cancelled)."""

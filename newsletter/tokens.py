@@ -14,6 +14,13 @@ single use is the store's business (``signups.confirmed_at``).
 Key rotation: :func:`signing_keys` is the current key (``config.secret()``)
 followed by the old ones from the variable named by ``[site] old_secrets_env``
 (comma-separated).  New links are always signed with the first.
+
+Parsing is strict, whatever a client sends: ids and expiries are ASCII digits
+only (``'²'.isdigit()`` is true, and ``int('²')`` fails), signatures exactly
+the base64url characters of a 128-bit MAC; anything else is "not our token"
+(None), never an exception.  Every comparison of a secret with what a client
+sent goes through :func:`equal` (constant time, on bytes: ``hmac.compare_digest``
+raises on a non-ASCII ``str``), here and in the CSRF and webhook checks.
 """
 
 from __future__ import annotations
@@ -27,7 +34,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 PURPOSES = ("unsubscribe", "preferences")
+# 128 bits in base64url without padding: 22 characters.  [0-9] and [A-Za-z] are
+# ASCII only (unlike str.isdigit() or \d on str patterns).
+_SIGNATURE = r"[A-Za-z0-9_-]{22}"
+_TOKEN = re.compile(rf"([0-9]{{1,18}})\.({_SIGNATURE})")
+_EXPIRING = re.compile(rf"([0-9]{{1,15}})\.([0-9]{{1,15}})\.({_SIGNATURE})")
 EXPIRING_PURPOSES = ("confirm",)
+
+
+def equal(expected: str | bytes, given: str | bytes) -> bool:
+    """Constant-time comparison of a secret we computed with what a client sent,
+    for any text at all (non-ASCII, lone surrogates): both are compared as bytes."""
+    a = expected.encode("utf-8", "surrogatepass") if isinstance(expected, str) else expected
+    b = given.encode("utf-8", "surrogatepass") if isinstance(given, str) else given
+    return hmac.compare_digest(a, b)
 
 
 def _sig(key: bytes, purpose: str, subscriber_id: int) -> str:
@@ -43,12 +63,12 @@ def make_token(key: bytes, purpose: str, subscriber_id: int) -> str:
 
 def verify_token(keys: Iterable[bytes], purpose: str, token: str) -> int | None:
     """The subscriber id if ``token`` was made by one of ``keys`` for ``purpose``."""
-    sid_text, _, sig = token.partition(".")
-    if not sid_text.isdigit() or not sig or len(sid_text) > 18:
+    m = _TOKEN.fullmatch(token)
+    if m is None:
         return None
-    sid = int(sid_text)
+    sid = int(m.group(1))
     for key in keys:
-        if hmac.compare_digest(_sig(key, purpose, sid), sig):
+        if equal(_sig(key, purpose, sid), m.group(2)):
             return sid
     return None
 
@@ -73,9 +93,6 @@ class Expiring:
     expired: bool
 
 
-_DIGITS = re.compile(r"[0-9]{1,15}")
-
-
 def _expiring_sig(key: bytes, purpose: str, ident: int, expires: int) -> str:
     text = f"newsletter:{purpose}:{ident}:{expires}".encode()
     return base64.urlsafe_b64encode(hmac.new(key, text, hashlib.sha256).digest()[:16]).rstrip(b"=").decode()
@@ -91,14 +108,11 @@ def make_expiring_token(key: bytes, purpose: str, ident: int, expires: int) -> s
 def verify_expiring_token(keys: Iterable[bytes], purpose: str, token: str, now: float) -> Expiring | None:
     """None for a token none of ``keys`` made (forged, truncated, other purpose);
     otherwise its id, with ``expired`` set when ``now`` is past its expiry."""
-    parts = token.split(".")
-    if len(parts) != 3:
+    m = _EXPIRING.fullmatch(token)
+    if m is None:
         return None
-    ident_text, expires_text, sig = parts
-    if not (_DIGITS.fullmatch(ident_text) and _DIGITS.fullmatch(expires_text)):
-        return None
-    ident, expires = int(ident_text), int(expires_text)
+    ident, expires, sig = int(m.group(1)), int(m.group(2)), m.group(3)
     for key in keys:
-        if hmac.compare_digest(_expiring_sig(key, purpose, ident, expires), sig):
+        if equal(_expiring_sig(key, purpose, ident, expires), sig):
             return Expiring(ident, expires, expired=now >= expires)
     return None

@@ -6,8 +6,15 @@ request — each must end as a 4xx that changes nothing, never a 500."""
 from __future__ import annotations
 
 import email
+import http.client
 import re
+import socket
+import threading
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import policy
@@ -16,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import uvicorn
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
@@ -23,7 +31,7 @@ from starlette.testclient import TestClient
 from newsletter import publish
 from newsletter.config import Config, load_config
 from newsletter.store import open_engine
-from newsletter.store.tables import consents, deliveries, editions, signups, subscribers
+from newsletter.store.tables import consents, deliveries, editions, metadata, signups, subscribers
 from newsletter.tokens import make_expiring_token, make_token
 from newsletter.web import create_app
 from tests.conftest import CLI, ROOT, write_config
@@ -96,6 +104,12 @@ def make_site(tmp_path: Path, storage_url: str, *, extra: str = "", replace: dic
 @pytest.fixture
 def site(tmp_path) -> Site:
     return make_site(tmp_path, f"sqlite:///{tmp_path / 'project' / 'var' / 'newsletter.db'}")
+
+
+def dump(engine: Engine) -> dict[str, list[tuple]]:
+    """Every row of every table: what "changes nothing" is checked against."""
+    with engine.connect() as conn:
+        return {t.name: sorted(map(tuple, conn.execute(select(t))), key=repr) for t in metadata.sorted_tables}
 
 
 def csrf_of(html: str, form_id: str | None = None) -> str:
@@ -269,6 +283,10 @@ def test_rotated_keys_keep_old_links_working(tmp_path, monkeypatch):
     ("not-an-address", ("education",), True, "メールアドレスの形式が正しくありません"),
     ("taro@", ("education",), True, "メールアドレスの形式が正しくありません"),
     ("taro@example.jp\r\nBcc: x@example.jp", ("education",), True, "メールアドレスの形式が正しくありません"),
+    # A non-ASCII local part cannot be mailed: refused before anything is written
+    # (it used to become a pending subscriber, then a 500 when the mail was built).
+    ("すずき@example.jp", ("education",), True, "メールアドレスの形式が正しくありません"),
+    ("ｽｽﾞｷ@example.jp", ("education",), True, "メールアドレスの形式が正しくありません"),
     ("", ("education",), True, "メールアドレスを入力してください"),
     ("taro@example.jp", ("sports",), True, "不明な分野が指定されました: sports"),
     ("taro@example.jp", (), True, "分野を1つ以上選んでください"),
@@ -279,8 +297,7 @@ def test_bad_sign_up_input_is_a_400_that_writes_nothing(site, address, fields, a
     assert res.status_code == 400
     assert message in res.text
     assert 'name="csrf"' in res.text  # the form again, to correct
-    with site.engine.connect() as conn:
-        assert conn.execute(select(subscribers)).first() is None
+    assert not any(dump(site.engine).values())  # not a row in any table
     assert site.mails() == []
 
 
@@ -472,6 +489,59 @@ def test_one_click_post(site, encoding):
     assert bad.status_code == 400
 
 
+@contextmanager
+def served(app) -> Iterator[int]:
+    """``app`` on a real uvicorn server on 127.0.0.1 (in a thread); yields the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                           backlog=512))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def test_concurrent_one_click_posts_write_one_consent_row(tmp_path, storage_url):
+    """200 one-click POSTs on one link at the same moment (a mailbox provider
+    retrying, a scanner and the reader): all answered 200, and the consent
+    record says once that the reader unsubscribed — one row per actual change
+    (it used to get a dozen)."""
+    site = make_site(tmp_path, storage_url)
+    site.cli("subscriber", "add", "reader@example.jp", "--fields", "education")
+    pending_delivery(site, "reader@example.jp")
+    path = f"/unsubscribe/{site.token('unsubscribe', 'reader@example.jp')}"
+    n = 200
+    barrier = threading.Barrier(n)
+
+    def one_click(port: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.connect()
+        barrier.wait()  # every connection open, then all requests at once
+        conn.request("POST", path, body=b"List-Unsubscribe=One-Click",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    with served(site.client.app) as port, ThreadPoolExecutor(n) as pool:
+        statuses = list(pool.map(one_click, [port] * n))
+    assert statuses == [200] * n
+    assert site.subscriber("reader@example.jp").status == "unsubscribed"
+    assert delivery_status(site, "reader@example.jp") == "cancelled"
+    events = [c.event for c in site.consents("reader@example.jp")]
+    assert events == ["subscribe", "unsubscribed"]
+
+
 def test_unsubscribe_of_an_erased_subscriber_is_harmless(site):
     site.cli("subscriber", "add", "erased@example.jp", "--fields", "education")
     path = f"/unsubscribe/{site.token('unsubscribe', 'erased@example.jp')}"
@@ -518,6 +588,68 @@ def test_security_headers_and_no_secrets(site, caplog, monkeypatch):
     assert site.client.get(f"/unsubscribe/{token}").headers["cache-control"] == "no-store"
     assert token not in caplog.text and "/unsubscribe/…" in caplog.text
     assert site.client.get("/static/site.css").headers["content-type"].startswith("text/css")
+
+
+def test_hostile_tokens_and_csrf_values_are_a_4xx_that_changes_nothing(site):
+    """Tokens and CSRF values a client can write: digits outside ASCII ('²'.isdigit()
+    is true, int('²') fails), non-ASCII signatures (hmac.compare_digest raises
+    on a non-ASCII str) — each was a 500."""
+    site.cli("subscriber", "add", "reader@example.jp", "--fields", "education")
+    unsub = site.token("unsubscribe", "reader@example.jp")
+    sid, sig = unsub.split(".")
+    page = site.client.get("/")
+    before = dump(site.engine)
+    one_click = {"Content-Type": "application/x-www-form-urlencoded"}
+    for token in (f"².{sig}", f"{sid}.{sig[:-1]}é", f"{sid}.署名", "１.２", f"{sid}.{sig}%0A", f"{sid}.{sig}.x",
+                  f"٣.{sig}", f"{sid}"):
+        for purpose in ("unsubscribe", "preferences"):
+            assert site.client.get(f"/{purpose}/{token}").status_code == 400, (purpose, token)
+        res = site.client.post(f"/unsubscribe/{token}", content=b"List-Unsubscribe=One-Click", headers=one_click)
+        assert res.status_code == 400, token
+    for token in ("1.2.é", "².2.AAAAAAAAAAAAAAAAAAAAAA", "1.²2.AAAAAAAAAAAAAAAAAAAAAA", "1.2.署名"):
+        assert site.client.get(f"/confirm/{token}").status_code == 400, token
+    form = {"email": "taro@example.jp", "fields": "education", "agree": "1"}
+    pref = f"/preferences/{site.token('preferences', 'reader@example.jp')}"
+    for csrf in ("é" * 24, "署名", csrf_of(page.text)[:-1] + "²", "\udcff"):
+        for path, data in (("/subscribe", form), (pref, {"fields": "administration"}), (f"/unsubscribe/{unsub}", {})):
+            body = "&".join(f"{k}={v}" for k, v in {**data, "csrf": csrf}.items()).encode("utf-8", "surrogatepass")
+            res = site.client.post(path, content=body, headers=one_click)
+            assert res.status_code == 403, (path, csrf)
+    stranger = TestClient(site.client.app, client=(CLIENT_IP, 3))
+    for cookie in ("é" * 30, "署名" * 12, "a" * 24 + "\n"):
+        res = stranger.post("/subscribe", content=b"csrf=x&email=a%40example.jp", headers={
+            **one_click, "Cookie": b"nl_csrf=" + cookie.encode()})
+        assert res.status_code == 403, cookie
+    assert dump(site.engine) == before
+
+
+def test_an_unexpected_error_is_logged_and_answered_without_insides(tmp_path, caplog):
+    """The last resort, for a bug (here: the provider hand-over raising): a plain
+    500 page in the site's language with the security headers, the traceback in
+    the log only."""
+    site = make_site(tmp_path, f"sqlite:///{tmp_path / 'project' / 'var' / 'newsletter.db'}")
+
+    def broken(config, message):
+        raise RuntimeError("internal detail /srv/secret/path")
+
+    client = TestClient(create_app(site.config, site.engine, clock=site.clock, send_mail=broken),
+                        client=(CLIENT_IP, 1), raise_server_exceptions=False)
+    page = client.get("/")
+    caplog.set_level("ERROR", logger="newsletter.web.app")
+    res = client.post("/subscribe", data={"csrf": csrf_of(page.text), "email": "taro@example.jp",
+                                          "fields": "education", "agree": "1"})
+    assert res.status_code == 500
+    assert "サーバーで問題が発生しました" in res.text
+    assert "Traceback" not in res.text and "secret" not in res.text and "RuntimeError" not in res.text
+    assert res.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in res.headers["content-security-policy"]
+    assert "RuntimeError" in caplog.text and "internal detail" in caplog.text  # the operator sees what happened
+    # Even when the error page itself cannot be made: plain text, still nothing of the insides.
+    (site.folder / "templates" / "web" / "message.html.j2").unlink()
+    res = client.post("/subscribe", data={"csrf": csrf_of(page.text), "email": "hanako@example.jp",
+                                          "fields": "education", "agree": "1"})
+    assert (res.status_code, res.text) == (500, "error: internal error\n")
+    assert res.headers["x-frame-options"] == "DENY"
 
 
 def test_malformed_requests_never_give_a_500(site):

@@ -31,7 +31,7 @@ from sqlalchemy import func, select, update
 
 from newsletter.store.tables import consents, deliveries, mail_events, subscribers
 from newsletter.web.webhooks import sns_string_to_sign
-from tests.test_web import Site, make_site
+from tests.test_web import Site, dump, make_site
 
 CERT_URL = "https://sns.ap-northeast-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
 TOPIC = "arn:aws:sns:ap-northeast-1:123456789012:ses-bounces"
@@ -442,3 +442,52 @@ def test_a_bounce_finds_its_delivery_by_nl_delivery_id(hooks, ec_key, rsa_cert, 
     assert res.status_code == 200, res.text
     assert hooks.subscriber("spam@example.jp").status == "bounced"
     assert hooks.subscriber("fine@example.jp").status == "active"
+
+
+def test_hostile_webhook_requests_are_a_4xx_that_changes_nothing(hooks, ec_key, rsa_cert):
+    """Issue 11 item 8: each of these answered 500, most before authentication —
+    non-ASCII or surrogate signatures and tokens, deep nesting, integers too long
+    for Python, wrong JSON types in SNS fields — and, signed with the right keys,
+    digits outside ASCII and wrong types after authentication."""
+    key, _ = rsa_cert
+    before = dump(hooks.engine)
+
+    def post(provider: str, body: bytes, **headers) -> int:
+        res = hooks.client.post(f"/webhooks/{provider}", content=body,
+                                headers={"Content-Type": "application/json", **headers})
+        assert res.text.startswith("error: " if res.status_code >= 400 else "ok: ") and "Traceback" not in res.text
+        return res.status_code
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    mg_sig = {"timestamp": str(int(time.time())), "token": "t" * 50}
+    unsigned_ses = sns_message(SES_BOUNCE)
+    # Before authentication.
+    assert post("mailgun", json.dumps({"signature": {**mg_sig, "signature": "署名"}}).encode()) == 403
+    assert post("mailgun", b'{"signature": {"timestamp": "1", "token": "\\udc80", "signature": "00"}}') == 400
+    assert post("mailgun", deep) == 400
+    assert post("mailgun", b'{"a":' * 40 + b"1" + b"}" * 40) == 400  # deeper than any provider nests
+    assert post("mailgun", b'{"signature": {"timestamp": ' + b"9" * 5000 + b', "token": "t", "signature": "0"}}') == 400
+    assert post("ses", json.dumps({**unsigned_ses, "Type": ["Notification"], "Signature": "AAAA"}).encode()) == 400
+    bad_url = "https://[sns.ap-northeast-1.amazonaws.com/a.pem"
+    assert post("ses", json.dumps({**unsigned_ses, "Signature": "AAAA", "SigningCertURL": bad_url}).encode()) == 403
+    assert post("ses", json.dumps({**unsigned_ses, "Signature": "署名"}).encode()) == 403
+    assert post("ses", json.dumps({**unsigned_ses, "Signature": "AAAA", "Message": "\udc80"}).encode()) == 400
+    assert post("ses", json.dumps({**unsigned_ses, "Signature": "AAAA", "MessageId": "a\x00"}).encode()) == 400
+    assert post("sendgrid", b"[]", **{"X-Twilio-Email-Event-Webhook-Signature": "署名".encode(),
+                                      "X-Twilio-Email-Event-Webhook-Timestamp": b"\xb2"}) == 403
+    assert post("postmark", b"{}", Authorization=b"Basic " + "署名".encode()) == 401
+    # Signed with the right keys, but not what the provider sends.
+    digit = "\u00b2"  # '²': str.isdigit() says yes, int() says no
+    signature = hmac.new(b"mailgun-signing-key-123", (digit + "t").encode(), hashlib.sha256).hexdigest()
+    event = mg_failed("hard@example.jp", "permanent", "mg-9")
+    assert post("mailgun", json.dumps({"signature": {"timestamp": digit, "token": "t", "signature": signature},
+                                       "event-data": event}).encode()) == 400
+    auth = base64.b64encode(b"postmark:p@ss word").decode()
+    assert post("postmark", json.dumps({**POSTMARK_BOUNCE, "Type": ["HardBounce"]}).encode(),
+                Authorization=f"Basic {auth}") in (200, 400)
+    odd = {**SES_BOUNCE, "bounce": {**SES_BOUNCE["bounce"], "bouncedRecipients": 5}}
+    assert post_sns(hooks, sns_message(odd, key=key, MessageId="m-odd")).status_code in (200, 400)
+    year_one = sns_message(SES_BOUNCE, key=key, Timestamp="0001-01-01T00:00:00+09:00")
+    assert post_sns(hooks, year_one).status_code == 400
+    assert statuses(hooks) == ALL_ACTIVE
+    assert dump(hooks.engine) == before

@@ -114,14 +114,21 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error on %s %s: %s", request.method, request.url.path.split("/")[1:2], exc,
-              exc_info=exc)
-    svc: Service = request.app.state.svc
+    """The last resort, for a bug: the traceback goes to the log (the first path
+    segment only: never a token), the client gets the plain error page — no
+    traceback, nothing of the server's insides.  No client input should get
+    here; tests/test_web_fuzz.py checks that none does."""
+    log.error("unhandled error on %s %s: %s", request.method, request.url.path.split("/")[1:2],
+              exc.__class__.__name__, exc_info=exc)
     # This response bypasses the middleware (Starlette sends it from the outermost layer).
     headers = default_headers()
-    if request.url.path.startswith("/webhooks/"):
-        return PlainTextResponse("error: internal error\n", status_code=500, headers=headers)
-    return svc.message(svc.t["error_title"], svc.t["err_internal"], 500, headers=headers, error=True)
+    if not request.url.path.startswith("/webhooks/"):
+        try:
+            svc: Service = request.app.state.svc
+            return svc.message(svc.t["error_title"], svc.t["err_internal"], 500, headers=headers, error=True)
+        except Exception:  # the page itself cannot be made (a broken template): plain text, still no traceback
+            log.exception("the error page cannot be rendered")
+    return PlainTextResponse("error: internal error\n", status_code=500, headers=headers)
 
 
 def create_app(config: Config, engine: Engine | None = None, *, clock: Callable[[], datetime] | None = None,

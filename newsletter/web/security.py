@@ -7,7 +7,9 @@ carries ``HMAC(key, cookie | form path)`` in a hidden field.  A cross-site page
 can make the browser send the cookie but can neither read it nor compute the
 HMAC, and a token taken from one form does not work on another path.  The
 RFC 8058 one-click POST is the exception by design: mailbox providers send it
-without cookies, and the signed link itself is the authority.
+without cookies, and the signed link itself is the authority.  The form
+token is compared as bytes in constant time (:func:`newsletter.tokens.equal`),
+so any text a client puts there is simply "wrong", never an error.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..tokens import equal
 
 access_log = logging.getLogger("newsletter.web.access")
 
@@ -93,7 +97,7 @@ def _csrf_mac(secret: bytes, cookie: str, path: str) -> str:
     return base64.urlsafe_b64encode(mac).decode()
 
 
-_COOKIE_RE = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
+_COOKIE_RE = re.compile(r"[A-Za-z0-9_-]{20,64}")
 
 
 class CSRF:
@@ -103,7 +107,7 @@ class CSRF:
 
     def cookie_of(self, request: Request) -> str | None:
         value = request.cookies.get(CSRF_COOKIE, "")
-        return value if _COOKIE_RE.match(value) else None
+        return value if _COOKIE_RE.fullmatch(value) else None
 
     def tokens(self, request: Request, *paths: str) -> tuple[list[str], str | None]:
         """The form tokens for ``paths`` and a new cookie value to set (None when
@@ -123,7 +127,7 @@ class CSRF:
         cookie = self.cookie_of(request)
         if not cookie or not isinstance(form_token, str) or not form_token:
             raise HTTPException(403, message)
-        if not any(hmac.compare_digest(_csrf_mac(k, cookie, path), form_token) for k in self.keys):
+        if not any(equal(_csrf_mac(k, cookie, path), form_token) for k in self.keys):
             raise HTTPException(403, message)
 
 

@@ -31,6 +31,14 @@ Postmark ``Metadata``, SES ``EmailTags``), the address as the fallback — see
 
 Timestamps older than ``[web.webhooks] max_age`` (default 1 day) are refused
 (replays); duplicates within it are harmless anyway.
+
+Whatever arrives — before authentication and after it — ends as an answer, never
+an exception: a JSON body is checked as a whole before any field is used (UTF-8,
+valid JSON, nested at most :data:`MAX_JSON_DEPTH` deep, no lone surrogate or NUL
+in any string, numbers Python can read), every field is type-checked before it
+is used, numbers in text are ASCII digits, and secrets are compared as bytes
+(:func:`newsletter.tokens.equal`).  No provider sends anything else, so each of
+these is a 400 (403 for a signature that cannot be one).
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ from starlette.responses import PlainTextResponse, Response
 from ..bounces import MailEvent, apply_events
 from ..config import WebhookSettings
 from ..replies import bounce_kind
+from ..tokens import equal
 
 if TYPE_CHECKING:
     from .app import Service
@@ -78,11 +87,62 @@ class Rejected(Exception):
         self.headers = dict(headers or {})
 
 
+# The providers' payloads are at most five levels deep.
+MAX_JSON_DEPTH = 32
+_DIGITS = re.compile(r"[0-9]{1,12}")
+
+
 def _json(body: bytes) -> Any:
+    """``body`` as JSON whose every part is safe to use: Rejected(400) otherwise."""
     try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(body.decode("utf-8"))
+    except RecursionError:  # the parser's own bound, far deeper than MAX_JSON_DEPTH
+        raise Rejected(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: not JSON, or an integer too long to read
         raise Rejected(400, f"body is not JSON ({exc.__class__.__name__})") from None
+    _check_json(data)
+    return data
+
+
+def _check_json(data: Any) -> None:
+    """Refuse nesting deeper than MAX_JSON_DEPTH and strings no provider sends:
+    lone surrogates (``"\\ud800"`` is valid JSON but not text, and cannot be
+    encoded) and NUL (PostgreSQL cannot store it)."""
+    todo: list[tuple[Any, int]] = [(data, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, str):
+            _check_text(value)
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise Rejected(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(value, dict):
+                todo.extend((k, depth) for k in value)
+                todo.extend((v, depth + 1) for v in value.values())
+            else:
+                todo.extend((v, depth + 1) for v in value)
+
+
+def _check_text(value: str) -> None:
+    if "\x00" in value:
+        raise Rejected(400, "NUL character in the body")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected(400, "invalid Unicode in the body (a lone surrogate)") from None
+
+
+def _short(value: Any) -> str:
+    """A client's value, quoted and cut short, for an error message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def _number(text: str, what: str) -> int:
+    """A timestamp in text: ASCII digits only (``'²'.isdigit()`` is true too)."""
+    if not _DIGITS.fullmatch(text):
+        raise Rejected(400, f"bad {what}")
+    return int(text)
 
 
 _DELIVERY_ID = re.compile(r"[0-9]{1,10}")
@@ -144,9 +204,7 @@ def sendgrid_events(settings: WebhookSettings, headers: Mapping[str, str], body:
         key.verify(_b64(signature, "signature"), timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise Rejected(403, "signature does not match") from None
-    if not timestamp.isdigit():
-        raise Rejected(400, "bad timestamp header")
-    _check_age(settings, int(timestamp), now)
+    _check_age(settings, _number(timestamp, "timestamp header"), now)
     data = _json(body)
     if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
         raise Rejected(400, "expected a JSON array of event objects")
@@ -192,11 +250,9 @@ def mailgun_events(settings: WebhookSettings, headers: Mapping[str, str], body: 
         raise Rejected(403, "signature missing")
     timestamp, token = str(sig["timestamp"]), str(sig["token"])
     expected = hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, str(sig["signature"]).lower()):
+    if not equal(expected, str(sig["signature"]).lower()):
         raise Rejected(403, "signature does not match")
-    if not timestamp.isdigit():
-        raise Rejected(400, "bad signature.timestamp")
-    _check_age(settings, int(timestamp), now)
+    _check_age(settings, _number(timestamp, "signature.timestamp"), now)
     ed = data.get("event-data")
     if not isinstance(ed, dict) or not isinstance(ed.get("event"), str):
         raise Rejected(400, "event-data missing")
@@ -242,7 +298,7 @@ def postmark_events(settings: WebhookSettings, headers: Mapping[str, str], body:
         except (binascii.Error, ValueError):
             given = b""
     expected = f"{settings.postmark_username}:{password}".encode()
-    if not given or not hmac.compare_digest(given, expected):
+    if not given or not equal(expected, given):
         raise Rejected(401, "authentication required", {"WWW-Authenticate": POSTMARK_REALM})
     data = _json(body)
     if not isinstance(data, dict) or not isinstance(data.get("RecordType"), str):
@@ -252,9 +308,10 @@ def postmark_events(settings: WebhookSettings, headers: Mapping[str, str], body:
     if not isinstance(email, str):
         raise Rejected(400, "no Email/Recipient in the webhook")
     kind = "ignored"
+    bounce_type = data.get("Type") if isinstance(data.get("Type"), str) else ""
     if record == "Bounce":
-        kind = "hard" if data.get("Type") in POSTMARK_HARD else "soft" if data.get("Type") in POSTMARK_SOFT \
-            else "complaint" if data.get("Type") == "SpamComplaint" else "ignored"
+        kind = "hard" if bounce_type in POSTMARK_HARD else "soft" if bounce_type in POSTMARK_SOFT \
+            else "complaint" if bounce_type == "SpamComplaint" else "ignored"
     elif record == "SpamComplaint":
         kind = "complaint"
     elif record == "SubscriptionChange" and data.get("SuppressSending") is True:
@@ -275,15 +332,16 @@ _SIGNED_KEYS = {
     "SubscriptionConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"),
     "UnsubscribeConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"),
 }
-_CERT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}\.pem$")
+_CERT_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}\.pem")
 
 
 def sns_string_to_sign(message: Mapping[str, Any]) -> bytes:
     """The text SNS signs: "Key\\nvalue\\n" for each signed key present, in
     byte order (Subject only when the message has one)."""
-    keys = _SIGNED_KEYS.get(message.get("Type", ""))
+    kind = message.get("Type", "")
+    keys = _SIGNED_KEYS.get(kind) if isinstance(kind, str) else None
     if keys is None:
-        raise Rejected(400, f"unknown SNS message Type {message.get('Type')!r}")
+        raise Rejected(400, f"unknown SNS message Type {_short(kind)}")
     out = []
     for key in keys:
         if key == "Subject" and message.get("Subject") is None:
@@ -296,11 +354,14 @@ def sns_string_to_sign(message: Mapping[str, Any]) -> bytes:
 
 
 def _sns_certificate(settings: WebhookSettings, url: str, now: datetime) -> x509.Certificate:
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+    except ValueError:  # e.g. "https://[x/": an unclosed IPv6 bracket
+        raise Rejected(403, "SigningCertURL is not an allowed SNS certificate URL") from None
     name = parts.path.rsplit("/", 1)[-1]
     if parts.scheme != "https" or not any(fnmatch.fnmatchcase(host, p) for p in settings.ses_certificate_hosts) \
-            or not _CERT_NAME.match(name) or parts.query or parts.username:
+            or not _CERT_NAME.fullmatch(name) or parts.query or parts.username:
         raise Rejected(403, "SigningCertURL is not an allowed SNS certificate URL")
     data = None
     if settings.ses_certificates:
@@ -334,7 +395,7 @@ def _sns_certificate(settings: WebhookSettings, url: str, now: datetime) -> x509
 def _sns_time(value: Any) -> datetime:
     try:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: year 1 with a positive offset
         raise Rejected(400, "bad SNS Timestamp") from None
 
 
@@ -350,7 +411,7 @@ def ses_events(settings: WebhookSettings, headers: Mapping[str, str], body: byte
     version = msg.get("SignatureVersion")
     algorithm = {"1": hashes.SHA1(), "2": hashes.SHA256()}.get(str(version))
     if algorithm is None:
-        raise Rejected(400, f"unsupported SignatureVersion {version!r}")
+        raise Rejected(400, f"unsupported SignatureVersion {_short(version)}")
     if not isinstance(msg.get("Signature"), str) or not isinstance(msg.get("SigningCertURL"), str):
         raise Rejected(403, "signature missing")
     signed = sns_string_to_sign(msg)
@@ -384,7 +445,7 @@ def ses_events(settings: WebhookSettings, headers: Mapping[str, str], body: byte
     if kind_name == "Bounce":
         bounce = note.get("bounce") if isinstance(note.get("bounce"), dict) else {}
         bounce_type = bounce.get("bounceType")
-        for r in bounce.get("bouncedRecipients") or []:
+        for r in _list(bounce.get("bouncedRecipients")):
             if isinstance(r, dict) and isinstance(r.get("emailAddress"), str):
                 # Permanent: the one hard-bounce rule on the recipient's status when SES gives one.
                 kind = bounce_kind(str(r.get("status") or ""), default="hard") if bounce_type == "Permanent" \
@@ -397,13 +458,17 @@ def ses_events(settings: WebhookSettings, headers: Mapping[str, str], body: byte
     elif kind_name == "Complaint":
         complaint = note.get("complaint") if isinstance(note.get("complaint"), dict) else {}
         feedback = complaint.get("complaintFeedbackType")
-        for r in complaint.get("complainedRecipients") or []:
+        for r in _list(complaint.get("complainedRecipients")):
             if isinstance(r, dict) and isinstance(r.get("emailAddress"), str):
                 events.append(MailEvent("ses", f"{msg['MessageId']}:{r['emailAddress'].lower()}",
                                         "ignored" if feedback == "not-spam" else "complaint",
                                         email=r["emailAddress"], detail=f"complaint {feedback or ''}".strip(),
                                         delivery_id=delivery_id))
     return events
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
 
 
 PROVIDERS: dict[str, Callable[[WebhookSettings, Mapping[str, str], bytes, float], list[MailEvent]]] = {
