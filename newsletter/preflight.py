@@ -275,9 +275,17 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
             links.setdefault(art.get("url") or "", _short(art.get("title")))
     if html is not None:
         doc = lxml.html.document_fromstring(html)
+        anchors = {el.get("id") for el in doc.iter() if el.get("id")} | \
+            {el.get("name") for el in doc.iter("a") if el.get("name")}
         for el in doc.iter("a", "img"):
             attr = "href" if el.tag == "a" else "src"
-            links.setdefault((el.get(attr) or "").strip(), _short(el.text_content()) or el.tag)
+            url = (el.get(attr) or "").strip()
+            if el.tag == "a" and url.startswith("#") and len(url) > 1:  # the 目次: a place in this mail
+                if url[1:] not in anchors:
+                    out.append(Finding("error", "link", f"link '{_short(el.text_content())}': {url} — "
+                                                        "no element of the mail has that id"))
+                continue
+            links.setdefault(url, _short(el.text_content()) or el.tag)
     for url, label in links.items():
         problem = link_problem(url)
         if problem:

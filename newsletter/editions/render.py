@@ -1,10 +1,22 @@
 """One variant of an edition → subject, HTML and plain text, with placeholders
 for the personal parts.
 
-jinja2 renders the template; premailer inlines the CSS (``allow_network=False``:
-by default it would fetch linked stylesheets with no timeout); html2text makes
-the plain-text alternative from the same HTML.  This runs once per variant,
-never per recipient: :mod:`.compose` substitutes the placeholders below.
+jinja2 renders the templates; premailer inlines the CSS (``allow_network=False``:
+by default it would fetch linked stylesheets with no timeout).  The text part
+comes from ``digest.txt.j2`` when the templates folder has one (the designed
+メルマガ layout: rules, ■ sections, ◆ headlines, the URL on its own line);
+a custom HTML-only template falls back to html2text on the same HTML.  This
+runs once per variant, never per recipient: :mod:`.compose` substitutes the
+placeholders below.
+
+Rules kept here:
+- headlines and summaries reach the HTML template already escaped, with a
+  ``<wbr>`` between BudouX phrases (``title_html``/``summary_html``): the
+  template's ``word-break: keep-all`` then breaks lines only there;
+- the text template gets the same words unmarked (``title``/``summary``);
+  :func:`japanese.wrap` does its line breaking, after the charset mapping;
+- the Web版 and back-number URLs come from :func:`archive_url`, the one
+  place that knows the archive's paths.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import cssutils
 import html2text
 import jinja2
 import lxml.html
+from markupsafe import Markup, escape
 from premailer import Premailer
 
 from .. import japanese
@@ -33,6 +46,7 @@ GREETING = "%%NL_GREETING%%"
 UNSUBSCRIBE_URL = "%%NL_UNSUBSCRIBE_URL%%"
 PREFERENCES_URL = "%%NL_PREFERENCES_URL%%"
 PLACEHOLDERS = (GREETING, UNSUBSCRIBE_URL, PREFERENCES_URL)
+TEST_MARK = "【テスト】"  # starts the subject of a test send (content["test"])
 
 # cssutils logs every property it does not know (-webkit-*, mso-*), which mail CSS
 # is full of.  Premailer's own logging options add a handler on *every* instance,
@@ -57,14 +71,35 @@ def date_texts(when: datetime, tz: str, language: str) -> tuple[str, str]:
     return f"{short}({WEEKDAYS_JA[local.weekday()]})", short
 
 
+SUBJECT_COLUMNS = 80  # ~40 full-width characters: what a phone's inbox shows
+
+
+def subject_line(prefix: str, headline: str, columns: int = SUBJECT_COLUMNS) -> str:
+    """``prefix`` and the edition's first headline, the headline cut at a BudouX
+    phrase boundary (and marked …) when the whole would pass ``columns``."""
+    if not headline:
+        return prefix
+    room = columns - japanese.display_width(prefix) - 1
+    if japanese.display_width(headline) <= room:
+        return f"{prefix} {headline}"
+    kept = ""
+    for phrase in japanese.phrases(headline):
+        if japanese.display_width(kept + phrase) + 2 > room:
+            break
+        kept += phrase
+    return f"{prefix} {kept.rstrip(' 、,')}…" if kept else prefix
+
+
 @lru_cache(maxsize=8)
 def environment(templates_dir: str) -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
     )
+    env.globals["subject_line"] = subject_line
+    return env
 
 
 @dataclass(frozen=True)
@@ -80,10 +115,54 @@ class Rendered:
     replacements: tuple[japanese.Replacement, ...] = ()
 
 
+def archive_url(base_url: str, publication_slug: str, number: int | None = None) -> str:
+    """The public page of edition ``number`` (its Web版), or without a number the
+    publication's back numbers; the paths are the routes of :mod:`..web.archive`."""
+    base = f"{base_url.rstrip('/')}/archive/{publication_slug}/"
+    return base if number is None else f"{base}{number}/"
+
+
+def line_phrases(text: str) -> list[str]:
+    """BudouX's phrases of one line, joined where a break between them would
+    break kinsoku (a line ending in 【 or 「, one starting with 」 or 。) or
+    a no-break space: the units a line of the HTML may end between."""
+    out: list[str] = []
+    for p in japanese.phrases(text):
+        if out and (out[-1][-1] in japanese.NO_END or p[0] in japanese.NO_START
+                    or out[-1][-1] == "\xa0" or p[0] == "\xa0"):
+            out[-1] += p
+        else:
+            out.append(p)
+    return out
+
+
+def phrased(text: str) -> Markup:
+    """``text`` escaped, with ``<wbr>`` between its phrases (:func:`line_phrases`)
+    and a ``<br>`` for each line break: where a line of a headline or summary may end."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    return Markup("<br>").join(
+        Markup("<wbr>").join(escape(p) for p in line_phrases(line)) for line in lines)
+
+
+def _article(a: Mapping[str, Any], section_name: str, full_text: bool) -> dict[str, Any]:
+    return {
+        **a,
+        "anchor": f"a{a['id']}",
+        "title_html": phrased(a["title"]),
+        "summary_html": phrased(a["summary"]) if a.get("summary") else Markup(""),
+        # The section heading already names this field: a chip repeats only the others.
+        "other_fields": [n for n in a["field_names"] if n != section_name],
+        "body_text": html_to_text(a["body_html"]).strip() if full_text and a.get("body_html") else "",
+        "image": a.get("image") or None,
+    }
+
+
 def context(content: Mapping[str, Any], fields: Sequence[str], when: datetime) -> dict[str, Any]:
     long_date, short_date = date_texts(when, content["timezone"], content["language"])
-    secs = sections(content, fields)
+    secs = [{**s, "articles": [_article(a, s["field"]["name"], content["full_text"]) for a in s["articles"]]}
+            for s in sections(content, fields)]
     titles = [a["title"] for s in secs for a in s["articles"]]
+    base, slug = content["site"]["base_url"], content["publication"]["slug"]
     return {
         "language": content["language"],
         "site": content["site"],
@@ -94,7 +173,36 @@ def context(content: Mapping[str, Any], fields: Sequence[str], when: datetime) -
         "greeting": GREETING,
         "sections": secs,
         "full_text": content["full_text"],
-        "links": {"unsubscribe": UNSUBSCRIBE_URL, "preferences": PREFERENCES_URL, "archive": ""},
+        "first_title": titles[0] if titles else "",
+        "lead_html": Markup(content.get("lead_html") or ""),
+        "afterword_html": Markup(content.get("afterword_html") or ""),
+        "lead_text": _fragment_text(content.get("lead_html") or ""),
+        "afterword_text": _fragment_text(content.get("afterword_html") or ""),
+        "notice": notice(content.get("notice")),
+        "test": bool(content.get("test")),
+        "text_width": content.get("text_width") or japanese.DEFAULT_WIDTH,
+        "links": {"unsubscribe": UNSUBSCRIBE_URL, "preferences": PREFERENCES_URL,
+                  "archive": archive_url(base, slug, content["number"]), "back_numbers": archive_url(base, slug)},
+    }
+
+
+def _fragment_text(fragment: str) -> str:
+    """Sanitized HTML of the editor (lead, afterword, notice) as text for the text part."""
+    return html_to_text(fragment).strip() if fragment.strip() else ""
+
+
+def notice(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The お知らせ block (title, text, link, image, image_alt), or None when it says nothing."""
+    if not value or not (value.get("title") or value.get("text")):
+        return None
+    return {
+        "title": value.get("title") or "",
+        "text": value.get("text") or "",
+        "text_html": phrased(value.get("text") or ""),
+        "link": value.get("link") or "",
+        "link_label": value.get("link_label") or "",
+        "image": value.get("image") or "",
+        "image_alt": value.get("image_alt") or "",
     }
 
 
@@ -216,15 +324,21 @@ def render_variant(
             text_template = env.get_template("digest.txt.j2")
         except jinja2.TemplateNotFound:
             text_template = None
-        text = text_template.render(ctx) if text_template else html_to_text(raw_html)
+        # Blank-line runs from the template's conditionals collapse to one.
+        text = re.sub(r"\n\s*\n(\s*\n)+", "\n\n", text_template.render(ctx)).strip() + "\n" \
+            if text_template else html_to_text(raw_html)
     except jinja2.TemplateNotFound as exc:
         raise InputError(f"{templates_dir}: template '{exc.name}' not found") from None
     except jinja2.TemplateError as exc:
         raise InputError(f"{templates_dir}: template error: {exc}") from None
     subject = " ".join(subject.split())
+    if ctx["test"] and not subject.startswith(TEST_MARK):
+        subject = TEST_MARK + subject
     # premailer writes &nbsp; as U+00A0, which ISO-2022-JP cannot carry: every
     # iso-2022-jp message would fall back to UTF-8.  The entity means the same.
-    body = inline_css(raw_html).replace("\xa0", "&nbsp;") if html else None
+    # lxml (under premailer) knows no <wbr> and closes it at its parent's end;
+    # browsers ignore the stray </wbr>, but it is noise in the source.
+    body = inline_css(raw_html).replace("\xa0", "&nbsp;").replace("</wbr>", "") if html else None
     replacements: tuple[japanese.Replacement, ...] = ()
     if charset == "iso-2022-jp":
         subject, in_subject = japanese.map_for_jis(subject)
