@@ -9,6 +9,7 @@ golden files (see tests/golden/README.md); read the diff before committing it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from zoneinfo import ZoneInfo
 import lxml.html
 import pytest
 
+from newsletter import japanese
 from newsletter.config import Config, Publication, load_config
 from newsletter.delivery import Variants
 from newsletter.editions import render
@@ -127,12 +129,55 @@ def _check_golden(name: str, actual: str) -> None:
         )
 
 
+SUBJECT = "【週刊 地方行政ニュース】第12号 【特集】能登半島の復興計画、住民参加で見直しへ"
+
+
 def test_golden_variant_html_and_text():
     rendered = render_fixed((LG, EDU))
-    assert rendered.subject == "【週刊 地方行政ニュース】第12号 2026年12月1日"
+    assert rendered.subject == SUBJECT
     assert rendered.article_ids == (104, 101, 105, 102)
     _check_golden("digest.html", rendered.html)
     _check_golden("digest.txt", rendered.text)
+
+
+LEAD = "<p>師走に入りました。今号は<strong>DX推進計画</strong>と、学校の端末更新を特集します。</p>"
+AFTERWORD = "<p>年末年始は12月29日から1月3日まで休刊します。来年もよろしくお願いいたします。</p>"
+NOTICE = {
+    "title": "月刊「地方行政」12月号を発売しました",
+    "text": "特集は「自治体DXの現在地」。書店、または当社オンラインストアでお求めいただけます。",
+    "link": "https://news.example.jp/shop/monthly-2026-12",
+    "link_label": "12月号の購入はこちら",
+    "image": "https://news.example.jp/shop/monthly-2026-12/cover.jpg",
+    "image_alt": "月刊「地方行政」12月号の表紙",
+}
+
+
+def demo_content(charset: str = "utf-8", **pub_changes) -> dict:
+    """The demo's edition (articles/sample.json, as `newsletter demo` sends it), with
+    the lead, afterword and お知らせ the editorial workflow adds to the content."""
+    items = json.loads((ROOT / "articles" / "sample.json").read_text(encoding="utf-8"))
+    rows = [
+        article(i + 1, it["title"], ",".join(it["fields"]), summary=it.get("summary", ""),
+                author=it.get("author", ""), day=28 - i, pinned=bool(it.get("pinned")),
+                priority=it.get("priority", 0)) | {"url": it["url"]}
+        for i, it in enumerate(items)
+    ]
+    content = fixed_content(articles=rows, charset=charset, **pub_changes)
+    return content | {"lead_html": LEAD, "afterword_html": AFTERWORD, "notice": NOTICE}
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "iso-2022-jp"])
+def test_golden_demo_edition_in_both_charsets(charset):
+    """The demo edition for a reader of every field: the HTML and the text part, as
+    each charset's readers get them (UPDATE_GOLDEN=1 rewrites tests/golden/demo.*)."""
+    config = fixed_config()
+    rendered = render_variant(demo_content(charset), (LG, ADMIN, EDU), config.templates_dir, when=WHEN,
+                              charset=charset)
+    _check_golden(f"demo.{charset}.html", rendered.html)
+    _check_golden(f"demo.{charset}.txt", rendered.text)
+    assert rendered.subject.startswith("【週刊 地方行政ニュース】第12号 東雲県、")
+    for line in rendered.text.splitlines():
+        assert japanese.display_width(line) <= 70 or line.startswith("https://"), line
 
 
 def test_golden_html_is_mail_ready():
@@ -146,10 +191,14 @@ def test_golden_html_is_mail_ready():
     assert "padding:20px 24px 18px 24px" in style("card-cell")
     assert "border-left:4px solid #1d4f7c" in style("section-heading")
     assert "Hiragino Kaku Gothic ProN" in style("summary")
+    assert "word-break:keep-all" in style("summary") and "overflow-wrap:anywhere" in style("summary")
     assert all(el.get("style") for el in doc.iter("td", "p", "h1", "h2", "h3", "a"))
     block = re.search(r"<style[^>]*>(.*?)</style>", html, re.S)
     assert block and "@media (max-width: 620px)" in block.group(1)
+    assert "@media (prefers-color-scheme: dark)" in block.group(1)
+    assert '<meta name="color-scheme" content="light dark">' in html
     assert "<link" not in html.lower() and "<script" not in html.lower()
+    assert "</wbr>" not in html
     # ≤ 600 px: the fluid container and Outlook's ghost table.
     assert "max-width:600px" in style("container")
     widths = [int(w) for w in re.findall(r'\bwidth="(\d+)"', html)] + \
@@ -162,8 +211,19 @@ def test_golden_html_is_mail_ready():
     assert "%%NL_GREETING%%" in html
     assert "\xa0" not in html  # ISO-2022-JP cannot carry U+00A0; &nbsp; instead
     # Data is escaped, and only once.
-    assert "教員の働き方改革 &lt;速報&gt; 勤務時間調査の結果 &amp; 今後の対応" in html
+    assert "教員の働き方改革 &lt;速報&gt; 勤務時間調査の結果 &amp; 今後の対応" in html.replace("<wbr>", "")
     assert "<速報>" not in html and "&amp;lt;" not in html
+    # The 目次: every headline, linked to its card in the mail.
+    toc = doc.find_class("toc-cell")[0]
+    targets = [a.get("href") for a in toc.iter("a")]
+    assert targets == ["#a104", "#a101", "#a105", "#a102"]
+    for target in targets:
+        [heading] = [el for el in doc.iter("h3") if el.get("id") == target[1:]]
+        assert heading.find("a").get("name") == target[1:]
+    # Web版 and back numbers.
+    hrefs = [a.get("href") for a in doc.iter("a")]
+    assert "https://news.example.jp/archive/weekly/12/" in hrefs
+    assert "https://news.example.jp/archive/weekly/" in hrefs
 
 
 def test_golden_text_reads_like_a_japanese_mail_magazine():
@@ -172,23 +232,38 @@ def test_golden_text_reads_like_a_japanese_mail_magazine():
     assert "■ 地方自治" in lines and "■ 教育" in lines
     assert "■ 行政" not in lines
     assert "第12号 | 2026年12月1日(火)" in lines
-    # Each link: its title, then the URL on a line of its own.
+    rule = "━" * 35
+    assert lines[0] == rule and lines[-1] == rule
+    head = len(lines) - 1 - lines[::-1].index("■ 地方自治")  # the section (the first is in the 目次)
+    assert lines[head - 1] == rule and lines[head + 1] == rule
+    # The 目次 first, then the sections, in the same order.
+    toc = lines.index("【目次】")
+    assert lines[toc + 1: toc + 7] == [
+        "■ 地方自治", "・【特集】能登半島の復興計画、住民参加で見直しへ",
+        "・人口減少下の公共施設再編、総務省が新たな指針を公表",
+        "・小中学校の給食費無償化、来年度から対象を拡大する自治体相次ぐ",
+        "■ 教育", "・教員の働き方改革 <速報> 勤務時間調査の結果 & 今後の対応"]
+    # Each item: headline, byline and the *other* fields, summary, the URL on a line of its own.
     i = lines.index("◆ 教員の働き方改革 <速報> 勤務時間調査の結果 & 今後の対応")
-    assert lines[i + 1] == "https://news.example.jp/articles/2026/102"
-    assert "1. 時間外勤務は前回調査から減少" in lines  # no Markdown escape "1\\."
-    assert "- 部活動の地域移行が進む地域で減少幅が大きい" in lines
-    assert "続きを読む" not in text  # the read-more links only repeat the title's URL
-    assert "【地方自治】【教育】佐藤 一郎" in lines
-    assert "【教育】【地方自治】" not in lines  # labels in config order
-    # The footer Japan's Act on Specified Electronic Mail requires.
-    assert "発行者 地方行政ニュース編集部" in lines
-    assert "所在地 〒100-0013 東京都千代田区霞が関1-2-3 地方行政会館5階" in lines
-    assert "お問い合わせ henshu@news.example.jp / 03-1234-5678（平日9時〜17時）" in lines
-    i = lines.index("配信停止")
-    assert lines[i + 1] == "%%NL_UNSUBSCRIBE_URL%%"
-    i = lines.index("配信設定の変更")
-    assert lines[i + 1] == "%%NL_PREFERENCES_URL%%"
+    assert lines[i + 1: i + 7] == ["", "文部科学省は公立学校教員の勤務実態調査の速報値を発表した。",
+                                   "1. 時間外勤務は前回調査から減少",  # no Markdown escape "1\\."
+                                   "- 部活動の地域移行が進む地域で減少幅が大きい",
+                                   "https://news.example.jp/articles/2026/102", ""]
+    i = lines.index("◆ 人口減少下の公共施設再編、総務省が新たな指針を公表")
+    assert lines[i + 1] == "文：佐藤 一郎 ／ 関連分野：教育"  # not 地方自治: that is the section
+    assert "【地方自治】" not in text and "関連分野：地方自治" not in text
+    assert "続きを読む" not in text
+    # The footer Japan's Act on Specified Electronic Mail requires, and the links.
+    assert "発行者: 地方行政ニュース編集部" in lines
+    assert "所在地: 〒100-0013 東京都千代田区霞が関1-2-3 地方行政会館5階" in lines
+    assert "お問い合わせ: henshu@news.example.jp / 03-1234-5678（平日9時〜17時）" in lines
+    for label, url in (("▼Web版で見る", "https://news.example.jp/archive/weekly/12/"),
+                       ("▼バックナンバー", "https://news.example.jp/archive/weekly/"),
+                       ("▼配信設定の変更", "%%NL_PREFERENCES_URL%%"),
+                       ("▼配信停止", "%%NL_UNSUBSCRIBE_URL%%")):
+        assert lines[lines.index(label) + 1] == url
     assert "%%NL_GREETING%%" in lines
+    assert "\n\n\n" not in text
     assert text.endswith("\n") and not text.endswith("\n\n")
 
 
@@ -211,8 +286,10 @@ def test_article_in_two_fields_appears_once_in_the_readers_first_field():
     card = next(a for a in sections(content, (LG, EDU))[0]["articles"] if a["id"] == 105)
     assert card["field_names"] == ["地方自治", "教育"]
     text = render_fixed((LG, EDU)).text
-    assert text.count("人口減少下の公共施設再編、総務省が新たな指針を公表") == 1
-    assert text.index("■ 地方自治") < text.index("人口減少下の公共施設再編") < text.index("■ 教育")
+    assert text.count("◆ 人口減少下の公共施設再編、総務省が新たな指針を公表") == 1
+    assert text.count("・人口減少下の公共施設再編、総務省が新たな指針を公表") == 1  # the 目次
+    body = text[text.index("━\n■ 地方自治"):]
+    assert body.index("■ 地方自治") < body.index("◆ 人口減少下の公共施設再編") < body.index("■ 教育")
 
 
 def test_reader_with_only_education_gets_only_education_articles():
@@ -228,7 +305,9 @@ def test_sections_follow_config_order_not_the_readers_order():
     assert [s["field"]["slug"] for s in sections(content, (EDU, ADMIN, LG))] == [LG, ADMIN, EDU]
     assert variant_fields(content, [EDU, LG]) == (LG, EDU)
     text = render_fixed((EDU, ADMIN, LG)).text
-    assert text.index("■ 地方自治") < text.index("■ 行政") < text.index("■ 教育")
+    assert text.index("■ 地方自治") < text.index("■ 行政") < text.index("■ 教育")  # the 目次
+    body = text[text.index("━\n■ 地方自治"):]
+    assert body.index("■ 地方自治") < body.index("■ 行政") < body.index("■ 教育")
 
 
 def test_empty_sections_are_absent():
@@ -324,7 +403,6 @@ def test_japanese_date_in_the_publication_time_zone():
     assert date_texts(datetime(2026, 11, 30, 14, 59, tzinfo=UTC), "Asia/Tokyo", "ja") == \
         ("2026年11月30日(月)", "2026年11月30日")
     rendered = render_fixed((EDU,), when=datetime(2026, 11, 30, 16, 0, tzinfo=UTC))
-    assert rendered.subject == "【週刊 地方行政ニュース】第12号 2026年12月1日"
     assert "第12号 | 2026年12月1日(火)" in rendered.text
 
 
@@ -333,10 +411,10 @@ def test_english_publication_dates_stay_english():
         ("Tuesday, December 1, 2026", "December 1, 2026")
     content = fixed_content(language="en")
     rendered = render_fixed((EDU,), content=content)
-    assert rendered.subject == "[週刊 地方行政ニュース] No. 12 December 1, 2026"
+    assert rendered.subject == "[週刊 地方行政ニュース] No. 12 人口減少下の公共施設再編、総務省が新たな指針を…"
     assert "Tuesday, December 1, 2026" in rendered.text
-    assert "Publisher 地方行政ニュース編集部" in rendered.text.splitlines()
-    assert "年" not in rendered.subject
+    assert "Publisher: 地方行政ニュース編集部" in rendered.text.splitlines()
+    assert "年" not in rendered.subject and "December" in rendered.text
 
 
 # --------------------------------------------------------------------------- html_to_text
