@@ -166,6 +166,61 @@ def demo_content(charset: str = "utf-8", **pub_changes) -> dict:
     return content | {"lead_html": LEAD, "afterword_html": AFTERWORD, "notice": NOTICE}
 
 
+# The seed's hard input: machine-dependent characters (㈱ Ⅰ Ⅴ 〝〞 ①), NBSP, long
+# katakana compounds, URLs inside sentences, half-width katakana.
+HARD_URL = "https://www.pref.shinonome.example.jp/kensei/dx/keikaku/2026/11/shiryou.html"
+
+
+def hard_articles() -> list[dict]:
+    return [
+        article(901, "㈱東雲データ、Ⅰ期・Ⅴ期システムを刷新\u3000〝書かない窓口〟を全庁へ", f"{ADMIN},{LG}",
+                summary="㈱東雲データと㈲日和工務店が①計画策定②システム構築を担う。Ⅰ期・Ⅴ期に分けて"
+                        "進め、〝書かない窓口〟を令和8年\xa012月\xa01日から全庁に広げる。資料は"
+                        f"{HARD_URL}で公開中、問い合わせは平日9:00〜17:00。",
+                author="ｼﾉﾉﾒ通信", day=29),
+        article(902, "マイナンバーカードインターオペラビリティプラットフォームアーキテクチャ検討会が報告書", ADMIN,
+                summary="デジタル庁のアーキテクチャ検討会は、ユーザーエクスペリエンスインプルーブメントプログラムの"
+                        "成果をまとめた。詳しくは https://www.digital.go.jp/policies/dx-plan/2026 をご覧ください。",
+                day=29),
+        article(903, "第2回\xa0地域DXフォーラム、12月15日に開催\u3000ｵﾝﾗｲﾝ参加も可能", EDU,
+                summary="申込はhttps://forum.example.jp/entry?id=2026&ref=mailから。定員は先着300名。",
+                author="編集部", day=29, priority=5),
+    ]
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "iso-2022-jp"])
+@pytest.mark.parametrize("full_text", [False, True])
+def test_hard_input_through_both_parts_within_76_columns(charset, full_text):
+    """Every text line within 76 columns (RFC 5322's advice, and what old phones
+    show) but for a URL alone on its line; the hard characters reach the reader,
+    mapped for ISO-2022-JP; NBSP is &nbsp; in the HTML, never a raw U+00A0."""
+    config = fixed_config()
+    arts = [a | {"body": a["summary"] + "\n\n- " + a["summary"]} for a in hard_articles()]
+    content = fixed_content(articles=arts + fixed_articles(), charset=charset, full_text=full_text) | {
+        "lead_html": f"<p>{HARD_URL}を参照。㈱〝特集〟は\xa0Ⅰ期から。</p>", "afterword_html": AFTERWORD,
+        "notice": NOTICE | {"text": "ｵﾝﾗｲﾝｽﾄｱ限定。㈱日和出版の〝Ⅴ号〟です。" + HARD_URL + "で受付。"}}
+    rendered = render_variant(content, (LG, ADMIN, EDU), config.templates_dir, when=WHEN, charset=charset)
+    for line in rendered.text.splitlines():
+        assert line == line.rstrip(), line
+        assert japanese.display_width(line) <= 76 or re.fullmatch(r"\s*https?://\S+", line), line
+        assert japanese.display_width(line) <= 70 or re.fullmatch(r"\s*https?://\S+", line), line
+    flat = "".join(line.strip() for line in rendered.text.splitlines())
+    expect = (lambda t: japanese.map_for_jis(t)[0]) if charset == "iso-2022-jp" else (lambda t: t)
+    for piece in ("㈱東雲データ、Ⅰ期・Ⅴ期システムを刷新", "〝書かない窓口〟",
+                  "マイナンバーカードインターオペラビリティプラットフォームアーキテクチャ検討会が報告書",
+                  "ｵﾝﾗｲﾝ参加も可能", "https://www.digital.go.jp/policies/dx-plan/2026", HARD_URL):
+        assert expect(piece) in flat, piece
+    assert any(line.strip() == HARD_URL for line in rendered.text.splitlines())  # broken out of its sentence
+    assert "\xa0" not in rendered.html
+    if charset == "iso-2022-jp":
+        assert japanese.fits_jis(rendered.text) and japanese.fits_jis(rendered.subject)
+        assert japanese.fits_jis(rendered.html.replace("&nbsp;", ""))
+        assert "(株)東雲データ" in rendered.subject or "(株)" in flat
+    plain = rendered.html.replace("<wbr>", "")
+    assert expect("㈱東雲データ、Ⅰ期・Ⅴ期システムを刷新") in plain
+    assert expect("第2回&nbsp;地域DXフォーラム") in plain
+
+
 @pytest.mark.parametrize("charset", ["utf-8", "iso-2022-jp"])
 def test_golden_demo_edition_in_both_charsets(charset):
     """The demo edition for a reader of every field: the HTML and the text part, as

@@ -21,6 +21,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import html as htmllib
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -128,6 +129,13 @@ def line_phrases(text: str) -> list[str]:
     a no-break space: the units a line of the HTML may end between."""
     out: list[str] = []
     for p in japanese.phrases(text):
+        if out:
+            # Spaces (U+3000 too) end a phrase: a line never starts with one.
+            stripped = p.lstrip(" \u3000")
+            out[-1] += p[:len(p) - len(stripped)]
+            p = stripped
+            if not p:
+                continue
         if out and (out[-1][-1] in japanese.NO_END or p[0] in japanese.NO_START
                     or out[-1][-1] == "\xa0" or p[0] == "\xa0"):
             out[-1] += p
@@ -136,19 +144,56 @@ def line_phrases(text: str) -> list[str]:
     return out
 
 
-def phrased(text: str) -> Markup:
+# A headline's phrase up to this long is also held together with white-space:
+# nowrap: keep-all alone still lets Chromium break before 「 or around ・ inside
+# a phrase.  A longer phrase (a long katakana compound) may need breaking on a
+# phone, which nowrap would forbid: keep-all/overflow-wrap handle it.
+HOLD_CHARS = 12
+
+
+def phrased(text: str, *, hold: bool = False, mark: str = "") -> Markup:
     """``text`` escaped, with ``<wbr>`` between its phrases (:func:`line_phrases`)
-    and a ``<br>`` for each line break: where a line of a headline or summary may end."""
+    and a ``<br>`` for each line break: where a line of a headline or summary may
+    end.  ``hold``: each phrase of at most :data:`HOLD_CHARS` characters in a
+    ``<span class="ph">`` (white-space: nowrap), for headlines.  ``mark`` (a
+    bullet) is held to the first character: never alone on a line."""
+    def one(phrase: str) -> Markup:
+        if hold and 1 < len(phrase) <= HOLD_CHARS:
+            return Markup('<span class="ph">%s</span>') % phrase
+        return escape(phrase)
+
     lines = text.replace("\r\n", "\n").split("\n")
-    return Markup("<br>").join(
-        Markup("<wbr>").join(escape(p) for p in line_phrases(line)) for line in lines)
+    parts = [[one(p) for p in line_phrases(line)] for line in lines]
+    if mark:
+        first = line_phrases(lines[0])
+        if not first:
+            parts[0] = [escape(mark)]
+        elif hold and 1 < len(first[0]) <= HOLD_CHARS:
+            parts[0][0] = Markup('<span class="ph">%s</span>') % (mark + first[0])
+        else:
+            parts[0][0] = Markup('<span class="ph">%s</span>%s') % (mark + first[0][0], first[0][1:])
+    return Markup("<br>").join(Markup("<wbr>").join(line) for line in parts)
+
+
+_TEXT_RUN = re.compile(r">([^<]+)<")
+
+
+def phrased_fragment(fragment: str) -> Markup:
+    """Sanitized HTML (the lead, the afterword) with ``<wbr>`` between the phrases
+    of each text run; the tags stay as they are."""
+    def run(m: re.Match) -> str:
+        text = htmllib.unescape(m.group(1))
+        return ">" + "<wbr>".join(str(escape(p)) for p in line_phrases(text)) + "<"
+
+    return Markup(_TEXT_RUN.sub(run, f">{fragment}<")[1:-1]) if fragment else Markup("")
 
 
 def _article(a: Mapping[str, Any], section_name: str, full_text: bool) -> dict[str, Any]:
     return {
         **a,
         "anchor": f"a{a['id']}",
-        "title_html": phrased(a["title"]),
+        "title_html": phrased(a["title"], hold=True),
+        "toc_html": phrased(a["title"], hold=True, mark="・"),
         "summary_html": phrased(a["summary"]) if a.get("summary") else Markup(""),
         # The section heading already names this field: a chip repeats only the others.
         "other_fields": [n for n in a["field_names"] if n != section_name],
@@ -174,8 +219,8 @@ def context(content: Mapping[str, Any], fields: Sequence[str], when: datetime) -
         "sections": secs,
         "full_text": content["full_text"],
         "first_title": titles[0] if titles else "",
-        "lead_html": Markup(content.get("lead_html") or ""),
-        "afterword_html": Markup(content.get("afterword_html") or ""),
+        "lead_html": phrased_fragment(content.get("lead_html") or ""),
+        "afterword_html": phrased_fragment(content.get("afterword_html") or ""),
         "lead_text": _fragment_text(content.get("lead_html") or ""),
         "afterword_text": _fragment_text(content.get("afterword_html") or ""),
         "notice": notice(content.get("notice")),
@@ -356,6 +401,9 @@ def render_variant(
             in_subject, (japanese.Replacement(o, n, c) for (o, n), c in per_part.items()))
     width = width or content.get("text_width") or japanese.DEFAULT_WIDTH
     text = japanese.wrap(text, width, ambiguous=1 if content["language"] == "en" else 2)
+    # A line broken at a space keeps the space at its end ("詳しくは " / URL): invisible, and
+    # some clients show a trailing space as a soft line break (format=flowed).
+    text = re.sub(r" +\n", "\n", text)
     return Rendered(
         subject=subject,
         html=body,
