@@ -212,7 +212,8 @@ def _test_send(app: App, publication, number, address, fields, fmt):
     slug = content["publication"]["slug"]
     pub = app.config.publication(slug)
     key = _variant(app, pub, fields, fmt)
-    rendered = Variants(app.config, content, when).get(key)
+    # content["test"]: 【テスト】 in the subject and a banner in both parts (render.py).
+    rendered = Variants(app.config, {**content, "test": True}, when).get(key)
     fake = row or type("E", (), {"id": 0, "publication": slug, "created_at": when})()
     message = compose(rendered, Recipient(0, 0, address, ""), sending_for(app.config, fake),
                       charset=key.charset, now=utcnow())
