@@ -15,7 +15,8 @@ def _send_two(site) -> None:  # noqa: F811
     site.cli("article", "import", ROOT / "articles" / "sample.json")
     site.cli("edition", "send", "weekly")
     site.cli("article", "add", "--field", "education", "--title", "学校図書館の電子書籍サービス、全小中学校で開始",
-             "--url", "https://news.example.jp/education/2026/12/ebooks", "--summary", "朝霧市教委は電子書籍の貸出を始めた。")
+             "--url", "https://news.example.jp/education/2026/12/ebooks",
+             "--summary", "朝霧市教委は電子書籍の貸出を始めた。")
     site.cli("edition", "send", "weekly")
 
 
