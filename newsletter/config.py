@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from email_validator import EmailNotValidError, validate_email
 
 from .cron import cron_trigger
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CHARSETS = ("utf-8", "iso-2022-jp")
@@ -79,6 +79,9 @@ class Publication:
     text_width: int = 70  # display columns of the text part (a full-width character takes 2)
     on_holiday: str = "send"  # "send" | "skip" | "next_business_day" (see calendar_jp)
     misfire_grace: float = 6 * 3600.0  # seconds: a slot missed by less is still sent
+    # The お知らせ block of every edition ([publications.notice]: title, text, link,
+    # link_label, image, image_alt), as (key, value) pairs; () for none.
+    notice: tuple[tuple[str, str], ...] = ()
 
     @property
     def tz(self) -> ZoneInfo:
@@ -478,7 +481,7 @@ class _Reader:
             self.fail(f"expected {names}, got {value!r}", key)
         if isinstance(value, str):
             if "\r" in value or "\n" in value:
-                if key not in ("postal_address", "contact", "description"):
+                if key not in ("postal_address", "contact", "description", "text"):
                     self.fail("line breaks are not allowed here", key)
         return value
 
@@ -522,6 +525,42 @@ def _url(r: _Reader, key: str, value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):
         r.fail(f"expected an http(s) URL, got '{value}'", key)
     return value.rstrip("/")
+
+
+NOTICE_KEYS = ("title", "text", "link", "link_label", "image", "image_alt")
+
+
+def parse_notice(r: _Reader) -> dict[str, str]:
+    """An お知らせ block (config's [publications.notice], or a file for one
+    edition): {} when empty.  Links and the image must be http(s) URLs; an
+    image needs its alt text (what a reader with images blocked sees)."""
+    notice = {k: r.get(k, str, "").strip() for k in NOTICE_KEYS}
+    r.done()
+    if not any(notice.values()):
+        return {}
+    if not (notice["title"] or notice["text"]):
+        r.fail("a notice needs a title or a text", "title")
+    for key in ("link", "image"):
+        if notice[key] and not re.match(r"^https?://[^/\s]+\S*$", notice[key]):
+            r.fail(f"expected an http(s) URL, got '{notice[key]}'", key)
+    if notice["image"] and not notice["image_alt"]:
+        r.fail("an image needs its alt text (shown when images are blocked)", "image_alt")
+    return {k: v for k, v in notice.items() if v}
+
+
+def load_notice(path: Path) -> dict[str, str]:
+    """An お知らせ block from a TOML file (the keys of :func:`parse_notice`);
+    errors name the file and the key."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: {exc}") from None
+    try:
+        return parse_notice(_Reader(Path(path), "", data))
+    except ConfigError as exc:
+        raise InputError(str(exc)) from None
 
 
 def resolve_storage_url(url: str, base_dir: Path) -> str:
@@ -660,6 +699,8 @@ def parse_config(raw: dict, file: Path) -> Config:
                 text_width=text_width,
                 on_holiday=r.choice("on_holiday", ON_HOLIDAY, "send"),
                 misfire_grace=_duration(r, "misfire_grace", "6h"),
+                notice=tuple(parse_notice(_Reader(file, f"publications[{i}].notice", r.get("notice", dict, {})))
+                             .items()),
             )
         )
         r.done()

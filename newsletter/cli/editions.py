@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .. import publish
+from ..config import load_notice
 from ..delivery import Variants, deliver, edition_eta, sending_for
 from ..editions.assemble import VariantKey
 from ..editions.compose import Recipient, compose
@@ -315,6 +316,24 @@ def edition_preview(app: App, publication, number, fields, fmt, out, charset):
         if fmt == "text":
             click.echo(f"Subject: {rendered.subject}\n")
         click.echo(body)
+
+
+@edition.command("set")
+@click.argument("number", type=int)
+@click.option("--publication", help="When several publications have an edition N.")
+@click.option("--notice-file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The お知らせ of this edition: a TOML file (title, text, link, link_label, image, image_alt); "
+                   "an empty file removes it.")
+@pass_app
+def edition_set(app: App, number, publication, notice_file):
+    """Change edition NUMBER before any of it is sent: its お知らせ block."""
+    notice = load_notice(notice_file)
+    row = publish.resolve_edition(app.engine, app.config, number, publication)
+    with app.engine.begin() as conn:
+        if row.status in ("done", "cancelled") or not q.set_notice(conn, row.id, notice):
+            raise InputError(f"{row.publication} 第{row.number}号 has been sent (or started); "
+                             "its content cannot change")
+    click.echo(f"{row.publication} 第{row.number}号: notice {'set' if notice else 'removed'}")
 
 
 @edition.command("list")

@@ -57,6 +57,7 @@ def freeze(
             "contact": config.sender.contact,
         },
         "fields": [{"slug": f.slug, "name": f.name} for f in config.fields if f.slug in pub_fields],
+        "notice": dict(pub.notice) or None,  # the publication's お知らせ; `edition set --notice-file` replaces it
         "articles": [
             {
                 "id": a["id"],

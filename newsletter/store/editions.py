@@ -246,3 +246,21 @@ def pending_count(conn: Connection, edition_id: int) -> int:
     return conn.execute(
         select(func.count()).where(and_(deliveries.c.edition_id == edition_id, deliveries.c.status == "pending"))
     ).scalar()
+
+
+def set_notice(conn: Connection, edition_id: int, notice: dict | None) -> bool:
+    """Replace the お知らせ in an edition's frozen content while nothing of it has
+    been sent yet (no delivery sent, failed or in doubt); False otherwise."""
+    started = conn.execute(
+        select(func.count()).select_from(deliveries).where(
+            deliveries.c.edition_id == edition_id,
+            or_(deliveries.c.status.notin_(("pending", "skipped")), deliveries.c.attempts > 0))
+    ).scalar_one()
+    if started:
+        return False
+    row = conn.execute(select(editions.c.content).where(editions.c.id == edition_id)).one()
+    content = json.loads(row.content)
+    content["notice"] = notice or None
+    conn.execute(update(editions).where(editions.c.id == edition_id)
+                 .values(content=json.dumps(content, ensure_ascii=False)))
+    return True
