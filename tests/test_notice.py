@@ -63,7 +63,8 @@ def test_edition_notice_replaces_the_config_one_until_sending_starts(notice_proj
     load_samples(cli)
     cli("edition", "create", "weekly")
     notice = cli.folder / "notice.toml"
-    notice.write_text('title = "年末年始の休刊のお知らせ"\ntext = "12月29日から1月3日まで休刊します。"\n', encoding="utf-8")
+    notice.write_text('title = "年末年始の休刊のお知らせ"\ntext = "12月29日から1月3日まで休刊します。"\n',
+                      encoding="utf-8")
     assert "notice set" in cli("edition", "set", "1", "--notice-file", notice).stdout
     preview = cli("edition", "preview", "weekly", "--edition", "1", "--format", "text").stdout
     assert "◆ 年末年始の休刊のお知らせ" in preview and "月刊「地方行政」" not in preview
