@@ -67,6 +67,8 @@ def freeze(
                 "body_html": inert(body_html(a["body"], a["body_format"])) if pub.full_text else "",
                 "author": inert(a["author"]),
                 "fields": [f for f in a["fields"].split(",") if f in pub_fields],
+                "image": {"url": a["image_url"], "alt": inert(a.get("image_alt") or "")}
+                if a.get("image_url") else None,
             }
             for a in articles
         ],
