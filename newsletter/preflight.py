@@ -19,6 +19,9 @@ error      the HTML is over Gmail's clipping limit (the footer with the
 warning    characters not in ISO-2022-JP (compose sends those mails as UTF-8,
            readable almost everywhere but not on every old phone — which is
            why a reader chose ISO-2022-JP); ``http://`` or non-ASCII links;
+           CSS that Gmail or Outlook drops where the layout depends on it
+           (:data:`CSS_DROPPED`, from caniemail.com; ``@media`` rules are
+           enhancements and not checked);
            text lines over the width that are not a lone URL; a subject
            longer than 40 full-width characters; HTML near the clipping
            limit; an article card with neither summary nor body; nobody
@@ -30,6 +33,7 @@ info       what ISO-2022-JP mapping replaced (① → (1) ×3); sizes and
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -228,6 +232,11 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
         else:
             out.append(Finding("info", "html-size", f"HTML {kb} (Gmail clips at 102 KB)"))
 
+    # CSS that Gmail or Outlook would drop.
+    if html is not None:
+        for problem in css_problems(html):
+            out.append(Finding("warning", "css", problem))
+
     # Subject.
     columns = japanese.display_width(rendered.subject)
     if not rendered.subject.strip():
@@ -292,6 +301,45 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
             severity, why = problem
             out.append(Finding(severity, "link", f"link '{label}': {url or '(empty)'} — {why}"))
     return out
+
+
+# CSS that a major client drops (caniemail.com, 2025), where the layout depends
+# on it.  pattern (on "property:value" without spaces) → (clients, what to do).
+# Left out on purpose: border-radius, inline-block, overflow-wrap, word-break
+# (a client without them degrades, the mail still reads).
+CSS_DROPPED: tuple[tuple[str, str, str], ...] = (
+    (r"^position:", "Gmail, Outlook (Windows)", "use tables for placement"),
+    (r"^display:(inline-)?(flex|grid)", "Outlook (Windows)", "use a table layout"),
+    (r"^float:", "Outlook (Windows)", "use align= on a table"),
+    (r"^box-shadow:", "Outlook (Windows)", "use a border"),
+    (r"^(background(-image)?:.*url\(|background-image:)", "Outlook (Windows)", "use bgcolor, or VML"),
+    (r"var\(--", "Gmail, Outlook (Windows)", "write the value itself"),
+    (r"^(transform|animation|transition)", "Gmail, Outlook (Windows)", "drop it"),
+    (r"^object-fit:", "Gmail, Outlook (Windows)", "size the image itself"),
+)
+_MEDIA = re.compile(r"@media[^{]*\{(?:[^{}]*\{[^{}]*\})*[^{}]*\}", re.S)
+
+
+def css_problems(html: str) -> list[str]:
+    """Which of :data:`CSS_DROPPED` the mail relies on (inline styles and the
+    ``<style>`` rules outside ``@media``); ``max-width`` only without the
+    ``<!--[if mso]>`` fixed-width table that stands in for it in Outlook."""
+    doc = lxml.html.document_fromstring(html)
+    declarations = [d for el in doc.iter() if isinstance(el.tag, str) and el.get("style")
+                    for d in el.get("style").split(";")]
+    for style in doc.iter("style"):
+        rules = _MEDIA.sub("", style.text or "")
+        declarations += [d for block in re.findall(r"\{([^{}]*)\}", rules) for d in block.split(";")]
+    found: dict[str, str] = {}
+    for d in declarations:
+        d = re.sub(r"\s+", "", d).lower()
+        for pattern, clients, fix in CSS_DROPPED:
+            if d and re.search(pattern, d):
+                found.setdefault(d.split(":")[0], f"'{d[:40]}' is dropped by {clients}: {fix}")
+        if d.startswith("max-width:") and "<!--[if mso]>" not in html:
+            found.setdefault("max-width", "'max-width' is dropped by Outlook (Windows): add a fixed-width "
+                                          "<!--[if mso]> table around the container")
+    return list(found.values())
 
 
 def link_problem(url: str) -> tuple[str, str] | None:

@@ -12,7 +12,15 @@ from sqlalchemy import func, select
 
 from newsletter.config import load_config
 from newsletter.editions.assemble import VariantKey
-from newsletter.preflight import GMAIL_CLIP_BYTES, Plan, check_edition, check_plan, has_errors, link_problem
+from newsletter.preflight import (
+    GMAIL_CLIP_BYTES,
+    Plan,
+    check_edition,
+    check_plan,
+    css_problems,
+    has_errors,
+    link_problem,
+)
 from newsletter.store import open_engine
 from newsletter.store.tables import articles, deliveries, editions
 from tests.test_render import ADMIN, EDU, LG, WHEN, fixed_articles, fixed_config, fixed_content
@@ -223,3 +231,33 @@ def test_edition_check_looks_at_the_unfinished_edition(project, tmp_path):
     assert "weekly 第1号 (unfinished edition, resumed by 'edition send'): 1 articles, 1 variant(s), 1 reader(s)" \
         in out
     assert "髙橋 花子" in out
+
+
+def test_css_that_gmail_or_outlook_drops_is_a_warning(tmp_path):
+    """The shipped template passes; a custom one that lays out with flexbox,
+    positioning or a bare max-width is warned about, naming property and clients."""
+    config = fixed_config()
+    html = render_variant_html(config)
+    assert css_problems(html) == []  # tables, the mso ghost table, @media rules left alone
+    templates = tmp_path / "templates"
+    shutil.copytree(config.templates_dir, templates)
+    source = (templates / "digest.html.j2").read_text(encoding="utf-8")
+    source = source.replace(".container {\n  width: 100%;", ".container {\n  display: flex;\n  width: 100%;")
+    source = source.replace('<span class="preheader"', '<div style="position: absolute; top: 0">ヘッダー</div>'
+                                                        '<span class="preheader"')
+    source = source.replace("<!--[if mso]>", "<!--[if gte mso 99]>")  # no ghost table for Outlook
+    (templates / "digest.html.j2").write_text(source, encoding="utf-8")
+    config = dataclasses.replace(config, templates_dir=templates)
+    findings = check_plan(config, config.publication("weekly"), plan_for(fixed_content(config)))
+    css = [f.message for f in findings if f.code == "css"]
+    assert all(f.severity == "warning" for f in findings if f.code == "css")
+    assert any("'display:flex'" in m and "Outlook" in m for m in css)
+    assert any("'position:absolute'" in m and "Gmail" in m for m in css)
+    assert any("'max-width'" in m for m in css)
+    assert not has_errors(findings)
+
+
+def render_variant_html(config) -> str:
+    from newsletter.editions.render import render_variant
+
+    return render_variant(fixed_content(config), ALL, config.templates_dir, when=WHEN).html
