@@ -23,7 +23,8 @@ warning    characters not in ISO-2022-JP (compose sends those mails as UTF-8,
            (:data:`CSS_DROPPED`, from caniemail.com; ``@media`` rules are
            enhancements and not checked);
            text lines over the width that are not a lone URL; a subject
-           longer than 40 full-width characters; HTML near the clipping
+           longer than 40 full-width characters, or one that ISO-2022-JP
+           readers see changed (㈱ → (株), an emoji removed); HTML near the clipping
            limit; an article card with neither summary nor body; nobody
            to send to
 info       what ISO-2022-JP mapping replaced (① → (1) ×3); sizes and
@@ -246,6 +247,9 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
                                                  f"phones show about {SUBJECT_WARN_COLUMNS // 2}"))
     else:
         out.append(Finding("info", "subject", f"subject {columns / 2:g} full-width characters"))
+    if rendered.subject_replacements:
+        out.append(Finding("warning", "subject", "ISO-2022-JP readers see the subject changed: "
+                                                 f"{japanese.describe(rendered.subject_replacements)}"))
 
     # Text lines.
     over = [line for line in rendered.text.splitlines()

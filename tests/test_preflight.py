@@ -261,3 +261,25 @@ def render_variant_html(config) -> str:
     from newsletter.editions.render import render_variant
 
     return render_variant(fixed_content(config), ALL, config.templates_dir, when=WHEN).html
+
+
+def test_default_subject_is_the_first_headline_and_its_jis_losses_are_warned():
+    """【誌名】第N号 and the first headline, cut at a phrase boundary to ~40 full-width
+    characters; what ISO-2022-JP readers would see changed in it is a warning."""
+    arts = fixed_articles()
+    arts[3]["title"] = "㈱東雲データ、Ⅰ期システムを刷新🎉 窓口業務のオンライン化と書かない窓口の全庁展開へ"
+    config = fixed_config()
+    content = fixed_content(config, arts)
+    findings = check_plan(config, config.publication("weekly"), plan_for(content))
+    subject = {f.variant.split("|")[-1]: f for f in findings if f.code == "subject"}
+    assert subject["iso-2022-jp"].severity == "warning"
+    assert "㈱ → (株)" in subject["iso-2022-jp"].message and "🎉 → (removed)" in subject["iso-2022-jp"].message
+    assert subject["utf-8"].severity == "info"  # within 40 full-width characters: cut to fit
+    from newsletter.editions.render import render_variant
+
+    rendered = render_variant(content, ALL, config.templates_dir, when=WHEN)
+    assert rendered.subject.startswith("【週刊 地方行政ニュース】第12号 ㈱東雲データ、")
+    assert rendered.subject.endswith("…") and "全庁展開へ" not in rendered.subject
+    from newsletter.japanese import display_width
+
+    assert display_width(rendered.subject) <= 80

@@ -114,6 +114,8 @@ class Rendered:
     language: str
     # What was rewritten to fit the charset (ISO-2022-JP): ① → (1) ×3 ...
     replacements: tuple[japanese.Replacement, ...] = ()
+    # ... of which in the subject: what an ISO-2022-JP reader sees changed in the inbox.
+    subject_replacements: tuple[japanese.Replacement, ...] = ()
 
 
 def archive_url(base_url: str, publication_slug: str, number: int | None = None) -> str:
@@ -385,6 +387,7 @@ def render_variant(
     # browsers ignore the stray </wbr>, but it is noise in the source.
     body = inline_css(raw_html).replace("\xa0", "&nbsp;").replace("</wbr>", "") if html else None
     replacements: tuple[japanese.Replacement, ...] = ()
+    in_subject: tuple[japanese.Replacement, ...] = ()
     if charset == "iso-2022-jp":
         subject, in_subject = japanese.map_for_jis(subject)
         text, in_text = japanese.map_for_jis(text)
@@ -411,4 +414,5 @@ def render_variant(
         article_ids=tuple(a["id"] for s in ctx["sections"] for a in s["articles"]),
         language=content["language"],
         replacements=replacements,
+        subject_replacements=in_subject,
     )
