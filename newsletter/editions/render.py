@@ -84,11 +84,21 @@ def subject_line(prefix: str, headline: str, columns: int = SUBJECT_COLUMNS) -> 
     if japanese.display_width(headline) <= room:
         return f"{prefix} {headline}"
     kept = ""
-    for phrase in japanese.phrases(headline):
+    for phrase in line_phrases(headline):
         if japanese.display_width(kept + phrase) + 2 > room:
             break
         kept += phrase
-    return f"{prefix} {kept.rstrip(' 、,')}…" if kept else prefix
+    if not kept:  # one phrase longer than the room (a long katakana compound): cut it anyway
+        for cluster in japanese.clusters(headline):
+            if japanese.display_width(kept + cluster) + 2 > room:
+                break
+            kept += cluster
+    # A headline in two parts (「…を公表\u3000県の…」): end with the first part
+    # rather than a scrap of the second, when that keeps most of the room.
+    space = max(kept.rfind(" "), kept.rfind("\u3000"))
+    if space > 0 and japanese.display_width(kept[:space]) * 5 >= room * 3:
+        kept = kept[:space]
+    return f"{prefix} {kept.rstrip(' 、,　')}…" if kept else prefix
 
 
 @lru_cache(maxsize=8)
