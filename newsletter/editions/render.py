@@ -109,7 +109,6 @@ def environment(templates_dir: str) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
     )
-    env.globals["subject_line"] = subject_line
     return env
 
 
@@ -231,6 +230,9 @@ def context(content: Mapping[str, Any], fields: Sequence[str], when: datetime) -
         "sections": secs,
         "full_text": content["full_text"],
         "first_title": titles[0] if titles else "",
+        "default_subject": subject_line(
+            (f"[{content['publication']['title']}] No. {content['number']}" if content["language"] == "en"
+             else f"【{content['publication']['title']}】第{content['number']}号"), titles[0] if titles else ""),
         "lead_html": phrased_fragment(content.get("lead_html") or ""),
         "afterword_html": phrased_fragment(content.get("afterword_html") or ""),
         "lead_text": _fragment_text(content.get("lead_html") or ""),
