@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from newsletter.editions.render import GREETING, PREFERENCES_URL, UNSUBSCRIBE_URL, render_variant
-from tests.test_render import ADMIN, EDU, LG, WHEN, demo_content, fixed_config, hard_articles
+from tests.test_render import ADMIN, EDU, LG, WHEN, demo_content, fixed_config, fixed_content, hard_articles
 from tests.test_web_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 # Every character of a headline: the phrase it is in (text between <wbr>s; a
@@ -75,7 +75,11 @@ def _mail_html() -> str:
     reader sees it (placeholders filled)."""
     config = fixed_config()
     content = demo_content()
-    content = content | {"articles": hard_articles() + content["articles"]}
+    hard = fixed_content(articles=hard_articles())["articles"]  # frozen, as an edition carries them
+    content = content | {"articles": hard + content["articles"]}
+    # One card with a thumbnail (blocked, like every remote image here): its box and alt text.
+    content["articles"][0]["image"] = {"url": "https://news.example.jp/images/901.jpg",
+                                       "alt": "新しい窓口システムの画面"}
     html = render_variant(content, (LG, ADMIN, EDU), config.templates_dir, when=WHEN).html
     return html.replace(GREETING, "山田 太郎 様").replace(
         UNSUBSCRIBE_URL, "https://news.example.jp/unsubscribe/1.x").replace(
