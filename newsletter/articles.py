@@ -53,6 +53,8 @@ CSV_ALIASES = {
     "pinned": ("固定", "pin"),
     "priority": ("優先度",),
     "status": ("状態",),
+    "image": ("image_url", "画像", "サムネイル", "thumbnail"),
+    "image_alt": ("画像の説明", "代替テキスト", "alt"),
 }
 KNOWN_KEYS = set(CSV_ALIASES) | {"source"}
 
@@ -237,6 +239,9 @@ def validate(raw: Mapping[str, Any], config: Config, *, default_fields: Sequence
         "guid": guid[:500] if guid else None,
         "status": status,
         "source": _text(raw, "source", lines=False)[:500],
+        # A thumbnail (shown with width/height; the alt text is what a reader with images blocked sees).
+        "image_url": check_url(str(raw["image"])) if raw.get("image") else "",
+        "image_alt": _text(raw, "image_alt", lines=False)[:500],
     }
 
 
@@ -397,6 +402,9 @@ def items_from_feed(data: bytes, where: str) -> list[tuple[str, Mapping[str, Any
             "author": entry.get("author", ""),
             "guid": entry.get("id") or link,
         }
+        image = _feed_image(entry)
+        if image:
+            item["image"], item["image_alt"] = image
         tags = [t.get("term", "") for t in entry.get("tags", []) if t.get("term")]
         if tags:
             item["fields"] = tags
@@ -405,6 +413,22 @@ def items_from_feed(data: bytes, where: str) -> list[tuple[str, Mapping[str, Any
         shown = (link if link.isprintable() else repr(link)) or "no link"
         out.append((f"{where}: entry {i} ({shown})", item))
     return out
+
+
+def _feed_image(entry) -> tuple[str, str] | None:
+    """(url, alt) of an entry's picture: Media RSS ``media:thumbnail`` or
+    ``media:content`` of an image type, else an image ``<enclosure>``.  Feeds
+    carry no alt text we can trust: "" (the mail then uses the headline)."""
+    for thumb in entry.get("media_thumbnail") or []:
+        if thumb.get("url"):
+            return thumb["url"], ""
+    for media in entry.get("media_content") or []:
+        if media.get("url") and (media.get("medium") == "image" or media.get("type", "").startswith("image/")):
+            return media["url"], ""
+    for link in entry.get("links") or []:
+        if link.get("rel") == "enclosure" and link.get("type", "").startswith("image/") and link.get("href"):
+            return link["href"], ""
+    return None
 
 
 def _fields_from_tags(items, config: Config):

@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from email_validator import EmailNotValidError, validate_email
 
 from .cron import cron_trigger
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .sanitize import text_problem, url_problem
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -96,6 +96,9 @@ class Publication:
     # "none": editions go out as created (today's behaviour); "required": nothing reaches a
     # subscriber without an approval by someone other than the last editor (editions/state.py).
     approval: str = "none"
+    # The お知らせ block of every edition ([publications.notice]: title, text, link,
+    # link_label, image, image_alt), as (key, value) pairs; () for none.
+    notice: tuple[tuple[str, str], ...] = ()
 
     @property
     def tz(self) -> ZoneInfo:
@@ -689,6 +692,44 @@ def _url(r: OptionReader, key: str, *, required: bool = False) -> str:
     return value.rstrip("/")
 
 
+NOTICE_KEYS = ("title", "text", "link", "link_label", "image", "image_alt")
+
+
+def parse_notice(r: OptionReader) -> dict[str, str]:
+    """An お知らせ block (config's [publications.notice], or a file for one
+    edition): {} when empty.  Links and the image must be http(s) URLs; an
+    image needs its alt text (what a reader with images blocked sees)."""
+    notice = {k: (r.text(k, "", lines=k == "text") or "").strip() for k in NOTICE_KEYS}
+    r.finish()
+    if not any(notice.values()):
+        return {}
+    if not (notice["title"] or notice["text"]):
+        r.fail("title", "a notice needs a title or a text")
+    for key in ("link", "image"):
+        if notice[key]:
+            problem = url_problem(notice[key])
+            if problem:
+                r.fail(key, problem)
+    if notice["image"] and not notice["image_alt"]:
+        r.fail("image_alt", "an image needs its alt text (shown when images are blocked)")
+    return {k: v for k, v in notice.items() if v}
+
+
+def load_notice(path: Path) -> dict[str, str]:
+    """An お知らせ block from a TOML file (the keys of :func:`parse_notice`);
+    errors name the file and the key."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: {exc}") from None
+    try:
+        return parse_notice(OptionReader(data, prefix="", file=Path(path)))
+    except ConfigError as exc:
+        raise InputError(str(exc)) from None
+
+
 def resolve_storage_url(url: str, base_dir: Path) -> str:
     """Make a relative SQLite path relative to the config folder, not the cwd."""
     m = re.match(r"^(sqlite(?:\+\w+)?):///(.*)$", url)
@@ -825,6 +866,7 @@ def _parse_publication(r: OptionReader, fields: tuple[Field, ...], site: Site) -
         on_holiday=r.text("on_holiday", "send", choices=ON_HOLIDAY),
         misfire_grace=r.duration("misfire_grace", "6h"),
         approval=r.text("approval", "none", choices=APPROVAL),
+        notice=tuple(parse_notice(_table(r.file, f"{r.prefix}.notice", r.get("notice", dict, {}))).items()),
     )
     problem = text_problem(pub.description)
     if problem:

@@ -23,8 +23,12 @@ error      the HTML is over Gmail's clipping limit (the footer with the
 warning    characters not in ISO-2022-JP (compose sends those mails as UTF-8,
            readable almost everywhere but not on every old phone — which is
            why a reader chose ISO-2022-JP); ``http://`` or non-ASCII links;
+           CSS that Gmail or Outlook drops where the layout depends on it
+           (:data:`CSS_DROPPED`, from caniemail.com; ``@media`` rules are
+           enhancements and not checked);
            text lines over the width that are not a lone URL; a subject
-           longer than 40 full-width characters; HTML near the clipping
+           longer than 40 full-width characters, or one that ISO-2022-JP
+           readers see changed (㈱ → (株), an emoji removed); HTML near the clipping
            limit; an article card with neither summary nor body; nobody
            to send to; article text (title, summary, body, URL, author)
            that looks like a personal placeholder (``%%…%%``, ``%%NL_``,
@@ -274,6 +278,11 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
         else:
             out.append(Finding("info", "html-size", f"HTML {kb} (Gmail clips at 102 KB)"))
 
+    # CSS that Gmail or Outlook would drop.
+    if html is not None:
+        for problem in css_problems(html):
+            out.append(Finding("warning", "css", problem))
+
     # Subject.
     columns = japanese.display_width(rendered.subject)
     if not rendered.subject.strip():
@@ -283,6 +292,9 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
                                                  f"phones show about {SUBJECT_WARN_COLUMNS // 2}"))
     else:
         out.append(Finding("info", "subject", f"subject {columns / 2:g} full-width characters"))
+    if rendered.subject_replacements:
+        out.append(Finding("warning", "subject", "ISO-2022-JP readers see the subject changed: "
+                                                 f"{japanese.describe(rendered.subject_replacements)}"))
 
     # Text lines.
     over = [line for line in rendered.text.splitlines()
@@ -321,9 +333,17 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
             links.setdefault(art.get("url") or "", _short(art.get("title")))
     if html is not None:
         doc = lxml.html.document_fromstring(html)
+        anchors = {el.get("id") for el in doc.iter() if el.get("id")} | \
+            {el.get("name") for el in doc.iter("a") if el.get("name")}
         for el in doc.iter("a", "img"):
             attr = "href" if el.tag == "a" else "src"
-            links.setdefault((el.get(attr) or "").strip(), _short(el.text_content()) or el.tag)
+            url = (el.get(attr) or "").strip()
+            if el.tag == "a" and url.startswith("#") and len(url) > 1:  # the 目次: a place in this mail
+                if url[1:] not in anchors:
+                    out.append(Finding("error", "link", f"link '{_short(el.text_content())}': {url} — "
+                                                        "no element of the mail has that id"))
+                continue
+            links.setdefault(url, _short(el.text_content()) or el.tag)
     for url, label in links.items():
         problem = None if url in marks.all() else link_problem(url)
         if problem:
@@ -363,6 +383,45 @@ def placeholder_lookalikes(content: Mapping[str, Any]) -> list[Finding]:
                     "written (never filled in) — check the article"))
                 break
     return out
+
+
+# CSS that a major client drops (caniemail.com, 2025), where the layout depends
+# on it.  pattern (on "property:value" without spaces) → (clients, what to do).
+# Left out on purpose: border-radius, inline-block, overflow-wrap, word-break
+# (a client without them degrades, the mail still reads).
+CSS_DROPPED: tuple[tuple[str, str, str], ...] = (
+    (r"^position:", "Gmail, Outlook (Windows)", "use tables for placement"),
+    (r"^display:(inline-)?(flex|grid)", "Outlook (Windows)", "use a table layout"),
+    (r"^float:", "Outlook (Windows)", "use align= on a table"),
+    (r"^box-shadow:", "Outlook (Windows)", "use a border"),
+    (r"^(background(-image)?:.*url\(|background-image:)", "Outlook (Windows)", "use bgcolor, or VML"),
+    (r"var\(--", "Gmail, Outlook (Windows)", "write the value itself"),
+    (r"^(transform|animation|transition)", "Gmail, Outlook (Windows)", "drop it"),
+    (r"^object-fit:", "Gmail, Outlook (Windows)", "size the image itself"),
+)
+_MEDIA = re.compile(r"@media[^{]*\{(?:[^{}]*\{[^{}]*\})*[^{}]*\}", re.S)
+
+
+def css_problems(html: str) -> list[str]:
+    """Which of :data:`CSS_DROPPED` the mail relies on (inline styles and the
+    ``<style>`` rules outside ``@media``); ``max-width`` only without the
+    ``<!--[if mso]>`` fixed-width table that stands in for it in Outlook."""
+    doc = lxml.html.document_fromstring(html)
+    declarations = [d for el in doc.iter() if isinstance(el.tag, str) and el.get("style")
+                    for d in el.get("style").split(";")]
+    for style in doc.iter("style"):
+        rules = _MEDIA.sub("", style.text or "")
+        declarations += [d for block in re.findall(r"\{([^{}]*)\}", rules) for d in block.split(";")]
+    found: dict[str, str] = {}
+    for d in declarations:
+        d = re.sub(r"\s+", "", d).lower()
+        for pattern, clients, fix in CSS_DROPPED:
+            if d and re.search(pattern, d):
+                found.setdefault(d.split(":")[0], f"'{d[:40]}' is dropped by {clients}: {fix}")
+        if d.startswith("max-width:") and "<!--[if mso]>" not in html:
+            found.setdefault("max-width", "'max-width' is dropped by Outlook (Windows): add a fixed-width "
+                                          "<!--[if mso]> table around the container")
+    return list(found.values())
 
 
 def link_problem(url: str) -> tuple[str, str] | None:

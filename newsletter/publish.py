@@ -51,11 +51,11 @@ def next_content(
 
 
 def default_subject(content: Mapping[str, Any]) -> str:
-    """【{title}】第{n}号 {top headline} (English: [{title}] No. {n} {top headline})."""
-    title, number = content["publication"]["title"], content["number"]
-    top = content["articles"][0]["title"] if content["articles"] else ""
-    head = f"[{title}] No. {number}" if content["language"] == "en" else f"【{title}】第{number}号"
-    return f"{head} {top}".strip()
+    """The edition's default subject: :func:`editions.render.subject_line` on its top
+    headline, the same rule a variant's template subject follows."""
+    from .editions.render import subject_line, subject_prefix
+
+    return subject_line(subject_prefix(content), content["articles"][0]["title"] if content["articles"] else "")
 
 
 def draft_content(
@@ -75,6 +75,8 @@ def draft_content(
         "afterword": afterword,
         "afterword_html": markdown_to_html(afterword) if afterword.strip() else "",
     })
+    if "notice" in texts:  # the edition's own お知らせ (`edition set --notice-file`), else the publication's
+        content["notice"] = texts["notice"] or None
     return content
 
 

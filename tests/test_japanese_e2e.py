@@ -179,7 +179,8 @@ def test_japanese_edition_in_both_charsets(jp_project, smtp_server):
             assert display_width(line) <= DEFAULT_WIDTH or URL_LINE.match(line), line
 
         if fmt == "html":
-            body = htmllib.unescape(parts[1].get_content())
+            # (<wbr> between BudouX phrases: where a line of the HTML may end)
+            body = htmllib.unescape(parts[1].get_content()).replace("<wbr>", "")
             assert greeting in body
             for piece in (MACHINE_DEPENDENT, HALF_WIDTH, EMOJI):
                 assert (map_for_jis(piece)[0] if mapped else piece) in body

@@ -13,7 +13,15 @@ from sqlalchemy import func, select
 from newsletter import publish
 from newsletter.config import load_config
 from newsletter.editions.assemble import VariantKey
-from newsletter.preflight import GMAIL_CLIP_BYTES, Plan, check_edition, check_plan, has_errors, link_problem
+from newsletter.preflight import (
+    GMAIL_CLIP_BYTES,
+    Plan,
+    check_edition,
+    check_plan,
+    css_problems,
+    has_errors,
+    link_problem,
+)
 from newsletter.store import open_engine
 from newsletter.store.tables import articles, deliveries, editions
 from tests.test_render import ADMIN, EDU, LG, WHEN, fixed_articles, fixed_config, fixed_content
@@ -259,3 +267,55 @@ def test_article_text_that_looks_like_a_placeholder_is_a_warning_naming_the_arti
     assert "article 103 'マイナンバーカードの利用拡大に向けた省令改正案'" in found[0].message or where == "title"
     assert "article 103" in found[0].message and f"its {where}" in found[0].message
     assert not has_errors(f for f in findings if f.code != "link")  # a warning: the send goes ahead
+
+
+def test_css_that_gmail_or_outlook_drops_is_a_warning(tmp_path):
+    """The shipped template passes; a custom one that lays out with flexbox,
+    positioning or a bare max-width is warned about, naming property and clients."""
+    config = fixed_config()
+    html = render_variant_html(config)
+    assert css_problems(html) == []  # tables, the mso ghost table, @media rules left alone
+    templates = tmp_path / "templates"
+    shutil.copytree(config.templates_dir, templates)
+    source = (templates / "digest.html.j2").read_text(encoding="utf-8")
+    source = source.replace(".container {\n  width: 100%;", ".container {\n  display: flex;\n  width: 100%;")
+    source = source.replace('<span class="preheader"', '<div style="position: absolute; top: 0">ヘッダー</div>'
+                                                        '<span class="preheader"')
+    source = source.replace("<!--[if mso]>", "<!--[if gte mso 99]>")  # no ghost table for Outlook
+    (templates / "digest.html.j2").write_text(source, encoding="utf-8")
+    config = dataclasses.replace(config, templates_dir=templates)
+    findings = check_plan(config, config.publication("weekly"), plan_for(fixed_content(config)))
+    css = [f.message for f in findings if f.code == "css"]
+    assert all(f.severity == "warning" for f in findings if f.code == "css")
+    assert any("'display:flex'" in m and "Outlook" in m for m in css)
+    assert any("'position:absolute'" in m and "Gmail" in m for m in css)
+    assert any("'max-width'" in m for m in css)
+    assert not has_errors(findings)
+
+
+def render_variant_html(config) -> str:
+    from newsletter.editions.render import render_variant
+
+    return render_variant(fixed_content(config), ALL, config.templates_dir, when=WHEN).html
+
+
+def test_default_subject_is_the_first_headline_and_its_jis_losses_are_warned():
+    """【誌名】第N号 and the first headline, cut at a phrase boundary to ~40 full-width
+    characters; what ISO-2022-JP readers would see changed in it is a warning."""
+    arts = fixed_articles()
+    arts[3]["title"] = "㈱東雲データ、Ⅰ期システムを刷新🎉 窓口業務のオンライン化と書かない窓口の全庁展開へ"
+    config = fixed_config()
+    content = fixed_content(config, arts)
+    findings = check_plan(config, config.publication("weekly"), plan_for(content))
+    subject = {f.variant.split("|")[-1]: f for f in findings if f.code == "subject"}
+    assert subject["iso-2022-jp"].severity == "warning"
+    assert "㈱ → (株)" in subject["iso-2022-jp"].message and "🎉 → (removed)" in subject["iso-2022-jp"].message
+    assert subject["utf-8"].severity == "info"  # within 40 full-width characters: cut to fit
+    from newsletter.editions.render import render_variant
+
+    rendered = render_variant(content, ALL, config.templates_dir, when=WHEN)
+    assert rendered.subject.startswith("【週刊 地方行政ニュース】第12号 ㈱東雲データ、")
+    assert rendered.subject.endswith("…") and "全庁展開へ" not in rendered.subject
+    from newsletter.japanese import display_width
+
+    assert display_width(rendered.subject) <= 80

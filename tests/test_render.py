@@ -9,6 +9,8 @@ golden files (see tests/golden/README.md); read the diff before committing it.
 from __future__ import annotations
 
 import dataclasses
+import html as htmllib
+import json
 import os
 import re
 from datetime import UTC, datetime
@@ -18,7 +20,10 @@ from zoneinfo import ZoneInfo
 
 import lxml.html
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from newsletter import japanese
 from newsletter.config import Config, Publication, load_config
 from newsletter.delivery import Variants
 from newsletter.editions import render
@@ -134,12 +139,109 @@ def _check_golden(name: str, actual: str) -> None:
         )
 
 
+SUBJECT = "【週刊 地方行政ニュース】第12号 【特集】能登半島の復興計画、住民参加で見直しへ"
+
+
 def test_golden_variant_html_and_text():
     rendered = render_fixed((LG, EDU))
-    assert rendered.subject == "【週刊 地方行政ニュース】第12号 2026年12月1日"
+    assert rendered.subject == SUBJECT
     assert rendered.article_ids == (104, 101, 105, 102)
     _check_golden("digest.html", rendered.html)
     _check_golden("digest.txt", rendered.text)
+
+
+LEAD = "<p>師走に入りました。今号は<strong>DX推進計画</strong>と、学校の端末更新を特集します。</p>"
+AFTERWORD = "<p>年末年始は12月29日から1月3日まで休刊します。来年もよろしくお願いいたします。</p>"
+NOTICE = {
+    "title": "月刊「地方行政」12月号を発売しました",
+    "text": "特集は「自治体DXの現在地」。書店、または当社オンラインストアでお求めいただけます。",
+    "link": "https://news.example.jp/shop/monthly-2026-12",
+    "link_label": "12月号の購入はこちら",
+    "image": "https://news.example.jp/shop/monthly-2026-12/cover.jpg",
+    "image_alt": "月刊「地方行政」12月号の表紙",
+}
+
+
+def demo_content(charset: str = "utf-8", **pub_changes) -> dict:
+    """The demo's edition (articles/sample.json, as `newsletter demo` sends it), with
+    the lead, afterword and お知らせ the editorial workflow adds to the content."""
+    items = json.loads((ROOT / "articles" / "sample.json").read_text(encoding="utf-8"))
+    rows = [
+        article(i + 1, it["title"], ",".join(it["fields"]), summary=it.get("summary", ""),
+                author=it.get("author", ""), day=28 - i, pinned=bool(it.get("pinned")),
+                priority=it.get("priority", 0)) | {"url": it["url"]}
+        for i, it in enumerate(items)
+    ]
+    content = fixed_content(articles=rows, charset=charset, **pub_changes)
+    return content | {"lead_html": LEAD, "afterword_html": AFTERWORD, "notice": NOTICE}
+
+
+# The seed's hard input: machine-dependent characters (㈱ Ⅰ Ⅴ 〝〞 ①), NBSP, long
+# katakana compounds, URLs inside sentences, half-width katakana.
+HARD_URL = "https://www.pref.shinonome.example.jp/kensei/dx/keikaku/2026/11/shiryou.html"
+
+
+def hard_articles() -> list[dict]:
+    return [
+        article(901, "㈱東雲データ、Ⅰ期・Ⅴ期システムを刷新\u3000〝書かない窓口〟を全庁へ", f"{ADMIN},{LG}",
+                summary="㈱東雲データと㈲日和工務店が①計画策定②システム構築を担う。Ⅰ期・Ⅴ期に分けて"
+                        "進め、〝書かない窓口〟を令和8年\xa012月\xa01日から全庁に広げる。資料は"
+                        f"{HARD_URL}で公開中、問い合わせは平日9:00〜17:00。",
+                author="ｼﾉﾉﾒ通信", day=29),
+        article(902, "マイナンバーカードインターオペラビリティプラットフォームアーキテクチャ検討会が報告書", ADMIN,
+                summary="デジタル庁のアーキテクチャ検討会は、ユーザーエクスペリエンスインプルーブメントプログラムの"
+                        "成果をまとめた。詳しくは https://www.digital.go.jp/policies/dx-plan/2026 をご覧ください。",
+                day=29),
+        article(903, "第2回\xa0地域DXフォーラム、12月15日に開催\u3000ｵﾝﾗｲﾝ参加も可能", EDU,
+                summary="申込はhttps://forum.example.jp/entry?id=2026&ref=mailから。定員は先着300名。",
+                author="編集部", day=29, priority=5),
+    ]
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "iso-2022-jp"])
+@pytest.mark.parametrize("full_text", [False, True])
+def test_hard_input_through_both_parts_within_76_columns(charset, full_text):
+    """Every text line within 76 columns (RFC 5322's advice, and what old phones
+    show) but for a URL alone on its line; the hard characters reach the reader,
+    mapped for ISO-2022-JP; NBSP is &nbsp; in the HTML, never a raw U+00A0."""
+    config = fixed_config()
+    arts = [a | {"body": a["summary"] + "\n\n- " + a["summary"]} for a in hard_articles()]
+    content = fixed_content(articles=arts + fixed_articles(), charset=charset, full_text=full_text) | {
+        "lead_html": f"<p>{HARD_URL}を参照。㈱〝特集〟は\xa0Ⅰ期から。</p>", "afterword_html": AFTERWORD,
+        "notice": NOTICE | {"text": "ｵﾝﾗｲﾝｽﾄｱ限定。㈱日和出版の〝Ⅴ号〟です。" + HARD_URL + "で受付。"}}
+    rendered = render_variant(content, (LG, ADMIN, EDU), config.templates_dir, when=WHEN, charset=charset)
+    for line in rendered.text.splitlines():
+        assert japanese.display_width(line) <= 76 or re.fullmatch(r"\s*https?://\S+", line), line
+        assert japanese.display_width(line) <= 70 or re.fullmatch(r"\s*https?://\S+", line), line
+    flat = "".join(line.strip() for line in rendered.text.splitlines())
+    expect = (lambda t: japanese.map_for_jis(t)[0]) if charset == "iso-2022-jp" else (lambda t: t)
+    for piece in ("㈱東雲データ、Ⅰ期・Ⅴ期システムを刷新", "〝書かない窓口〟",
+                  "マイナンバーカードインターオペラビリティプラットフォームアーキテクチャ検討会が報告書",
+                  "ｵﾝﾗｲﾝ参加も可能", "https://www.digital.go.jp/policies/dx-plan/2026", HARD_URL):
+        assert expect(piece) in flat, piece
+    assert any(line.strip() == HARD_URL for line in rendered.text.splitlines())  # broken out of its sentence
+    assert "\xa0" not in rendered.html
+    if charset == "iso-2022-jp":
+        assert japanese.fits_jis(rendered.text) and japanese.fits_jis(rendered.subject)
+        assert japanese.fits_jis(rendered.html.replace("&nbsp;", ""))
+        assert "(株)東雲データ" in rendered.subject or "(株)" in flat
+    plain = rendered.html.replace("<wbr>", "")
+    assert expect("㈱東雲データ、Ⅰ期・Ⅴ期システムを刷新") in plain
+    assert expect("第2回&nbsp;地域DXフォーラム") in plain
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "iso-2022-jp"])
+def test_golden_demo_edition_in_both_charsets(charset):
+    """The demo edition for a reader of every field: the HTML and the text part, as
+    each charset's readers get them (UPDATE_GOLDEN=1 rewrites tests/golden/demo.*)."""
+    config = fixed_config()
+    rendered = render_variant(demo_content(charset), (LG, ADMIN, EDU), config.templates_dir, when=WHEN,
+                              charset=charset)
+    _check_golden(f"demo.{charset}.html", rendered.html)
+    _check_golden(f"demo.{charset}.txt", rendered.text)
+    assert rendered.subject.startswith("【週刊 地方行政ニュース】第12号 東雲県、")
+    for line in rendered.text.splitlines():
+        assert japanese.display_width(line) <= 70 or line.startswith("https://"), line
 
 
 def test_golden_html_is_mail_ready():
@@ -153,10 +255,14 @@ def test_golden_html_is_mail_ready():
     assert "padding:20px 24px 18px 24px" in style("card-cell")
     assert "border-left:4px solid #1d4f7c" in style("section-heading")
     assert "Hiragino Kaku Gothic ProN" in style("summary")
+    assert "word-break:keep-all" in style("summary") and "overflow-wrap:anywhere" in style("summary")
     assert all(el.get("style") for el in doc.iter("td", "p", "h1", "h2", "h3", "a"))
     block = re.search(r"<style[^>]*>(.*?)</style>", html, re.S)
     assert block and "@media (max-width: 620px)" in block.group(1)
+    assert "@media (prefers-color-scheme: dark)" in block.group(1)
+    assert '<meta name="color-scheme" content="light dark">' in html
     assert "<link" not in html.lower() and "<script" not in html.lower()
+    assert "</wbr>" not in html
     # ≤ 600 px: the fluid container and Outlook's ghost table.
     assert "max-width:600px" in style("container")
     widths = [int(w) for w in re.findall(r'\bwidth="(\d+)"', html)] + \
@@ -169,8 +275,19 @@ def test_golden_html_is_mail_ready():
     assert "%%NL_GREETING%%" in html
     assert "\xa0" not in html  # ISO-2022-JP cannot carry U+00A0; &nbsp; instead
     # Data is escaped, and only once.
-    assert "教員の働き方改革 &lt;速報&gt; 勤務時間調査の結果 &amp; 今後の対応" in html
+    assert "教員の働き方改革 &lt;速報&gt; 勤務時間調査の結果 &amp; 今後の対応" in html.replace("<wbr>", "")
     assert "<速報>" not in html and "&amp;lt;" not in html
+    # The 目次: every headline, linked to its card in the mail.
+    toc = doc.find_class("toc-cell")[0]
+    targets = [a.get("href") for a in toc.iter("a")]
+    assert targets == ["#a104", "#a101", "#a105", "#a102"]
+    for target in targets:
+        [heading] = [el for el in doc.iter("h3") if el.get("id") == target[1:]]
+        assert heading.find("a").get("name") == target[1:]
+    # Web版 and back numbers.
+    hrefs = [a.get("href") for a in doc.iter("a")]
+    assert "https://news.example.jp/archive/weekly/12/" in hrefs
+    assert "https://news.example.jp/archive/weekly/" in hrefs
 
 
 def test_golden_text_reads_like_a_japanese_mail_magazine():
@@ -179,23 +296,38 @@ def test_golden_text_reads_like_a_japanese_mail_magazine():
     assert "■ 地方自治" in lines and "■ 教育" in lines
     assert "■ 行政" not in lines
     assert "第12号 | 2026年12月1日(火)" in lines
-    # Each link: its title, then the URL on a line of its own.
+    rule = "━" * 35
+    assert lines[0] == rule and lines[-1] == rule
+    head = len(lines) - 1 - lines[::-1].index("■ 地方自治")  # the section (the first is in the 目次)
+    assert lines[head - 1] == rule and lines[head + 1] == rule
+    # The 目次 first, then the sections, in the same order.
+    toc = lines.index("【目次】")
+    assert lines[toc + 1: toc + 7] == [
+        "■ 地方自治", "・【特集】能登半島の復興計画、住民参加で見直しへ",
+        "・人口減少下の公共施設再編、総務省が新たな指針を公表",
+        "・小中学校の給食費無償化、来年度から対象を拡大する自治体相次ぐ",
+        "■ 教育", "・教員の働き方改革 <速報> 勤務時間調査の結果 & 今後の対応"]
+    # Each item: headline, byline and the *other* fields, summary, the URL on a line of its own.
     i = lines.index("◆ 教員の働き方改革 <速報> 勤務時間調査の結果 & 今後の対応")
-    assert lines[i + 1] == "https://news.example.jp/articles/2026/102"
-    assert "1. 時間外勤務は前回調査から減少" in lines  # no Markdown escape "1\\."
-    assert "- 部活動の地域移行が進む地域で減少幅が大きい" in lines
-    assert "続きを読む" not in text  # the read-more links only repeat the title's URL
-    assert "【地方自治】【教育】佐藤 一郎" in lines
-    assert "【教育】【地方自治】" not in lines  # labels in config order
-    # The footer Japan's Act on Specified Electronic Mail requires.
-    assert "発行者 地方行政ニュース編集部" in lines
-    assert "所在地 〒100-0013 東京都千代田区霞が関1-2-3 地方行政会館5階" in lines
-    assert "お問い合わせ henshu@news.example.jp / 03-1234-5678（平日9時〜17時）" in lines
-    i = lines.index("配信停止")
-    assert lines[i + 1] == "%%NL_UNSUBSCRIBE_URL%%"
-    i = lines.index("配信設定の変更")
-    assert lines[i + 1] == "%%NL_PREFERENCES_URL%%"
+    assert lines[i + 1: i + 7] == ["", "文部科学省は公立学校教員の勤務実態調査の速報値を発表した。",
+                                   "1. 時間外勤務は前回調査から減少",  # no Markdown escape "1\\."
+                                   "- 部活動の地域移行が進む地域で減少幅が大きい",
+                                   "https://news.example.jp/articles/2026/102", ""]
+    i = lines.index("◆ 人口減少下の公共施設再編、総務省が新たな指針を公表")
+    assert lines[i + 1] == "文：佐藤 一郎 ／ 関連分野：教育"  # not 地方自治: that is the section
+    assert "【地方自治】" not in text and "関連分野：地方自治" not in text
+    assert "続きを読む" not in text
+    # The footer Japan's Act on Specified Electronic Mail requires, and the links.
+    assert "発行者: 地方行政ニュース編集部" in lines
+    assert "所在地: 〒100-0013 東京都千代田区霞が関1-2-3 地方行政会館5階" in lines
+    assert "お問い合わせ: henshu@news.example.jp / 03-1234-5678（平日9時〜17時）" in lines
+    for label, url in (("▼Web版で見る", "https://news.example.jp/archive/weekly/12/"),
+                       ("▼バックナンバー", "https://news.example.jp/archive/weekly/"),
+                       ("▼配信設定の変更", "%%NL_PREFERENCES_URL%%"),
+                       ("▼配信停止", "%%NL_UNSUBSCRIBE_URL%%")):
+        assert lines[lines.index(label) + 1] == url
     assert "%%NL_GREETING%%" in lines
+    assert "\n\n\n" not in text
     assert text.endswith("\n") and not text.endswith("\n\n")
 
 
@@ -218,8 +350,10 @@ def test_article_in_two_fields_appears_once_in_the_readers_first_field():
     card = next(a for a in sections(content, (LG, EDU))[0]["articles"] if a["id"] == 105)
     assert card["field_names"] == ["地方自治", "教育"]
     text = render_fixed((LG, EDU)).text
-    assert text.count("人口減少下の公共施設再編、総務省が新たな指針を公表") == 1
-    assert text.index("■ 地方自治") < text.index("人口減少下の公共施設再編") < text.index("■ 教育")
+    assert text.count("◆ 人口減少下の公共施設再編、総務省が新たな指針を公表") == 1
+    assert text.count("・人口減少下の公共施設再編、総務省が新たな指針を公表") == 1  # the 目次
+    body = text[text.index("━\n■ 地方自治"):]
+    assert body.index("■ 地方自治") < body.index("◆ 人口減少下の公共施設再編") < body.index("■ 教育")
 
 
 def test_reader_with_only_education_gets_only_education_articles():
@@ -235,7 +369,9 @@ def test_sections_follow_config_order_not_the_readers_order():
     assert [s["field"]["slug"] for s in sections(content, (EDU, ADMIN, LG))] == [LG, ADMIN, EDU]
     assert variant_fields(content, [EDU, LG]) == (LG, EDU)
     text = render_fixed((EDU, ADMIN, LG)).text
-    assert text.index("■ 地方自治") < text.index("■ 行政") < text.index("■ 教育")
+    assert text.index("■ 地方自治") < text.index("■ 行政") < text.index("■ 教育")  # the 目次
+    body = text[text.index("━\n■ 地方自治"):]
+    assert body.index("■ 地方自治") < body.index("■ 行政") < body.index("■ 教育")
 
 
 def test_empty_sections_are_absent():
@@ -331,7 +467,6 @@ def test_japanese_date_in_the_publication_time_zone():
     assert date_texts(datetime(2026, 11, 30, 14, 59, tzinfo=UTC), "Asia/Tokyo", "ja") == \
         ("2026年11月30日(月)", "2026年11月30日")
     rendered = render_fixed((EDU,), when=datetime(2026, 11, 30, 16, 0, tzinfo=UTC))
-    assert rendered.subject == "【週刊 地方行政ニュース】第12号 2026年12月1日"
     assert "第12号 | 2026年12月1日(火)" in rendered.text
 
 
@@ -340,10 +475,10 @@ def test_english_publication_dates_stay_english():
         ("Tuesday, December 1, 2026", "December 1, 2026")
     content = fixed_content(language="en")
     rendered = render_fixed((EDU,), content=content)
-    assert rendered.subject == "[週刊 地方行政ニュース] No. 12 December 1, 2026"
+    assert rendered.subject == "[週刊 地方行政ニュース] No. 12 人口減少下の公共施設再編、総務省が新たな指針を…"
     assert "Tuesday, December 1, 2026" in rendered.text
-    assert "Publisher 地方行政ニュース編集部" in rendered.text.splitlines()
-    assert "年" not in rendered.subject
+    assert "Publisher: 地方行政ニュース編集部" in rendered.text.splitlines()
+    assert "年" not in rendered.subject and "December" in rendered.text
 
 
 # --------------------------------------------------------------------------- html_to_text
@@ -386,3 +521,24 @@ def test_rendered_variant_text_has_no_markdown_and_no_preheader():
     assert not re.search(r"(?m)^\s*#", text)
     assert "**" not in text and "\\" not in text
     assert all(p in text for p in rendered.placeholders.all())
+
+
+
+# --------------------------------------------------------------------------- phrases in the HTML
+
+HEADLINE_TEXT = st.text(alphabet="東雲県市町村のオンライン化へ、。「」【】（）・〝〟㈱ⅠⅤ０１ABCab12 \u3000\u00a0<>&\"'",
+                        max_size=60)
+
+
+@given(text=HEADLINE_TEXT, hold=st.booleans())
+def test_phrase_breaks_keep_the_text_and_kinsoku(text, hold):
+    """<wbr> and phrase spans add only break points: the words read the same, and
+    no break point falls after an opening bracket, before a closing one or a
+    full stop, or next to a no-break space."""
+    html = str(render.phrased(text, hold=hold, mark="・" if hold else ""))
+    words = htmllib.unescape(re.sub(r"<[^>]+>", "", html.replace("<br>", "\n")))
+    assert words == ("・" if hold else "") + text
+    plain = re.sub(r"<(?!wbr>)[^>]+>", "", html)  # keep only the break points
+    for before, after in re.findall(r"(.)<wbr>(?=(.))", htmllib.unescape(plain)):
+        assert before not in japanese.NO_END and after not in japanese.NO_START, (before, after)
+        assert "\xa0" not in (before, after) and after not in " \u3000"

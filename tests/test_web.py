@@ -704,8 +704,9 @@ def test_archive_lists_and_shows_editions_without_personal_tokens(site):
     html = page.text
     assert "読者の皆さま" in html and "%%NL_" not in html
     assert "/unsubscribe/" not in html and "/preferences/" not in html
+    words = re.sub(r"<[^>]+>", "", html)  # headlines carry <wbr> and phrase spans
     for article in (ROOT / "articles" / "sample.json").read_text(encoding="utf-8").split('"title": "')[1:4]:
-        assert article.split('"')[0].split()[0] in html
+        assert article.split('"')[0].split()[0] in words
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert "script" not in page.headers["content-security-policy"]
 

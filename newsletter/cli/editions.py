@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .. import publish
+from ..config import load_notice
 from ..delivery import Variants, deliver, edition_eta, sending_for
 from ..editions import state
 from ..editions.assemble import VariantKey
@@ -261,7 +262,8 @@ def _test_send(app: App, publication, number, address, fields, fmt):
     slug = content["publication"]["slug"]
     pub = app.config.publication(slug)
     key = _variant(app, pub, fields, fmt)
-    rendered = Variants(app.config, content, when).get(key)
+    # content["test"]: 【テスト】 in the subject and a banner in both parts (render.py).
+    rendered = Variants(app.config, {**content, "test": True}, when).get(key)
     fake = row or type("E", (), {"id": 0, "publication": slug, "created_at": when})()
     message = compose(rendered, Recipient(0, 0, address, ""), sending_for(app.config, fake),
                       charset=key.charset, now=utcnow())
@@ -378,17 +380,21 @@ def _read_markdown(path: Path | None, option: str) -> str | None:
               help="Markdown file with the lead (巻頭言); an empty file removes it.")
 @click.option("--afterword-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Markdown file with the afterword (編集後記); an empty file removes it.")
+@click.option("--notice-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="The お知らせ of this edition: a TOML file (title, text, link, link_label, image, image_alt); "
+                   "an empty file removes it.")
 @publication_option
 @pass_app
-def edition_set(app: App, number, subject, lead_file, afterword_file, publication):
-    """Set the subject, lead and afterword of draft NUMBER."""
-    if subject is None and lead_file is None and afterword_file is None:
-        raise click.UsageError("nothing to set: give --subject, --lead-file or --afterword-file")
+def edition_set(app: App, number, subject, lead_file, afterword_file, notice_file, publication):
+    """Set the subject, lead, afterword and お知らせ of draft NUMBER."""
+    if subject is None and lead_file is None and afterword_file is None and notice_file is None:
+        raise click.UsageError("nothing to set: give --subject, --lead-file, --afterword-file or --notice-file")
     lead = _read_markdown(lead_file, "--lead-file")
     afterword = _read_markdown(afterword_file, "--afterword-file")
+    notice = load_notice(notice_file) if notice_file is not None else None
     row = _row(app, number, publication)
     digest = state.set_texts(app.engine, app.config, row.id, app.actor, subject=subject, lead=lead,
-                             afterword=afterword)
+                             afterword=afterword, notice=notice)
     click.echo(f"{row.publication} 第{row.number}号: updated (content {digest[:HASH_SHOWN]})")
 
 

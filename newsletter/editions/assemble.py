@@ -49,6 +49,7 @@ def freeze(
             "contact": config.sender.contact,
         },
         "fields": [{"slug": f.slug, "name": f.name} for f in config.fields if f.slug in pub_fields],
+        "notice": dict(pub.notice) or None,  # the publication's お知らせ; `edition set --notice-file` replaces it
         "articles": [
             {
                 "id": a["id"],
@@ -58,6 +59,8 @@ def freeze(
                 "body_html": body_html(a["body"], a["body_format"]) if pub.full_text else "",
                 "author": a["author"],
                 "fields": [f for f in a["fields"].split(",") if f in pub_fields],
+                "image": {"url": a["image_url"], "alt": a.get("image_alt") or ""}
+                if a.get("image_url") else None,
             }
             for a in articles
         ],

@@ -7,14 +7,27 @@ config can never contain one, so personal data goes only where the template
 put ``greeting`` and ``links``.  The subject may not hold one (it is the same
 for every reader of a variant: an :class:`InputError`).
 
-jinja2 renders the template; premailer inlines the CSS (``allow_network=False``:
-by default it would fetch linked stylesheets with no timeout); html2text makes
-the plain-text alternative from the same HTML.  This runs once per variant,
-never per recipient: :mod:`.compose` fills the placeholders in.
+jinja2 renders the templates; premailer inlines the CSS (``allow_network=False``:
+by default it would fetch linked stylesheets with no timeout).  The text part
+comes from ``digest.txt.j2`` when the templates folder has one (the designed
+メルマガ layout: rules, ■ sections, ◆ headlines, the URL on its own line);
+a custom HTML-only template falls back to html2text on the same HTML.  This
+runs once per variant, never per recipient: :mod:`.compose` fills the
+placeholders in.
+
+Rules kept here:
+- headlines and summaries reach the HTML template already escaped, with a
+  ``<wbr>`` between BudouX phrases (``title_html``/``summary_html``): the
+  template's ``word-break: keep-all`` then breaks lines only there;
+- the text template gets the same words unmarked (``title``/``summary``);
+  :func:`japanese.wrap` does its line breaking, after the charset mapping;
+- the Web版 and back-number URLs come from :func:`links.archive_url`, the one
+  place that knows the archive's paths.
 """
 
 from __future__ import annotations
 
+import html as htmllib
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -29,13 +42,16 @@ import cssutils
 import html2text
 import jinja2
 import lxml.html
+from markupsafe import Markup, escape
 from premailer import Premailer
 
 from .. import japanese
 from ..config import template_search_path
 from ..errors import InputError
-from ..links import Placeholders
+from ..links import Placeholders, archive_url
 from .assemble import sections
+
+TEST_MARK = "【テスト】"  # starts the subject of a test send (content["test"])
 
 # cssutils logs every property it does not know (-webkit-*, mso-*), which mail CSS
 # is full of.  Premailer's own logging options add a handler on *every* instance,
@@ -60,15 +76,51 @@ def date_texts(when: datetime, tz: str, language: str) -> tuple[str, str]:
     return f"{short}({WEEKDAYS_JA[local.weekday()]})", short
 
 
+SUBJECT_COLUMNS = 80  # ~40 full-width characters: what a phone's inbox shows
+
+
+def subject_prefix(content: Mapping[str, Any]) -> str:
+    """【{title}】第{n}号 (English: [{title}] No. {n}): how every default subject starts."""
+    title, number = content["publication"]["title"], content["number"]
+    return f"[{title}] No. {number}" if content["language"] == "en" else f"【{title}】第{number}号"
+
+
+def subject_line(prefix: str, headline: str, columns: int = SUBJECT_COLUMNS) -> str:
+    """``prefix`` and the edition's first headline, the headline cut at a BudouX
+    phrase boundary (and marked …) when the whole would pass ``columns``."""
+    if not headline:
+        return prefix
+    room = columns - japanese.display_width(prefix) - 1
+    if japanese.display_width(headline) <= room:
+        return f"{prefix} {headline}"
+    kept = ""
+    for phrase in line_phrases(headline):
+        if japanese.display_width(kept + phrase) + 2 > room:
+            break
+        kept += phrase
+    if not kept:  # one phrase longer than the room (a long katakana compound): cut it anyway
+        for cluster in japanese.clusters(headline):
+            if japanese.display_width(kept + cluster) + 2 > room:
+                break
+            kept += cluster
+    # A headline in two parts (「…を公表\u3000県の…」): end with the first part
+    # rather than a scrap of the second, when that keeps most of the room.
+    space = max(kept.rfind(" "), kept.rfind("\u3000"))
+    if space > 0 and japanese.display_width(kept[:space]) * 5 >= room * 3:
+        kept = kept[:space]
+    return f"{prefix} {kept.rstrip(' 、,　')}…" if kept else prefix
+
+
 @lru_cache(maxsize=8)
 def environment(templates_dir: str) -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         # Per file: the project's folder, then the packaged defaults (config.template_search_path).
         loader=jinja2.FileSystemLoader(template_search_path(templates_dir)),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
     )
+    return env
 
 
 @dataclass(frozen=True)
@@ -84,6 +136,87 @@ class Rendered:
     replacements: tuple[japanese.Replacement, ...] = ()
     # This render's markers for the personal parts (see the module docstring).
     placeholders: Placeholders = field(default_factory=Placeholders.new)
+    # ... of which in the subject: what an ISO-2022-JP reader sees changed in the inbox.
+    subject_replacements: tuple[japanese.Replacement, ...] = ()
+
+
+def line_phrases(text: str) -> list[str]:
+    """BudouX's phrases of one line, joined where a break between them would
+    break kinsoku (a line ending in 【 or 「, one starting with 」 or 。) or
+    a no-break space: the units a line of the HTML may end between."""
+    out: list[str] = []
+    for p in japanese.phrases(text):
+        if out:
+            # Spaces (U+3000 too) end a phrase: a line never starts with one.
+            stripped = p.lstrip(" \u3000")
+            out[-1] += p[:len(p) - len(stripped)]
+            p = stripped
+            if not p:
+                continue
+        if out and (out[-1][-1] in japanese.NO_END or p[0] in japanese.NO_START
+                    or out[-1][-1] == "\xa0" or p[0] == "\xa0"):
+            out[-1] += p
+        else:
+            out.append(p)
+    return out
+
+
+# A headline's phrase up to this long is also held together with white-space:
+# nowrap: keep-all alone still lets Chromium break before 「 or around ・ inside
+# a phrase.  A longer phrase (a long katakana compound) may need breaking on a
+# phone, which nowrap would forbid: keep-all/overflow-wrap handle it.
+HOLD_CHARS = 12
+
+
+def phrased(text: str, *, hold: bool = False, mark: str = "") -> Markup:
+    """``text`` escaped, with ``<wbr>`` between its phrases (:func:`line_phrases`)
+    and a ``<br>`` for each line break: where a line of a headline or summary may
+    end.  ``hold``: each phrase of at most :data:`HOLD_CHARS` characters in a
+    ``<span class="ph">`` (white-space: nowrap), for headlines.  ``mark`` (a
+    bullet) is held to the first character: never alone on a line."""
+    def one(phrase: str) -> Markup:
+        if hold and 1 < len(phrase) <= HOLD_CHARS:
+            return Markup('<span class="ph">%s</span>') % phrase
+        return escape(phrase)
+
+    lines = text.replace("\r\n", "\n").split("\n")
+    parts = [[one(p) for p in line_phrases(line)] for line in lines]
+    if mark:
+        first = line_phrases(lines[0])
+        if not first:
+            parts[0] = [escape(mark)]
+        elif hold and 1 < len(first[0]) <= HOLD_CHARS:
+            parts[0][0] = Markup('<span class="ph">%s</span>') % (mark + first[0])
+        else:
+            parts[0][0] = Markup('<span class="ph">%s</span>%s') % (mark + first[0][0], first[0][1:])
+    return Markup("<br>").join(Markup("<wbr>").join(line) for line in parts)
+
+
+_TEXT_RUN = re.compile(r">([^<]+)<")
+
+
+def phrased_fragment(fragment: str) -> Markup:
+    """Sanitized HTML (the lead, the afterword) with ``<wbr>`` between the phrases
+    of each text run; the tags stay as they are."""
+    def run(m: re.Match) -> str:
+        text = htmllib.unescape(m.group(1))
+        return ">" + "<wbr>".join(str(escape(p)) for p in line_phrases(text)) + "<"
+
+    return Markup(_TEXT_RUN.sub(run, f">{fragment}<")[1:-1]) if fragment else Markup("")
+
+
+def _article(a: Mapping[str, Any], section_name: str, full_text: bool) -> dict[str, Any]:
+    return {
+        **a,
+        "anchor": f"a{a['id']}",
+        "title_html": phrased(a["title"], hold=True),
+        "toc_html": phrased(a["title"], hold=True, mark="・"),
+        "summary_html": phrased(a["summary"]) if a.get("summary") else Markup(""),
+        # The section heading already names this field: a chip repeats only the others.
+        "other_fields": [n for n in a["field_names"] if n != section_name],
+        "body_text": html_to_text(a["body_html"]).strip() if full_text and a.get("body_html") else "",
+        "image": a.get("image") or None,
+    }
 
 
 def context(content: Mapping[str, Any], fields: Sequence[str], when: datetime,
@@ -92,8 +225,10 @@ def context(content: Mapping[str, Any], fields: Sequence[str], when: datetime,
     (new ones if not given)."""
     ph = placeholders or Placeholders.new()
     long_date, short_date = date_texts(when, content["timezone"], content["language"])
-    secs = sections(content, fields)
+    secs = [{**s, "articles": [_article(a, s["field"]["name"], content["full_text"]) for a in s["articles"]]}
+            for s in sections(content, fields)]
     titles = [a["title"] for s in secs for a in s["articles"]]
+    base, slug = content["site"]["base_url"], content["publication"]["slug"]
     return {
         "language": content["language"],
         "site": content["site"],
@@ -104,11 +239,37 @@ def context(content: Mapping[str, Any], fields: Sequence[str], when: datetime,
         "greeting": ph.greeting,
         "sections": secs,
         "full_text": content["full_text"],
-        "links": {"unsubscribe": ph.unsubscribe, "preferences": ph.preferences, "archive": ""},
-        # An edition made as a draft has the editor's lead (巻頭言) and afterword (編集後記),
-        # sanitized HTML, and its own subject (editions/state.py).
-        "lead_html": content.get("lead_html", ""),
-        "afterword_html": content.get("afterword_html", ""),
+        "first_title": titles[0] if titles else "",
+        "default_subject": subject_line(subject_prefix(content), titles[0] if titles else ""),
+        "lead_html": phrased_fragment(content.get("lead_html") or ""),
+        "afterword_html": phrased_fragment(content.get("afterword_html") or ""),
+        "lead_text": _fragment_text(content.get("lead_html") or ""),
+        "afterword_text": _fragment_text(content.get("afterword_html") or ""),
+        "notice": notice(content.get("notice")),
+        "test": bool(content.get("test")),
+        "text_width": content.get("text_width") or japanese.DEFAULT_WIDTH,
+        "links": {"unsubscribe": ph.unsubscribe, "preferences": ph.preferences,
+                  "archive": archive_url(base, slug, content["number"]), "back_numbers": archive_url(base, slug)},
+    }
+
+
+def _fragment_text(fragment: str) -> str:
+    """Sanitized HTML of the editor (lead, afterword, notice) as text for the text part."""
+    return html_to_text(fragment).strip() if fragment.strip() else ""
+
+
+def notice(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The お知らせ block (title, text, link, image, image_alt), or None when it says nothing."""
+    if not value or not (value.get("title") or value.get("text")):
+        return None
+    return {
+        "title": value.get("title") or "",
+        "text": value.get("text") or "",
+        "text_html": phrased(value.get("text") or ""),
+        "link": value.get("link") or "",
+        "link_label": value.get("link_label") or "",
+        "image": value.get("image") or "",
+        "image_alt": value.get("image_alt") or "",
     }
 
 
@@ -231,7 +392,9 @@ def render_variant(
             text_template = env.get_template("digest.txt.j2")
         except jinja2.TemplateNotFound:
             text_template = None
-        text = text_template.render(ctx) if text_template else html_to_text(raw_html)
+        # Blank-line runs from the template's conditionals collapse to one.
+        text = re.sub(r"\n\s*\n(\s*\n)+", "\n\n", text_template.render(ctx)).strip() + "\n" \
+            if text_template else html_to_text(raw_html)
     except jinja2.TemplateNotFound as exc:
         raise InputError(f"{templates_dir}: template '{exc.name}' not found") from None
     except jinja2.TemplateError as exc:
@@ -240,10 +403,15 @@ def render_variant(
     if any(p in subject for p in placeholders.all()):
         raise InputError(f"{templates_dir}/subject.txt.j2: the subject is the same for every reader of a "
                          "variant and cannot hold the greeting or a personal link")
+    if ctx["test"] and not subject.startswith(TEST_MARK):
+        subject = TEST_MARK + subject
     # premailer writes &nbsp; as U+00A0, which ISO-2022-JP cannot carry: every
     # iso-2022-jp message would fall back to UTF-8.  The entity means the same.
-    body = inline_css(raw_html).replace("\xa0", "&nbsp;") if html else None
+    # lxml (under premailer) knows no <wbr> and closes it at its parent's end;
+    # browsers ignore the stray </wbr>, but it is noise in the source.
+    body = inline_css(raw_html).replace("\xa0", "&nbsp;").replace("</wbr>", "") if html else None
     replacements: tuple[japanese.Replacement, ...] = ()
+    in_subject: tuple[japanese.Replacement, ...] = ()
     if charset == "iso-2022-jp":
         subject, in_subject = japanese.map_for_jis(subject)
         text, in_text = japanese.map_for_jis(text)
@@ -268,4 +436,5 @@ def render_variant(
         language=content["language"],
         replacements=replacements,
         placeholders=placeholders,
+        subject_replacements=in_subject,
     )

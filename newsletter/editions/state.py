@@ -192,7 +192,8 @@ def create_draft(engine: Engine, config: Config, pub: Publication, actor: Actor,
 
 def _texts(content: Mapping[str, Any]) -> dict[str, Any]:
     return {"subject": content.get("subject") if content.get("subject_custom") else None,
-            "lead": content.get("lead", ""), "afterword": content.get("afterword", "")}
+            "lead": content.get("lead", ""), "afterword": content.get("afterword", ""),
+            "notice": content.get("notice")}
 
 
 def _rebuild(conn: Connection, config: Config, pub: Publication, row: Row, ids: Sequence[int],
@@ -294,8 +295,10 @@ def check_subject(subject: str) -> str:
 
 
 def set_texts(engine: Engine, config: Config, edition_id: int, actor: Actor, *, subject: str | None = None,
-              lead: str | None = None, afterword: str | None = None, now: datetime | None = None) -> str:
-    """Subject (``""``: back to the default), lead and afterword (Markdown)."""
+              lead: str | None = None, afterword: str | None = None, notice: Mapping[str, str] | None = None,
+              now: datetime | None = None) -> str:
+    """Subject (``""``: back to the default), lead and afterword (Markdown), the お知らせ
+    block (``{}``: none in this edition)."""
     if subject is not None:
         subject = check_subject(subject)
 
@@ -311,6 +314,9 @@ def set_texts(engine: Engine, config: Config, edition_id: int, actor: Actor, *, 
         if afterword is not None:
             texts["afterword"] = afterword
             what.append("afterword")
+        if notice is not None:
+            texts["notice"] = dict(notice) or None
+            what.append("notice")
         return [a["id"] for a in content["articles"]], texts, "set " + ", ".join(what)
 
     return _edit(engine, config, edition_id, actor, "change it", "texts set", change, now)

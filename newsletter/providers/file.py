@@ -5,6 +5,8 @@ The default provider, so that a fresh install "sends" safely.  Two layouts:
 ``eml``
     one ``<delivery id>-<recipient>.eml`` per message in one folder; a resend
     of the same delivery replaces its file instead of adding a second one.
+    Mail without a delivery row (id 0: test sends, confirmation mails) is
+    never replaced: ``00000000-<UTC time>-<random>-<recipient>.eml``.
 ``maildir``
     a Maildir (``tmp``/``new``/``cur``) any mail client or ``mutt -f`` can open.
 
@@ -114,7 +116,11 @@ class FileProvider:
 
     def _write_eml(self, message: OutgoingMessage) -> str:
         recipient = _UNSAFE.sub("_", message.recipient)[:_MAX_NAME_PART]
-        name = f"{message.delivery_id:08d}-{recipient}.eml"
+        if message.delivery_id:
+            name = f"{message.delivery_id:08d}-{recipient}.eml"
+        else:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            name = f"{0:08d}-{stamp}-{secrets.token_hex(4)}-{recipient}.eml"
         fd, temp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".tmp")
         try:
             _write_all(fd, message.data)

@@ -87,6 +87,9 @@ articles = Table(
     Column("source", String(500), nullable=False, default=""),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # A thumbnail for the mail (migration 0008): its URL and alt text, "" for none.
+    Column("image_url", String(2000), nullable=False, default="", server_default=""),
+    Column("image_alt", String(500), nullable=False, default="", server_default=""),
     Index("ix_articles_status", "status"),
 )
 

@@ -1,6 +1,12 @@
 """The public archive: each publication's finished editions, shown as they
 were sent, and an Atom feed (RFC 4287).
 
+An edition's page is the mail's own HTML with the site around it
+(templates/web/archive_edition.html.j2): a <title> and OpenGraph tags for a
+shared link, the site header (publication, back numbers, sign-up) and links
+to the previous and next edition.  Its URL is :func:`render.archive_url`, the
+same the mail's Web版 link carries.
+
 An edition is rendered from its frozen content (what went out, whatever
 happened to the articles since) for all of its fields, with the article
 bodies passed through the HTML allow-list once more.  The personal parts of
@@ -14,6 +20,7 @@ greeting and every path come from :mod:`newsletter.links`.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -118,13 +125,50 @@ def _render_edition(svc: Service, publication: str, number: int) -> str | None:
         return svc.cache[key]
     with svc.engine.connect() as conn:
         row = wq.archived_edition(conn, publication, number)
-    if row is None:
-        return None
+        if row is None:
+            return None
+        numbers = sorted(r.number for r in wq.archived_editions(conn, publication))
     content = _content(row)
     rendered = render_variant(content, _all_fields(content), svc.config.templates_dir, when=_when(row), html=True)
     everyone = rendered.placeholders.values(links.greeting("", content["language"]), "/#manage", "/#manage")
     html = links.fill(rendered.html or "", everyone, escape=True)
-    return _remember(svc, key, html)
+    return _remember(svc, key, _with_site(svc, content, _when(row), html, numbers))
+
+
+def _with_site(svc: Service, content: dict[str, Any], when: datetime, html: str, numbers: list[int]) -> str:
+    """The mail's HTML with the site around it (see the module docstring)."""
+    slug, number = content["publication"]["slug"], content["number"]
+    index_path = f"/archive/{slug}/"
+    older = [n for n in numbers if n < number]
+    newer = [n for n in numbers if n > number]
+    date = date_texts(when, content["timezone"], content["language"])[1]
+    label = svc.t["edition_label"].format(number=number)
+    titles = [a["title"] for a in content["articles"]]
+    ctx = {
+        "t": svc.t, "lang": content["language"], "site": svc.config.site,
+        "publication": content["publication"], "index_path": index_path,
+        "prev": {"number": older[-1], "path": f"{index_path}{older[-1]}/"} if older else None,
+        "next": {"number": newer[0], "path": f"{index_path}{newer[0]}/"} if newer else None,
+        "edition": {
+            "number": number, "date": date,
+            "url": links.archive_url(svc.config.site.base_url, slug, number),
+            "title": f"{content['publication']['title']} {label}（{date}）",
+            "description": " / ".join(titles)[:200],
+            "image": (content.get("notice") or {}).get("image") or "",
+        },
+    }
+    # The mail's 「Web版で見る」 row would link the page to itself.
+    html = re.sub(r'<tr>\s*<td class="weblink-cell".*?</tr>', "", html, count=1, flags=re.S)
+    template = svc.env.get_template("archive_edition.html.j2")
+    head, top, bottom = (template.render(part=part, **ctx) for part in ("head", "top", "bottom"))
+    start, end = html.find("<title>"), html.find("</title>")
+    if start != -1 and end != -1:
+        html = html[:start] + head + html[end + len("</title>"):]
+    body = html.find("<body")
+    body = html.find(">", body) + 1 if body != -1 else 0
+    html = html[:body] + "\n" + top + html[body:]
+    close = html.rfind("</body>")
+    return html[:close] + bottom + "\n" + html[close:] if close != -1 else html + bottom
 
 
 async def edition(request: Request) -> Response:
