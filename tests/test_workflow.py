@@ -557,17 +557,20 @@ def test_a_database_at_0005_upgrades_and_its_editions_keep_working(tmp_path, sto
         command.upgrade(_alembic_config(conn), "0005")
     t = utc(2026, 11, 20)
     with engine.begin() as conn:
-        conn.execute(articles.insert(), [
-            {"id": i, "url": f"https://news.example.jp/edu/{i}", "title": title, "summary": "概要", "body": "",
-             "body_format": "markdown", "author": "", "fields": "education", "status": status, "priority": 0,
-             "pinned": False, "source": "", "created_at": t + timedelta(minutes=i), "updated_at": t}
+        # Plain SQL with the 0005 columns: today's table object has columns the old schema lacks.
+        conn.execute(text(
+            "INSERT INTO articles (id, url, title, summary, body, body_format, author, fields, status, priority, "
+            "pinned, source, created_at, updated_at) VALUES (:id, :url, :title, '概要', '', 'markdown', '', "
+            "'education', :status, 0, :pinned, '', :created, :t)"), [
+            {"id": i, "url": f"https://news.example.jp/edu/{i}", "title": title, "status": status, "pinned": False,
+             "created": t + timedelta(minutes=i), "t": t}
             for i, title, status in ((1, "旧版で送った記事", "published"), (2, "まだ送っていない記事", "queued"))])
         conn.execute(text(
             "INSERT INTO subscribers (id, email, name, fields, format, status, created_at, updated_at, bounce_count) "
             "VALUES (1, 'hanako@example.jp', '佐藤 花子', 'education', 'html', 'active', :t, :t, 0), "
             "(2, 'taro@example.jp', '', 'education', 'text', 'active', :t, :t, 0)"), {"t": t})
         old = publish.freeze(config, config.publication("weekly"), 1,
-                             [dict(conn.execute(select(articles).where(articles.c.id == 1)).first()._mapping)], t)
+                             [dict(conn.execute(text("SELECT * FROM articles WHERE id = 1")).first()._mapping)], t)
         for number, status in ((1, "done"), (2, "sending")):
             conn.execute(text(
                 "INSERT INTO editions (id, publication, number, status, created_at, content) "
