@@ -79,6 +79,9 @@ class Publication:
     text_width: int = 70  # display columns of the text part (a full-width character takes 2)
     on_holiday: str = "send"  # "send" | "skip" | "next_business_day" (see calendar_jp)
     misfire_grace: float = 6 * 3600.0  # seconds: a slot missed by less is still sent
+    # Reading statistics (newsletter/stats.py): "off" | "aggregate" | "per-subscriber".
+    tracking: str = "off"
+    tracking_retention: float = 400 * 86400.0  # seconds: older events are folded into counts
 
     @property
     def tz(self) -> ZoneInfo:
@@ -188,6 +191,7 @@ def _parse_delivery(r: _Reader) -> DeliverySettings:
 
 
 ON_HOLIDAY = ("send", "skip", "next_business_day")
+TRACKING_MODES = ("off", "aggregate", "per-subscriber")
 
 
 @dataclass(frozen=True)
@@ -731,6 +735,8 @@ def parse_config(raw: dict, file: Path) -> Config:
                 text_width=text_width,
                 on_holiday=r.choice("on_holiday", ON_HOLIDAY, "send"),
                 misfire_grace=_duration(r, "misfire_grace", "6h"),
+                tracking=r.choice("tracking", TRACKING_MODES, "off"),
+                tracking_retention=_duration(r, "tracking_retention", "400d"),
             )
         )
         r.done()

@@ -11,6 +11,12 @@ jinja2 renders the template; premailer inlines the CSS (``allow_network=False``:
 by default it would fetch linked stylesheets with no timeout); html2text makes
 the plain-text alternative from the same HTML.  This runs once per variant,
 never per recipient: :mod:`.compose` fills the placeholders in.
+
+With ``tracking`` (the publication's ``tracking`` is not "off"),
+:func:`rewrite_links` is one step between jinja2 and the rest: the frozen
+content's links (:func:`links.tracked_links`) become tracked links, once for
+the HTML part (plus the open pixel) and once for the text part; the footer's
+own links are never among them.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from premailer import Premailer
 from .. import japanese
 from ..config import template_search_path
 from ..errors import InputError
-from ..links import Placeholders
+from ..links import Placeholders, Tracking, click_url, open_url, tracked_links, variant_code
 from .assemble import sections
 
 # cssutils logs every property it does not know (-webkit-*, mso-*), which mail CSS
@@ -196,6 +202,35 @@ def inline_css(source: str) -> str:
     ).transform()
 
 
+_HREF = re.compile(r'(<a\b[^>]*?\shref=")([^"]*)(")', re.IGNORECASE)
+
+
+def rewrite_links(source: str, content: Mapping[str, Any], fields: Sequence[str], part: str,
+                  tracking: Tracking, placeholders: Placeholders) -> str:
+    """``source`` with every link of the frozen content (articles, their bodies,
+    the lead and afterword texts) pointing at its tracked URL for this variant
+    and ``part`` ("h" or "t"); the reader's part is ``placeholders.reader``.  The
+    HTML part also gets the open pixel at the end of its body."""
+    import html as html_lib
+
+    index = {url: i for i, (url, _article) in enumerate(tracked_links(content))}
+    code = variant_code(content, fields, part)
+
+    def swap(m: re.Match) -> str:
+        i = index.get(html_lib.unescape(m.group(2)).strip())
+        if i is None:
+            return m.group(0)
+        return m.group(1) + html_lib.escape(click_url(tracking, i, code, placeholders.reader)) + m.group(3)
+
+    out = _HREF.sub(swap, source)
+    if part == "h":
+        pixel = (f'<img src="{html_lib.escape(open_url(tracking, code, placeholders.reader))}" width="1" '
+                 'height="1" alt="" style="display:block;border:0;width:1px;height:1px;">')
+        at = out.lower().rfind("</body>")
+        out = out[:at] + pixel + out[at:] if at >= 0 else out + pixel
+    return out
+
+
 def render_variant(
     content: Mapping[str, Any],
     fields: Sequence[str],
@@ -205,6 +240,7 @@ def render_variant(
     html: bool = True,
     charset: str = "utf-8",
     width: int | None = None,
+    tracking: Tracking | None = None,
 ) -> Rendered:
     """Render the digest for one set of fields. ``html=False`` skips premailer.
 
@@ -227,7 +263,11 @@ def render_variant(
             text_template = env.get_template("digest.txt.j2")
         except jinja2.TemplateNotFound:
             text_template = None
-        text = text_template.render(ctx) if text_template else html_to_text(raw_html)
+        text_source = raw_html
+        if tracking is not None:
+            text_source = rewrite_links(raw_html, content, fields, "t", tracking, placeholders)
+            raw_html = rewrite_links(raw_html, content, fields, "h", tracking, placeholders)
+        text = text_template.render(ctx) if text_template else html_to_text(text_source)
     except jinja2.TemplateNotFound as exc:
         raise InputError(f"{templates_dir}: template '{exc.name}' not found") from None
     except jinja2.TemplateError as exc:
