@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from ..editions.assemble import VariantKey
 from ..links import tracked_links
 from ..stats import burst_events
-from .tables import consents, deliveries, stats_counts, stats_events
+from .tables import consents, deliveries, editions, stats_counts, stats_events
 
 EVENT_KEYS = ("edition_id", "kind", "link", "article_id", "part", "fields", "reader", "subscriber_id", "machine",
               "reason", "via_proxy", "source", "sent_at", "at")
@@ -82,10 +82,12 @@ def prune(engine: Engine, edition_ids_by_retention: Mapping[float, Sequence[int]
                 continue
             bursts = burst_events((e.id, e.reader, e.link, e.at, e.sent_at) for e in old
                                   if e.kind == "click" and not e.machine)
+            created = dict(conn.execute(select(editions.c.id, editions.c.created_at)
+                                        .where(editions.c.id.in_({e.edition_id for e in old}))).all())
             groups: dict[tuple, list] = defaultdict(list)
             for e in old:
                 machine = e.machine or e.id in bursts
-                hour = int((e.at - e.sent_at).total_seconds() // 3600) if e.sent_at else None
+                hour = int((e.at - created[e.edition_id]).total_seconds() // 3600)
                 groups[(e.edition_id, e.kind, e.link, e.article_id, e.part, e.fields, machine, e.via_proxy,
                         hour)].append(e)
             conn.execute(stats_counts.insert(), [

@@ -6,7 +6,7 @@ Rules these handlers keep:
   the signed link index (:func:`newsletter.links.read_click`), never to
   anything taken from the request: a forged, truncated or foreign token gets
   the "link cannot be opened" page (404) with a link to the archive.  A forged
-  or truncated open token gets 404.  Nothing here answers 5xx.
+  or truncated open token, or reader part, gets 404 (no pixel).  Nothing here answers 5xx.
 - The edition's links are read once and kept in memory (``svc.cache``), so the
   redirect answers 302 with the database down for every edition already seen
   (editions sent within their retention are loaded at start-up, best effort).
@@ -126,7 +126,10 @@ def _landing(svc: Service, text_key: str, status: int) -> Response:
 
 async def click(request: Request) -> Response:
     svc: Service = request.app.state.svc
-    got = read_click(svc.keys, request.path_params["token"])
+    # One route for everything under /r/, so that any path there gets this page.
+    token, _, reader = request.path_params["rest"].partition("/")
+    request.path_params["reader"] = reader
+    got = read_click(svc.keys, token)
     if got is None:
         return _landing(svc, "link_invalid_text", 404)
     edition_id, index, variant = got
@@ -145,7 +148,7 @@ async def click(request: Request) -> Response:
 async def pixel(request: Request) -> Response:
     svc: Service = request.app.state.svc
     got = read_open(svc.keys, request.path_params["token"])
-    if got is None:
+    if got is None or read_reader(svc.keys, request.path_params["reader"]) is None:
         return Response(b"", status_code=404, headers=NO_STORE)
     edition_id, variant = got
     ed = await _edition(svc, edition_id)
@@ -161,8 +164,7 @@ async def pixel(request: Request) -> Response:
 
 def routes() -> list[Route]:
     return [
-        Route("/r/{token}", click, methods=["GET"]),
-        Route("/r/{token}/{reader}", click, methods=["GET"]),
+        Route("/r/{rest:path}", click, methods=["GET"]),
         Route("/o/{token}/{reader}.gif", pixel, methods=["GET"]),
     ]
 
