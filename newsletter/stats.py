@@ -18,6 +18,14 @@ Rules this module keeps:
   per-subscriber mail is dropped too: switching modes never back-fills);
   ``per-subscriber`` keeps the delivery's subscriber id.  No client address
   and no user agent is ever stored — only the verdict.
+- **Provider events** (SendGrid, Mailgun, Postmark opens, clicks and
+  deliveries, when the service does the tracking) go into the same table by
+  the same rules (:func:`record_provider_events`): the delivery they name
+  (``nl_delivery_id``) gives the edition and the variant, the clicked URL is
+  found among the edition's tracked links, and the service's client details
+  go through :func:`classify`.  A webhook retry of the same event is stored
+  once more (the provider's event ids are not kept: counts of events may be
+  higher, unique readers are not).
 - **Counting never slows a request**: :class:`EventBuffer` appends in memory
   and a background thread writes every ``interval`` seconds or ``max_events``
   events, and on :meth:`EventBuffer.close` (a clean stop loses nothing; a
@@ -190,3 +198,51 @@ class EventBuffer:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.flush()
+
+
+def record_provider_events(engine, config, events: Iterable[Any], now: datetime) -> int:
+    """Store the opens, clicks and deliveries a mail service reported (see the
+    module doc); returns how many were stored."""
+    from sqlalchemy import select
+
+    from .editions.assemble import VariantKey
+    from .links import tracked_links
+    from .publish import load_content
+    from .store import stats as sq
+    from .store.tables import deliveries, editions
+
+    wanted = [ev for ev in events if getattr(ev, "reading", None) and ev.delivery_id is not None]
+    if not wanted:
+        return 0
+    modes = {p.slug: p.tracking for p in config.publications}
+    out = []
+    with engine.connect() as conn:
+        contents: dict[int, Any] = {}
+        for ev in wanted:
+            d = conn.execute(select(deliveries.c.edition_id, deliveries.c.variant, editions.c.publication,
+                                    editions.c.content, editions.c.id)
+                             .join(editions, editions.c.id == deliveries.c.edition_id)
+                             .where(deliveries.c.id == ev.delivery_id)).first()
+            if d is None:
+                continue
+            if d.edition_id not in contents:
+                contents[d.edition_id] = tracked_links(load_content(d))
+            key = VariantKey.decode(d.variant)
+            link = None
+            if ev.reading == "click":
+                urls = [u for u, _a in contents[d.edition_id]]
+                link = urls.index(ev.url) if ev.url in urls else None
+            verdict = (Verdict(True, "apple-mpp") if ev.machine_open else
+                       classify(ev.reading, "GET", ev.client_ip, ev.user_agent) if ev.reading != "delivered"
+                       else Verdict(False))
+            event = {
+                "edition_id": d.edition_id, "kind": ev.reading, "link": link,
+                "article_id": contents[d.edition_id][link][1] if link is not None else None,
+                "part": key.format if ev.reading == "click" else None, "fields": ",".join(key.fields),
+                "reader": f"d{ev.delivery_id}", "machine": verdict.machine, "reason": verdict.reason,
+                "via_proxy": verdict.via_proxy, "source": ev.source, "sent_at": None, "at": ev.at or now,
+            }
+            stored = intake(modes.get(d.publication, "off"), event)
+            if stored is not None:
+                out.append(stored)
+    return sq.write_events(engine, out) if out else 0

@@ -52,8 +52,8 @@ class Clock:
 class Sent:
     """A project whose edition 1 went to the file outbox, and the app that counts."""
 
-    def __init__(self, tmp_path: Path, storage_url: str, mode: str):
-        self.cli = CLI(write_config(tmp_path / "project", storage_url, replace={
+    def __init__(self, tmp_path: Path, storage_url: str, mode: str, extra: str = ""):
+        self.cli = CLI(write_config(tmp_path / "project", storage_url, extra=extra, replace={
             "full_text = false": f'full_text = true\ntracking = "{mode}"'}))
         self.cli("init")
         readers = [("yamada@example.jp", "山田 太郎", "education", "html"),
@@ -496,3 +496,67 @@ def test_reader_tokens():
 def test_the_sql_of_the_stats_tables_is_plain(sent):
     with sent.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM stats_events")).scalar() == 0
+
+
+# --------------------------------------------------------------------------- provider events
+
+
+def test_provider_open_click_and_delivered_events_feed_the_same_table(tmp_path, monkeypatch):
+    import base64
+    import hashlib
+    import hmac
+    import time
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    monkeypatch.setenv("MG_SIGNING_KEY", "mailgun-signing-key-123")
+    monkeypatch.setenv("PM_WEBHOOK_PASSWORD", "pw")
+    s = Sent(tmp_path, f"sqlite:///{tmp_path / 'project' / 'var' / 'newsletter.db'}", "per-subscriber", extra=f"""
+[web.webhooks]
+sendgrid_public_key = "{public}"
+mailgun_signing_key_env = "MG_SIGNING_KEY"
+postmark_username = "postmark"
+postmark_password_env = "PM_WEBHOOK_PASSWORD"
+""")
+    with s.engine.connect() as conn:
+        ids = dict(conn.execute(select(deliveries.c.email, deliveries.c.id)).all())
+    now = int(time.time())
+    sg = [{"email": "yamada@example.jp", "event": "delivered", "sg_event_id": "e1", "timestamp": now,
+           "nl_delivery_id": str(ids["yamada@example.jp"])},
+          {"email": "yamada@example.jp", "event": "open", "sg_event_id": "e2", "timestamp": now,
+           "sg_machine_open": True, "nl_delivery_id": str(ids["yamada@example.jp"])},
+          {"email": "yamada@example.jp", "event": "click", "sg_event_id": "e3", "timestamp": now,
+           "url": "https://news.example.jp/articles/1", "useragent": BROWSER, "ip": READER_IP,
+           "nl_delivery_id": str(ids["yamada@example.jp"])}]
+    body = json.dumps(sg).encode()
+    sig = base64.b64encode(key.sign(str(now).encode() + body, ec.ECDSA(hashes.SHA256()))).decode()
+    res = s.client.post("/webhooks/sendgrid", content=body, headers={
+        "Content-Type": "application/json", "X-Twilio-Email-Event-Webhook-Signature": sig,
+        "X-Twilio-Email-Event-Webhook-Timestamp": str(now)})
+    assert res.status_code == 200, res.text
+    token = "tok"
+    mg = {"signature": {"timestamp": str(now), "token": token, "signature": hmac.new(
+        b"mailgun-signing-key-123", f"{now}{token}".encode(), hashlib.sha256).hexdigest()},
+        "event-data": {"event": "opened", "recipient": "sato@example.jp", "id": "m1", "timestamp": now,
+                       "ip": "66.249.84.12", "client-info": {"user-agent": SAMPLES[2][2]},
+                       "user-variables": {"nl-delivery-id": str(ids["sato@example.jp"])}}}
+    assert s.client.post("/webhooks/mailgun", json=mg).status_code == 200
+    pm = {"RecordType": "Click", "Recipient": "sato@example.jp", "MessageID": "p1",
+          "OriginalLink": "https://news.example.jp/articles/2", "UserAgent": "Barracuda Sentinel (EE)",
+          "Metadata": {"nl_delivery_id": str(ids["sato@example.jp"])}}
+    auth = base64.b64encode(b"postmark:pw").decode()
+    assert s.client.post("/webhooks/postmark", json=pm, headers={"Authorization": f"Basic {auth}"}).status_code == 200
+    evs = s.events()
+    assert [(e.source, e.kind, e.machine, e.reason, e.via_proxy) for e in evs] == [
+        ("sendgrid", "delivered", False, None, False), ("sendgrid", "open", True, "apple-mpp", False),
+        ("sendgrid", "click", False, None, False), ("mailgun", "open", False, None, True),
+        ("postmark", "click", True, "scanner", False)]
+    assert all(e.subscriber_id is not None for e in evs)
+    rep = s.report()
+    assert rep["provider_delivered"] == 1
+    assert rep["opens"]["human"] == 1 and rep["opens"]["human_via_proxy"] == 1 and rep["opens"]["machine"] == 1
+    assert rep["clicks"]["human"] == 1 and rep["clicks"]["machine"] == 1
