@@ -107,12 +107,6 @@ def _text(value: Any) -> str | None:
     return value[:2000] if isinstance(value, str) else None
 
 
-def _epoch(value: Any) -> datetime | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 2**33:
-        return datetime.fromtimestamp(value, UTC)
-    return None
-
-
 def _check_age(settings: WebhookSettings, timestamp: float, now: float) -> None:
     if abs(now - timestamp) > settings.max_age_seconds:
         raise Rejected(403, "timestamp outside the accepted window (replay?)")
@@ -193,7 +187,7 @@ def sendgrid_events(settings: WebhookSettings, headers: Mapping[str, str], body:
                                 delivery_id=_delivery_id(e.get("nl_delivery_id")),
                                 reading=name if name in READING else None, url=_text(e.get("url")),
                                 client_ip=_text(e.get("ip")) or "", user_agent=_text(e.get("useragent")) or "",
-                                machine_open=e.get("sg_machine_open") is True, at=_epoch(e.get("timestamp"))))
+                                machine_open=e.get("sg_machine_open") is True))
     return events
 
 
@@ -241,7 +235,7 @@ def mailgun_events(settings: WebhookSettings, headers: Mapping[str, str], body: 
                       delivery_id=_delivery_id(variables.get("nl-delivery-id")),
                       reading={"opened": "open", "clicked": "click", "delivered": "delivered"}.get(name),
                       url=_text(ed.get("url")), client_ip=_text(ed.get("ip")) or "",
-                      user_agent=_text(client.get("user-agent")) or "", at=_epoch(ed.get("timestamp")))]
+                      user_agent=_text(client.get("user-agent")) or "")]
 
 
 # -- Postmark --------------------------------------------------------------------
