@@ -560,3 +560,17 @@ postmark_password_env = "PM_WEBHOOK_PASSWORD"
     assert rep["provider_delivered"] == 1
     assert rep["opens"]["human"] == 1 and rep["opens"]["human_via_proxy"] == 1 and rep["opens"]["machine"] == 1
     assert rep["clicks"]["human"] == 1 and rep["clicks"]["machine"] == 1
+
+
+def test_the_signup_form_says_so_when_reading_is_recorded_per_subscriber(tmp_path):
+    def page(mode: str) -> str:
+        cli = CLI(write_config(tmp_path / mode, f"sqlite:///{tmp_path / mode / 'n.db'}", replace={
+            "full_text = false": f'full_text = false\ntracking = "{mode}"'}))
+        cli("init")
+        config = load_config(cli.config_path)
+        client = TestClient(create_app(config, open_engine(config.storage_url)), headers={"User-Agent": BROWSER})
+        return client.get("/").text
+
+    per = page("per-subscriber")
+    assert "登録者ごとに記録します" in per and "「週刊 地方行政ニュース」では" in per
+    assert "登録者ごとに記録" not in page("aggregate") and "登録者ごとに記録" not in page("off")
