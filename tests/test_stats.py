@@ -195,6 +195,7 @@ def test_click_redirects_to_the_frozen_url_and_counts(sent):
     assert res.headers["cache-control"].startswith("no-store")
     pix = sent.get(sent.pixel("yamada@example.jp"))
     assert pix.status_code == 200 and pix.headers["content-type"] == "image/gif" and pix.content[:6] == b"GIF89a"
+    assert pix.headers["cross-origin-resource-policy"] == "cross-origin"  # webmail shows it on its own origin
     sent.flush()
     evs = sent.events()
     links = tracked_links(json.loads(sent.engine.connect().execute(text("SELECT content FROM editions")).scalar()))

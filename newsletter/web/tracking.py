@@ -159,7 +159,8 @@ async def pixel(request: Request) -> Response:
             _count(svc, request, "open", edition_id, ed, variant, None)
         except Exception:
             log.exception("tracking: an open could not be counted")
-    return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
+    # The pixel is shown inside webmail pages of other origins (the app's default is same-origin).
+    return Response(PIXEL, media_type="image/gif", headers={**NO_STORE, "Cross-Origin-Resource-Policy": "cross-origin"})
 
 
 def routes() -> list[Route]:
