@@ -40,3 +40,10 @@ def test_send_benchmark_file_provider():
 def test_import_benchmark_small():
     result = run("bench/import_subscribers.py", "--rows", "1000")
     assert result["rows"] == 1000 and result["rows_per_s"] > 0 and result["naive_rows_per_s"] > 0
+
+
+def test_tracking_benchmark_small():
+    result = run("bench/tracking.py", "--requests", "200", "--subscribers", "10", "--stores", "sqlite")
+    sqlite = result["sqlite"]
+    assert sqlite["lost"] == 0 and sqlite["events_stored"] == sqlite["requests"] > 0
+    assert sqlite["redirect_per_s"] > 0 and sqlite["static_302_per_s"] > 0
