@@ -575,3 +575,20 @@ def test_the_signup_form_says_so_when_reading_is_recorded_per_subscriber(tmp_pat
     per = page("per-subscriber")
     assert "登録者ごとに記録します" in per and "「週刊 地方行政ニュース」では" in per
     assert "登録者ごとに記録" not in page("aggregate") and "登録者ごとに記録" not in page("off")
+
+
+def test_report_as_text_and_csv_for_excel(sent, tmp_path):
+    sent.get(sent.clicks("yamada@example.jp")[0])
+    sent.flush()
+    out = sent.cli("edition", "report", "1").stdout
+    assert "tracking: per-subscriber" in out and "clicks:       human 1   machine 0" in out
+    assert "学校給食の無償化、来年度から全市町村で" in out
+    path = tmp_path / "report.csv"
+    sent.cli("edition", "report", "1", "--csv", path)
+    data = path.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf") and b"\r\n" in data
+    rows = data.decode("utf-8-sig").splitlines()
+    assert rows[0].startswith("article_id,title,url,clicks_human")
+    assert any("学校給食" in r and ",1,0," in r for r in rows[1:])
+    bad = sent.cli("edition", "report", "7", ok=False)
+    assert bad.exit_code == 1 and "edition 7" in bad.output
