@@ -592,3 +592,18 @@ def test_report_as_text_and_csv_for_excel(sent, tmp_path):
     assert any("学校給食" in r and ",1,0," in r for r in rows[1:])
     bad = sent.cli("edition", "report", "7", ok=False)
     assert bad.exit_code == 1 and "edition 7" in bad.output
+
+
+def test_a_text_only_readers_link_survives_wrapping_and_counts_as_text(sent):
+    text_part = sent.text("suzuki@example.jp")
+    links = re.findall(r"^(https://news\.example\.jp/r/\S+)\r?$", text_part, re.M)
+    assert links and all(len(u.split("/")) == 6 for u in links)  # whole, on a line of their own
+    res = sent.get(links[0])
+    assert res.status_code == 302 and res.headers["location"] == "https://news.example.jp/articles/3"
+    sent.flush()
+    [ev] = sent.events()
+    assert (ev.part, ev.fields, ev.subscriber_id is not None) == ("text", "local-government", True)
+    rep = sent.report()
+    text_variant = next(v for v in rep["variants"] if v["format"] == "text")
+    assert text_variant == {"format": "text", "fields": ["local-government"], "delivered": 1, "clicks_human": 1,
+                            "click_events_human": 1, "click_through": 1.0}
