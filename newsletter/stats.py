@@ -31,6 +31,10 @@ Rules this module keeps:
   events, and on :meth:`EventBuffer.close` (a clean stop loses nothing; a
   ``kill -9`` loses at most one interval).  A failed write (database down)
   keeps the events for the next try, up to ``max_pending``.
+- **Report faces**: :func:`report_csv_rows` (the per-article CSV of ``edition
+  report --csv``) and :func:`hours_svg` (the 48-hour curve as a self-contained
+  SVG: no script, no external resource) are what a console page shows; the
+  numbers themselves come from :func:`newsletter.store.stats.edition_report`.
 """
 
 from __future__ import annotations
@@ -246,3 +250,43 @@ def record_provider_events(engine, config, events: Iterable[Any], now: datetime)
             if stored is not None:
                 out.append(stored)
     return sq.write_events(engine, out) if out else 0
+
+
+CSV_HEADER = ("article_id", "title", "url", "clicks_human", "clicks_machine", "click_events_human",
+              "click_events_machine")
+
+
+def report_csv_rows(report: dict[str, Any]) -> list[list[Any]]:
+    """The per-article rows under :data:`CSV_HEADER`."""
+    return [[a["id"], a["title"], a["url"], a["clicks_human"], a["clicks_machine"], a["click_events_human"],
+             a["click_events_machine"]] for a in report["articles"]]
+
+
+def hours_svg(report: dict[str, Any], *, title: str = "48時間の推移（人による開封・クリック）") -> str:
+    """The report's ``hours`` as an SVG bar chart: human opens and clicks per hour
+    side by side, machine events as a thin grey bar; text in the SVG's <title>
+    and <desc> for screen readers."""
+    from html import escape
+
+    hours = report["hours"]
+    peak = max([1] + [max(h["opens_human"], h["clicks_human"], h["opens_machine"] + h["clicks_machine"])
+                      for h in hours])
+    width, height, left, bottom = 48 * 12 + 40, 180, 32, 20
+    scale = (height - bottom - 10) / peak
+    bars = []
+    for h in hours:
+        x = left + h["hour"] * 12
+        for dx, value, color, w in ((0, h["opens_human"], "#1d4f7c", 5), (5, h["clicks_human"], "#c8553d", 5),
+                                    (10, h["opens_machine"] + h["clicks_machine"], "#9aa4ad", 1)):
+            if value:
+                bh = value * scale
+                bars.append(f'<rect x="{x + dx}" y="{height - bottom - bh:.1f}" width="{w}" height="{bh:.1f}" '
+                            f'fill="{color}"><title>{h["hour"]}h: {value}</title></rect>')
+    ticks = "".join(f'<text x="{left + t * 12}" y="{height - 4}" font-size="10">{t}h</text>' for t in range(0, 48, 6))
+    total = (f'opens {sum(h["opens_human"] for h in hours)}, clicks {sum(h["clicks_human"] for h in hours)}, '
+             f'machine {sum(h["opens_machine"] + h["clicks_machine"] for h in hours)}')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" role="img" viewBox="0 0 {width} {height}" '
+            f'width="{width}" height="{height}"><title>{escape(title)}</title><desc>{escape(total)}</desc>'
+            f'<text x="0" y="12" font-size="10">{peak}</text>'
+            f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" stroke="#59636d"/>'
+            + "".join(bars) + ticks + "</svg>")

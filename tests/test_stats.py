@@ -590,6 +590,15 @@ def test_report_as_text_and_csv_for_excel(sent, tmp_path):
     rows = data.decode("utf-8-sig").splitlines()
     assert rows[0].startswith("article_id,title,url,clicks_human")
     assert any("学校給食" in r and ",1,0," in r for r in rows[1:])
+    svg_path = tmp_path / "hours.svg"
+    sent.cli("edition", "report", "1", "--svg", svg_path)
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(svg_path.read_text(encoding="utf-8"))
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.find(f"{ns}title").text.startswith("48時間") and "clicks 1" in root.find(f"{ns}desc").text
+    assert len(root.findall(f"{ns}rect")) == 1 and "http" not in svg_path.read_text().replace(
+        "http://www.w3.org/2000/svg", "")  # self-contained: nothing fetched
     bad = sent.cli("edition", "report", "7", ok=False)
     assert bad.exit_code == 1 and "edition 7" in bad.output
 

@@ -1,7 +1,7 @@
 """``newsletter edition report N`` and ``newsletter stats prune``: reading statistics (issue 15).
 
 The numbers come from :func:`newsletter.store.stats.edition_report`; this
-module only prints them (text, ``--json``, ``--csv FILE``)."""
+module only prints them (text, ``--json``, ``--csv FILE``, ``--svg FILE``)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,11 @@ from sqlalchemy import func, select
 
 from .. import publish
 from ..csvio import write_csv
+from ..stats import CSV_HEADER, hours_svg, report_csv_rows
 from ..store import stats as sq
 from ..store.tables import editions, stats_events, utcnow
 from . import App, main, pass_app
 from .editions import edition
-
-CSV_HEADER = ("article_id", "title", "url", "clicks_human", "clicks_machine", "click_events_human",
-              "click_events_machine")
 
 
 def _mode(app: App, publication: str) -> str:
@@ -40,19 +38,22 @@ def report_for(app: App, number: int, publication: str | None) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="The whole report as JSON (keys: see README).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the per-article clicks to FILE (UTF-8 with BOM, for Excel).")
+@click.option("--svg", "svg_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the 48-hour curve to FILE as an SVG chart.")
 @pass_app
-def edition_report(app: App, number, publication, as_json, csv_path):
+def edition_report(app: App, number, publication, as_json, csv_path, svg_path):
     """Was edition NUMBER read?  Delivered, opens and clicks — human and machine apart."""
     rep = report_for(app, number, publication)
+    if svg_path is not None:
+        svg_path.write_text(hours_svg(rep), encoding="utf-8")
+        click.echo(f"{svg_path}: the 48-hour curve", err=True)
     if csv_path is not None:
-        n = write_csv(csv_path, CSV_HEADER, ([a["id"], a["title"], a["url"], a["clicks_human"], a["clicks_machine"],
-                                             a["click_events_human"], a["click_events_machine"]]
-                                            for a in rep["articles"]), excel=True)
+        n = write_csv(csv_path, CSV_HEADER, report_csv_rows(rep), excel=True)
         click.echo(f"{csv_path}: {n} articles", err=True)
     if as_json:
         click.echo(json.dumps(rep, ensure_ascii=False, indent=1))
         return
-    if csv_path is not None:
+    if csv_path is not None or svg_path is not None:
         return
     e, o, c = rep["edition"], rep["opens"], rep["clicks"]
     click.echo(f"edition:      {e['publication']} 第{e['number']}号 (tracking: {e['tracking']})")
