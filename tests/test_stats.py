@@ -616,3 +616,29 @@ def test_a_text_only_readers_link_survives_wrapping_and_counts_as_text(sent):
     text_variant = next(v for v in rep["variants"] if v["format"] == "text")
     assert text_variant == {"format": "text", "fields": ["local-government"], "delivered": 1, "clicks_human": 1,
                             "click_events_human": 1, "click_through": 1.0}
+
+
+def test_apple_mpp_is_recognised_through_a_trusted_proxy_only(tmp_path):
+    s = Sent(tmp_path, f"sqlite:///{tmp_path / 'project' / 'var' / 'newsletter.db'}", "per-subscriber",
+             extra=f'\n[web]\ntrusted_proxies = ["{READER_IP}"]\n')
+    apple = {"X-Forwarded-For": "17.58.100.23", "User-Agent": "Mozilla/5.0"}
+    assert s.get(s.pixel("yamada@example.jp"), headers=apple).status_code == 200
+    # Without the proxy in trusted_proxies, the header is the client's own word: ignored.
+    plain = Sent(tmp_path / "other", f"sqlite:///{tmp_path / 'other' / 'project' / 'var' / 'n.db'}", "per-subscriber")
+    assert plain.get(plain.pixel("yamada@example.jp"), headers=apple).status_code == 200
+    s.flush()
+    plain.flush()
+    assert [(e.machine, e.reason) for e in s.events()] == [(True, "apple-mpp")]
+    assert [(e.machine, e.reason) for e in plain.events()] == [(False, None)]
+
+
+def test_links_are_preloaded_at_start_so_the_redirect_survives_a_database_outage(tmp_path):
+    s = Sent(tmp_path, f"sqlite:///{tmp_path / 'project' / 'var' / 'newsletter.db'}", "aggregate")
+    url = s.clicks("yamada@example.jp")[0]
+    with TestClient(s.app, follow_redirects=False, headers={"User-Agent": BROWSER}) as client:  # lifespan: preload
+        s.app.state.svc.engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none",
+                                               connect_args={"connect_timeout": 1})
+        res = client.get(urlsplit(url).path)
+        assert res.status_code == 302 and res.headers["location"].startswith("https://news.example.jp/articles/")
+        s.app.state.svc.engine = s.engine  # back before the stop, so the buffered click is written
+    assert len(s.events()) == 1
