@@ -642,3 +642,14 @@ def test_links_are_preloaded_at_start_so_the_redirect_survives_a_database_outage
         assert res.status_code == 302 and res.headers["location"].startswith("https://news.example.jp/articles/")
         s.app.state.svc.engine = s.engine  # back before the stop, so the buffered click is written
     assert len(s.events()) == 1
+
+
+def test_the_access_log_never_holds_a_tracking_token_or_reader(sent, caplog):
+    caplog.set_level("INFO", logger="newsletter.web.access")
+    url = sent.clicks("yamada@example.jp")[0]
+    sent.get(url)
+    sent.get(sent.pixel("yamada@example.jp"))
+    token, reader = urlsplit(url).path.split("/")[2:4]
+    lines = [r.getMessage() for r in caplog.records if r.name == "newsletter.web.access"]
+    assert len(lines) == 2 and '"GET /r/…"' in lines[0] and '"GET /o/…"' in lines[1]
+    assert not any(token.split(".")[-1] in line or reader.split(".")[0] + "." in line for line in lines)
