@@ -146,7 +146,7 @@ def edition_report(conn: Connection, edition, content: Mapping[str, Any], mode: 
                                                                "human_events": 0, "machine_events": 0})
     per_variant: dict[tuple[str, tuple[str, ...]], set] = defaultdict(set)
     per_variant_events: dict[tuple[str, tuple[str, ...]], int] = defaultdict(int)
-    provider = {"delivered": 0, "bounce": 0}
+    provider = {"delivered": 0}
     hours = [{"hour": h, "opens_human": 0, "opens_machine": 0, "clicks_human": 0, "clicks_machine": 0}
              for h in range(48)]
     start = edition.created_at
@@ -238,7 +238,7 @@ def edition_report(conn: Connection, edition, content: Mapping[str, Any], mode: 
                     "created_at": edition.created_at.isoformat(), "tracking": mode},
         "delivered": delivered,
         "failed": status_counts.get("failed", 0),
-        "bounced": status_counts.get("failed", 0) + provider["bounce"],
+        "bounced": status_counts.get("failed", 0),
         "unsubscribed_after": unsubscribed,
         "provider_delivered": provider["delivered"],
         "opens": {

@@ -274,7 +274,7 @@ stats_events = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("edition_id", Integer, ForeignKey("editions.id", ondelete="CASCADE"), nullable=False),
-    Column("kind", String(16), nullable=False),          # open | click | delivered | bounce
+    Column("kind", String(16), nullable=False),          # open | click | delivered
     Column("link", Integer, nullable=True),               # index into the frozen content's links
     Column("article_id", Integer, nullable=True),
     Column("part", String(8), nullable=True),             # html | text: where the clicked link was
