@@ -76,6 +76,8 @@ class Sent:
         self.app = create_app(self.config, self.engine, clock=self.clock)
         self.client = TestClient(self.app, follow_redirects=False, client=(READER_IP, 40000),
                                  headers={"User-Agent": BROWSER})
+        # Only the test's own flush() writes (the background thread would race its assertions).
+        web_tracking.buffer(self.app.state.svc).interval = 3600.0
 
     def mail(self, address: str):
         for p in sorted((self.cli.folder / "var" / "outbox").glob("*.eml")):
