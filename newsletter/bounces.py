@@ -84,6 +84,13 @@ class MailEvent:
     detail: str = ""
     at: datetime | None = None
     delivery_id: int | None = None  # our nl_delivery_id, when the provider handed it back
+    # Reading statistics (newsletter.stats.record_provider_events): "open", "click" or
+    # "delivered" when the service tracks; the clicked URL and the client it saw.
+    reading: str | None = None
+    url: str | None = None
+    client_ip: str = ""
+    user_agent: str = ""
+    machine_open: bool = False  # the service says a machine fetched it (SendGrid sg_machine_open)
 
 
 @dataclass

@@ -99,6 +99,9 @@ class Publication:
     # The お知らせ block of every edition ([publications.notice]: title, text, link,
     # link_label, image, image_alt), as (key, value) pairs; () for none.
     notice: tuple[tuple[str, str], ...] = ()
+    # Reading statistics (newsletter/stats.py): "off" | "aggregate" | "per-subscriber".
+    tracking: str = "off"
+    tracking_retention: float = 400 * 86400.0  # seconds: older events are folded into counts
 
     @property
     def tz(self) -> ZoneInfo:
@@ -364,6 +367,7 @@ def _parse_delivery(r: OptionReader) -> DeliverySettings:
 
 ON_HOLIDAY = ("send", "skip", "next_business_day")
 APPROVAL = ("none", "required")
+TRACKING_MODES = ("off", "aggregate", "per-subscriber")
 
 
 @dataclass(frozen=True)
@@ -866,6 +870,8 @@ def _parse_publication(r: OptionReader, fields: tuple[Field, ...], site: Site) -
         on_holiday=r.text("on_holiday", "send", choices=ON_HOLIDAY),
         misfire_grace=r.duration("misfire_grace", "6h"),
         approval=r.text("approval", "none", choices=APPROVAL),
+        tracking=r.text("tracking", "off", choices=TRACKING_MODES),
+        tracking_retention=r.duration("tracking_retention", "400d", positive=True),
         notice=tuple(parse_notice(_table(r.file, f"{r.prefix}.notice", r.get("notice", dict, {}))).items()),
     )
     problem = text_problem(pub.description)

@@ -93,6 +93,7 @@ from .editions.compose import Recipient, Sending, compose
 from .editions.render import Rendered, render_variant
 from .errors import NewsletterError
 from .interfaces import OutgoingMessage, Provider, SendResult
+from .links import Tracking
 from .providers import open_provider
 from .publish import load_content
 from .replies import enhanced_status, is_bad_address_code
@@ -132,14 +133,17 @@ def sending_for(config: Config, edition) -> Sending:
         domain=config.site.domain,
         unsubscribe_mailto=config.sender.unsubscribe_mailto,
         key=config.secret(),
+        tracking=pub.tracking,
     )
 
 
 class Variants:
     """Renders each variant the first time it is needed and keeps it for the run."""
 
-    def __init__(self, config: Config, content: dict[str, Any], when: datetime):
+    def __init__(self, config: Config, content: dict[str, Any], when: datetime, *,
+                 tracking: Tracking | None = None):
         self.config = config
+        self.tracking = tracking  # tracked links (issue 15), for an edition whose publication tracks
         self.content = content
         self.when = when
         self._cache: dict[tuple[tuple[str, ...], str], Rendered] = {}
@@ -153,7 +157,7 @@ class Variants:
         if rendered is None or (html and rendered.html is None):
             # First use of these fields, or only the text had been needed so far.
             rendered = render_variant(self.content, key.fields, self.config.templates_dir, when=self.when,
-                                      html=html, charset=key.charset)
+                                      html=html, charset=key.charset, tracking=self.tracking)
             self._cache[base] = rendered
             self.renders += 1
         if not html and rendered.html is not None:
@@ -318,8 +322,11 @@ class DeliveryRun:
             raise ValueError(f"no edition {self.edition_id}")
         if edition.status != "sending":
             return self.report
-        self.variants = Variants(self.config, load_content(edition), edition.scheduled_for or edition.created_at)
         self.sending = sending_for(self.config, edition)
+        tracking = (Tracking(self.config.site.base_url, self.sending.key, edition.id)
+                    if self.sending.tracking != "off" else None)
+        self.variants = Variants(self.config, load_content(edition), edition.scheduled_for or edition.created_at,
+                                 tracking=tracking)
         self.eight_bit = all(bool(getattr(p, "accepts_8bit", False)) for p in self.providers)
         workers = [_Worker(p, self.inbox, self.outbox, f"send-{i}", self._gate, self._sent)
                    for i, p in enumerate(self.providers)]

@@ -54,6 +54,7 @@ from .csvio import ENCODINGS, open_text, read_rows, split_list, write_csv
 from .errors import InputError
 from .sanitize import header_safe
 from .store import subscribers as q
+from .store.stats import delete_subscriber_events
 
 log = logging.getLogger(__name__)
 
@@ -597,7 +598,7 @@ def update(engine: Engine, config: Config, email: str, changes: dict[str, Any]) 
 def delete(engine: Engine, email: str) -> int:
     """Erase the subscriber (a data-erasure request), in one transaction: their
     pending deliveries in every edition, however old, are cancelled ("erased");
-    their consent records, sign-ups and bounce events go with the subscriber row
+    their consent records, sign-ups, bounce events and reading-statistics events go with the subscriber row
     (ON DELETE CASCADE); the delivery log keeps its rows (so an edition's counts
     stay true) without the address, its domain or the server's words.  Returns
     the number of deliveries cancelled."""
@@ -611,6 +612,7 @@ def delete(engine: Engine, email: str) -> int:
             raise InputError(f"{email}: no such subscriber")
         done = suppress(conn, [row.id], "unsubscribed", "erasure", "erased")
         q.erase_from_deliveries(conn, row.id)
+        delete_subscriber_events(conn, row.id)  # reading statistics (also ON DELETE CASCADE)
         q.delete_subscriber(conn, row.id)
         return done.cancelled
 

@@ -11,6 +11,12 @@ expire and are used once.  Their token is ``<sign-up id>.<expiry>.<signature>``
 (expiry in epoch seconds, inside the signed text, so it cannot be extended);
 single use is the store's business (``signups.confirmed_at``).
 
+Tracking links (issue 15) sign a few short fields instead of a subscriber id:
+``<field>.<field>….<signature>`` (:func:`make_fields_token`), each field
+``[0-9a-z]``; a click link names the edition, the link's index into the frozen
+content and the variant, never a URL, so no request can make us redirect
+elsewhere.
+
 Key rotation: :func:`signing_keys` is the current key (``config.secret()``)
 followed by the old ones from the variable named by ``[site] old_secrets_env``
 (comma-separated).  New links are always signed with the first.
@@ -115,4 +121,37 @@ def verify_expiring_token(keys: Iterable[bytes], purpose: str, token: str, now: 
     for key in keys:
         if equal(_expiring_sig(key, purpose, ident, expires), sig):
             return Expiring(ident, expires, expired=now >= expires)
+    return None
+
+
+_FIELD = re.compile(r"[0-9a-z]{1,24}")
+FIELD_PURPOSES = ("click", "open", "reader")
+
+
+def _fields_sig(key: bytes, purpose: str, fields: tuple[str, ...]) -> str:
+    text = f"newsletter:{purpose}:{'.'.join(fields)}".encode()
+    return base64.urlsafe_b64encode(hmac.new(key, text, hashlib.sha256).digest()[:16]).rstrip(b"=").decode()
+
+
+def make_fields_token(key: bytes, purpose: str, *fields: str) -> str:
+    """``fields`` (each 1-24 of ``[0-9a-z]``) and their signature for ``purpose``."""
+    if purpose not in FIELD_PURPOSES:
+        raise ValueError(f"unknown token purpose {purpose!r}")
+    if not all(_FIELD.fullmatch(f) for f in fields):
+        raise ValueError(f"token fields must be [0-9a-z]{{1,24}}: {fields!r}")
+    return ".".join(fields) + "." + _fields_sig(key, purpose, fields)
+
+
+def verify_fields_token(keys: Iterable[bytes], purpose: str, token: str, count: int) -> tuple[str, ...] | None:
+    """The ``count`` fields of ``token`` if one of ``keys`` signed them for
+    ``purpose``; None for anything else (forged, truncated, other purpose)."""
+    parts = token.split(".")
+    if len(parts) != count + 1 or len(token) > 200:
+        return None
+    fields, sig = tuple(parts[:-1]), parts[-1]
+    if not all(_FIELD.fullmatch(f) for f in fields):
+        return None
+    for key in keys:
+        if hmac.compare_digest(_fields_sig(key, purpose, fields), sig):
+            return fields
     return None

@@ -48,3 +48,10 @@ def test_import_memory_check_small():
     for size in ("500", "2000"):
         assert result["memory_check"][size]["peak_rss_mb"] > 0
     assert result["peak_rss_ratio"] > 0
+
+
+def test_tracking_benchmark_small():
+    result = run("bench/tracking.py", "--requests", "200", "--subscribers", "10", "--stores", "sqlite")
+    sqlite = result["sqlite"]
+    assert sqlite["lost"] == 0 and sqlite["events_stored"] == sqlite["requests"] > 0
+    assert sqlite["redirect_per_s"] > 0 and sqlite["static_302_per_s"] > 0

@@ -152,3 +152,4 @@ def _copy_templates(dest: Path, force: bool) -> None:
 
 # Each noun's commands live in their own module and register on ``main``.
 from . import articles, bounces, check, deliverability, demo, editions, run, schedule, subscribers, users, web  # noqa: E402,F401,I001
+from . import stats  # noqa: E402,F401,I001  (edition report, stats prune)

@@ -61,6 +61,7 @@ class Sending:
     domain: str
     unsubscribe_mailto: str | None
     key: bytes
+    tracking: str = "off"  # the publication's tracking mode: what the reader part of tracked links holds
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ def _prepare(rendered: Rendered, sending: Sending, charset: str, eight_bit: bool
         "Precedence: bulk",
         "MIME-Version: 1.0",
     ]
-    marks = rendered.placeholders.all()
+    marks = (*rendered.placeholders.all(), rendered.placeholders.reader)
     parts = [_prepare_part("text/plain", charset, rendered.text, eight_bit=eight_bit, html_part=False,
                            placeholders=marks)]
     if html_body is not None:
@@ -346,7 +347,8 @@ def compose(
         greet = greeting(name, rendered.language)
     prepared = _prepare(rendered, sending, charset, eight_bit)
     codec = prepared.codec
-    personal = rendered.placeholders.values(greet, unsubscribe, preferences)
+    reader = links.reader_token(sending.key, sending.tracking, recipient.delivery_id, int(now.timestamp()))
+    personal = rendered.placeholders.values(greet, unsubscribe, preferences, reader)
     values = {p: (v.encode(codec), html.escape(v).encode(codec)) for p, v in personal.items()}
 
     msgid = msgid or message_id(sending, recipient.delivery_id)

@@ -23,6 +23,12 @@ Rules kept here:
   :func:`japanese.wrap` does its line breaking, after the charset mapping;
 - the Web版 and back-number URLs come from :func:`links.archive_url`, the one
   place that knows the archive's paths.
+
+With ``tracking`` (the publication's ``tracking`` is not "off"),
+:func:`rewrite_links` is one step between jinja2 and the rest: the frozen
+content's links (:func:`links.tracked_links`) become tracked links, once for
+the HTML part (plus the open pixel) and once for the text part; the footer's
+own links are never among them.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from premailer import Premailer
 from .. import japanese
 from ..config import template_search_path
 from ..errors import InputError
-from ..links import Placeholders, archive_url
+from ..links import Placeholders, Tracking, archive_url, click_url, open_url, tracked_links, variant_code
 from .assemble import sections
 
 TEST_MARK = "【テスト】"  # starts the subject of a test send (content["test"])
@@ -361,6 +367,53 @@ def inline_css(source: str) -> str:
     ).transform()
 
 
+_HREF = re.compile(r'(<a\b[^>]*?\shref=")([^"]*)(")', re.IGNORECASE)
+
+
+def rewrite_links(source: str, content: Mapping[str, Any], fields: Sequence[str], part: str,
+                  tracking: Tracking, placeholders: Placeholders) -> str:
+    """``source`` with every link of the frozen content (articles, their bodies,
+    the lead and afterword texts) pointing at its tracked URL for this variant
+    and ``part`` ("h" or "t"); the reader's part is ``placeholders.reader``.  The
+    HTML part also gets the open pixel at the end of its body."""
+    import html as html_lib
+
+    index = {url: i for i, (url, _article) in enumerate(tracked_links(content))}
+    code = variant_code(content, fields, part)
+
+    def swap(m: re.Match) -> str:
+        i = index.get(html_lib.unescape(m.group(2)).strip())
+        if i is None:
+            return m.group(0)
+        return m.group(1) + html_lib.escape(click_url(tracking, i, code, placeholders.reader)) + m.group(3)
+
+    out = _HREF.sub(swap, source)
+    if part == "h":
+        pixel = (f'<img src="{html_lib.escape(open_url(tracking, code, placeholders.reader))}" width="1" '
+                 'height="1" alt="" style="display:block;border:0;width:1px;height:1px;">')
+        at = out.lower().rfind("</body>")
+        out = out[:at] + pixel + out[at:] if at >= 0 else out + pixel
+    return out
+
+
+_URL_TOKEN = re.compile(r"https?://[^\s<>\"'）」』】]+")
+
+
+def rewrite_text_links(text: str, content: Mapping[str, Any], fields: Sequence[str], tracking: Tracking,
+                       placeholders: Placeholders) -> str:
+    """The designed text part (``digest.txt.j2``) with every URL that is one of the
+    frozen content's links — a whole URL, never part of one — pointing at its
+    tracked URL for the text part; the footer's links are not among them."""
+    index = {url: i for i, (url, _article) in enumerate(tracked_links(content))}
+    code = variant_code(content, fields, "t")
+
+    def swap(m: re.Match) -> str:
+        i = index.get(m.group(0))
+        return m.group(0) if i is None else click_url(tracking, i, code, placeholders.reader)
+
+    return _URL_TOKEN.sub(swap, text)
+
+
 def render_variant(
     content: Mapping[str, Any],
     fields: Sequence[str],
@@ -370,6 +423,7 @@ def render_variant(
     html: bool = True,
     charset: str = "utf-8",
     width: int | None = None,
+    tracking: Tracking | None = None,
 ) -> Rendered:
     """Render the digest for one set of fields. ``html=False`` skips premailer.
 
@@ -392,9 +446,16 @@ def render_variant(
             text_template = env.get_template("digest.txt.j2")
         except jinja2.TemplateNotFound:
             text_template = None
-        # Blank-line runs from the template's conditionals collapse to one.
-        text = re.sub(r"\n\s*\n(\s*\n)+", "\n\n", text_template.render(ctx)).strip() + "\n" \
-            if text_template else html_to_text(raw_html)
+        if tracking is not None:
+            html_for_text = rewrite_links(raw_html, content, fields, "t", tracking, placeholders)
+            raw_html = rewrite_links(raw_html, content, fields, "h", tracking, placeholders)
+        if text_template:
+            # Blank-line runs from the template's conditionals collapse to one.
+            text = re.sub(r"\n\s*\n(\s*\n)+", "\n\n", text_template.render(ctx)).strip() + "\n"
+            if tracking is not None:
+                text = rewrite_text_links(text, content, fields, tracking, placeholders)
+        else:
+            text = html_to_text(html_for_text if tracking is not None else raw_html)
     except jinja2.TemplateNotFound as exc:
         raise InputError(f"{templates_dir}: template '{exc.name}' not found") from None
     except jinja2.TemplateError as exc:

@@ -327,3 +327,51 @@ edition_versions = Table(
     Column("created_at", UTCDateTime, nullable=False),
     UniqueConstraint("edition_id", "hash", name="uq_edition_versions_edition_id"),
 )
+
+# --- Reading statistics (newsletter/stats.py, issue 15) ---
+
+# One row per open, click or provider event.  ``reader`` is the message's key
+# from its signed link: ``d<delivery id>`` under tracking = "per-subscriber",
+# a random ``m<hex>`` under "aggregate" (nothing in the database maps it to a
+# person), NULL when unknown.  ``subscriber_id`` is set under "per-subscriber"
+# only, and goes with the subscriber (ON DELETE CASCADE: erasure removes them).
+stats_events = Table(
+    "stats_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("edition_id", Integer, ForeignKey("editions.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),          # open | click | delivered
+    Column("link", Integer, nullable=True),               # index into the frozen content's links
+    Column("article_id", Integer, nullable=True),
+    Column("part", String(8), nullable=True),             # html | text: where the clicked link was
+    Column("fields", String(500), nullable=True),         # the variant's fields, comma-separated
+    Column("reader", String(40), nullable=True),
+    Column("subscriber_id", Integer, ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=True),
+    Column("machine", Boolean, nullable=False, default=False),
+    Column("reason", String(32), nullable=True),          # why machine (apple-mpp, scanner, head, burst)
+    Column("via_proxy", Boolean, nullable=False, default=False),
+    Column("source", String(32), nullable=False),         # web | sendgrid | mailgun | postmark
+    Column("sent_at", UTCDateTime, nullable=True),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_stats_events_edition_id_kind", "edition_id", "kind"),
+    Index("ix_stats_events_at", "at"),
+)
+
+# What ``stats prune`` keeps of the events it deletes: counts, never a reader.
+stats_counts = Table(
+    "stats_counts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("edition_id", Integer, ForeignKey("editions.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("link", Integer, nullable=True),
+    Column("article_id", Integer, nullable=True),
+    Column("part", String(8), nullable=True),
+    Column("fields", String(500), nullable=True),
+    Column("machine", Boolean, nullable=False),
+    Column("via_proxy", Boolean, nullable=False),
+    Column("hour", Integer, nullable=True),               # hours after sending, when known
+    Column("events", Integer, nullable=False),
+    Column("readers", Integer, nullable=False),           # distinct readers among those events
+    Index("ix_stats_counts_edition_id", "edition_id"),
+)

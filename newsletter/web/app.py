@@ -26,7 +26,7 @@ from starlette.routing import Route
 from ..config import PACKAGED_TEMPLATES, Config
 from ..store.tables import utcnow
 from ..tokens import signing_keys
-from . import archive, pages, webhooks
+from . import archive, pages, tracking, webhooks
 from .messages import table
 from .security import CSRF, AccessLog, BodyLimit, ClientInfo, SecurityHeaders, default_headers
 
@@ -160,13 +160,14 @@ def create_app(config: Config, engine: Engine | None = None, *, clock: Callable[
         Route("/archive/{publication}/feed.atom", archive.feed, methods=["GET"]),
         Route("/archive/{publication}/{number:int}/", archive.edition, methods=["GET"]),
         Route("/webhooks/{provider}", webhooks.receive, methods=["POST"]),
+        *tracking.routes(),  # /r/ and /o/: reading statistics (issue 15)
     ]
     middleware = [
         Middleware(AccessLog),
         Middleware(SecurityHeaders, hsts=config.site.base_url.startswith("https://")),
         Middleware(BodyLimit, limit=config.web.max_body_bytes, message=table(config.site.language)["err_too_large"]),
     ]
-    app = Starlette(routes=routes, middleware=middleware,
+    app = Starlette(routes=routes, middleware=middleware, lifespan=tracking.lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
     app.state.svc = svc
     return app

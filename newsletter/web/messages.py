@@ -91,6 +91,10 @@ JA: dict[str, str] = {
     "err_not_active": "このアドレスは現在配信対象ではないため、設定を変更できません。",
     "err_one_click": "List-Unsubscribe の値は One-Click でなければなりません。",
     "err_not_found": "ページが見つかりません。",
+    "link_invalid_title": "リンクを開けませんでした",
+    "link_invalid_text": "このリンクは正しくないか、途中で切れています。記事はバックナンバーからご覧いただけます。",
+    "link_later_text": "ただいまリンク先を確認できません。時間をおいてからもう一度お試しいただくか、"
+                       "バックナンバーから記事をご覧ください。",
     "err_method": "このURLはその方法（HTTPメソッド）では利用できません。",
     "err_internal": "サーバーで問題が発生しました。時間をおいてからお試しください。",
     "err_bad_request": "リクエストが正しくありません。",
@@ -180,6 +184,10 @@ EN: dict[str, str] = {
     "err_not_active": "This address does not receive the newsletter now, so its preferences cannot be changed.",
     "err_one_click": "The List-Unsubscribe value must be One-Click.",
     "err_not_found": "Page not found.",
+    "link_invalid_title": "This link cannot be opened",
+    "link_invalid_text": "The link is not valid or was cut short. The articles are in the archive.",
+    "link_later_text": "The link cannot be looked up just now. Please try again later, or find the article in "
+                       "the archive.",
     "err_method": "This URL does not accept that HTTP method.",
     "err_internal": "Something went wrong on the server. Please try again later.",
     "err_bad_request": "Bad request.",

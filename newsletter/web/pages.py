@@ -98,6 +98,8 @@ def _signup_form(request: Request, status: int = 200, values: dict[str, Any] | N
         request, "signup.html.j2", {"signup": "/subscribe"}, status,
         values=values, errors=errors or {}, fields=_field_choices(svc, selected),
         consent_version=svc.config.web.consent_version,
+        # Reading statistics kept per reader must be in the consent wording (issue 15).
+        tracked=[p.title for p in svc.config.publications if p.tracking == "per-subscriber"],
     )
 
 

@@ -221,12 +221,13 @@ async def _plain(send: Send, status: int, body: str) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-_TOKEN_PATH = re.compile(r"^/(unsubscribe|preferences|confirm)/[^/]+")
+# /r/ and /o/ (reading statistics): everything after them, the reader's part included.
+_TOKEN_PATH = re.compile(r"^/(unsubscribe|preferences|confirm)/[^/]+|^/(r|o)/.+")
 
 
 def redact(path: str) -> str:
     """The path as it may appear in a log: personal tokens replaced."""
-    return _TOKEN_PATH.sub(lambda m: f"/{m.group(1)}/…", path)
+    return _TOKEN_PATH.sub(lambda m: f"/{m.group(1) or m.group(2)}/…", path)
 
 
 class AccessLog:

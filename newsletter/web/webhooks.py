@@ -70,6 +70,7 @@ from starlette.responses import PlainTextResponse, Response
 from ..bounces import MailEvent, apply_events
 from ..config import WebhookSettings
 from ..replies import bounce_kind
+from ..stats import record_provider_events
 from ..tokens import equal
 
 if TYPE_CHECKING:
@@ -158,6 +159,14 @@ def _delivery_id(value: Any) -> int | None:
     return int(value) if isinstance(value, str) and _DELIVERY_ID.fullmatch(value) else None
 
 
+# Provider events that feed the reading statistics (newsletter.stats.record_provider_events).
+READING = ("open", "click", "delivered")
+
+
+def _text(value: Any) -> str | None:
+    return value[:2000] if isinstance(value, str) else None
+
+
 def _check_age(settings: WebhookSettings, timestamp: float, now: float) -> None:
     if abs(now - timestamp) > settings.max_age_seconds:
         raise Rejected(403, "timestamp outside the accepted window (replay?)")
@@ -233,7 +242,10 @@ def sendgrid_events(settings: WebhookSettings, headers: Mapping[str, str], body:
         else:
             kind = "ignored"  # processed, delivered, deferred, open, click...
         events.append(MailEvent("sendgrid", event_id, kind, email=email, detail=f"{name} {status} {reason}".strip(),
-                                delivery_id=_delivery_id(e.get("nl_delivery_id"))))
+                                delivery_id=_delivery_id(e.get("nl_delivery_id")),
+                                reading=name if name in READING else None, url=_text(e.get("url")),
+                                client_ip=_text(e.get("ip")) or "", user_agent=_text(e.get("useragent")) or "",
+                                machine_open=e.get("sg_machine_open") is True))
     return events
 
 
@@ -274,8 +286,12 @@ def mailgun_events(settings: WebhookSettings, headers: Mapping[str, str], body: 
     event_id = f"{ed.get('id') or token}:{ed.get('timestamp') or timestamp}"
     detail = f"{name} {ed.get('severity') or ''} {status.get('code') or ''} {ed.get('reason') or ''}"
     variables = ed.get("user-variables") if isinstance(ed.get("user-variables"), dict) else {}
+    client = ed.get("client-info") if isinstance(ed.get("client-info"), dict) else {}
     return [MailEvent("mailgun", event_id, kind, email=recipient, detail=" ".join(detail.split()),
-                      delivery_id=_delivery_id(variables.get("nl-delivery-id")))]
+                      delivery_id=_delivery_id(variables.get("nl-delivery-id")),
+                      reading={"opened": "open", "clicked": "click", "delivered": "delivered"}.get(name),
+                      url=_text(ed.get("url")), client_ip=_text(ed.get("ip")) or "",
+                      user_agent=_text(client.get("user-agent")) or "")]
 
 
 # -- Postmark --------------------------------------------------------------------
@@ -321,8 +337,12 @@ def postmark_events(settings: WebhookSettings, headers: Mapping[str, str], body:
     event_id = f"{record}:{data.get('ID') or data.get('MessageID')}:{when}"
     detail = f"{record} {data.get('Type') or data.get('SuppressionReason') or ''} {data.get('Description') or ''}"
     metadata = data.get("Metadata") if isinstance(data.get("Metadata"), dict) else {}
+    geo = data.get("Geo") if isinstance(data.get("Geo"), dict) else {}
     return [MailEvent("postmark", event_id, kind, email=email, detail=" ".join(detail.split()),
-                      delivery_id=_delivery_id(metadata.get("nl_delivery_id")))]
+                      delivery_id=_delivery_id(metadata.get("nl_delivery_id")),
+                      reading={"Open": "open", "Click": "click", "Delivery": "delivered"}.get(record),
+                      url=_text(data.get("OriginalLink")), client_ip=_text(geo.get("IP")) or "",
+                      user_agent=_text(data.get("UserAgent")) or "")]
 
 
 # -- Amazon SES via SNS ---------------------------------------------------------
@@ -492,4 +512,6 @@ async def receive(request: Request) -> Response:
             log.error("webhook %s: %s", request.path_params["provider"], exc)
         raise HTTPException(exc.status, str(exc), headers=exc.headers) from None
     report = await run_in_threadpool(apply_events, svc.engine, svc.config, events)
+    if any(ev.reading for ev in events):
+        await run_in_threadpool(record_provider_events, svc.engine, svc.config, events, svc.clock())
     return PlainTextResponse(f"ok: {len(events)} events, {report.duplicate} already seen\n")
