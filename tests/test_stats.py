@@ -143,10 +143,10 @@ def test_every_content_link_is_rewritten_once_per_variant_and_never_the_footer()
     tracking = Tracking("https://news.example.jp", b"k" * 32, 42)
     r = render_variant(content, ("education",), ROOT / "templates", when=datetime(2026, 12, 1, tzinfo=UTC),
                        tracking=tracking)
-    # The stock template has no lead text: rewrite_links is checked on it directly below.
     hrefs = re.findall(r'href="([^"]+)"', r.html)
     tracked = [unescape(h) for h in hrefs if "/r/" in h]
-    assert len(tracked) == 3  # title, body link, 続きを読む
+    assert len(tracked) == 4  # title, body link, 続きを読む, the lead's link
+    assert any("/r/42.2.h" in h for h in tracked)  # the lead (巻頭言) link is counted too
     assert all(h.endswith("/" + r.placeholders.reader) for h in tracked)
     assert "https://news.example.jp/a/7" not in r.html and BODY_LINK not in r.html
     assert r.placeholders.unsubscribe in hrefs and r.placeholders.preferences in hrefs  # footer untouched
