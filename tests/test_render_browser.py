@@ -22,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from newsletter.editions.render import GREETING, PREFERENCES_URL, UNSUBSCRIBE_URL, render_variant
+from newsletter.editions.render import render_variant
+from newsletter.links import fill
 from tests.test_render import ADMIN, EDU, LG, WHEN, demo_content, fixed_config, fixed_content, hard_articles
 from tests.test_web_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
@@ -80,10 +81,10 @@ def _mail_html() -> str:
     # One card with a thumbnail (blocked, like every remote image here): its box and alt text.
     content["articles"][0]["image"] = {"url": "https://news.example.jp/images/901.jpg",
                                        "alt": "新しい窓口システムの画面"}
-    html = render_variant(content, (LG, ADMIN, EDU), config.templates_dir, when=WHEN).html
-    return html.replace(GREETING, "山田 太郎 様").replace(
-        UNSUBSCRIBE_URL, "https://news.example.jp/unsubscribe/1.x").replace(
-        PREFERENCES_URL, "https://news.example.jp/preferences/1.x")
+    rendered = render_variant(content, (LG, ADMIN, EDU), config.templates_dir, when=WHEN)
+    values = rendered.placeholders.values("山田 太郎 様", "https://news.example.jp/unsubscribe/1.x",
+                                          "https://news.example.jp/preferences/1.x")
+    return fill(rendered.html, values, escape=True)
 
 
 @pytest.fixture(scope="module")
