@@ -1,0 +1,47 @@
+"""The web console for editors and operators, served under ``/admin/`` (issue 14).
+
+One module per room; each handler validates its input, calls one library
+function and renders the result — the rules live in the library
+(editions/state.py, articles.py, subscribers.py, delivery.py, users.py), never
+here.  console.py holds the frame every route goes through (session, role,
+CSRF); auth.py the sign-in and sessions.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import auth
+from .console import PACKAGED_TEMPLATES
+
+# The static files of the console (templates/admin/), by public name.
+STATIC = {"tokens.css": "dads-tokens-1.1.9.css", "console.css": "console.css"}
+
+
+async def static(request: Request) -> Response:
+    name = STATIC.get(request.path_params["name"])
+    if name is None:
+        from starlette.exceptions import HTTPException
+
+        raise HTTPException(404)
+    svc = request.app.state.svc
+    cache_key = ("admin-static", name)
+    body = svc.cache.get(cache_key)
+    if body is None:
+        own = svc.config.templates_dir / "admin" / name
+        path = own if own.is_file() else PACKAGED_TEMPLATES / "admin" / name
+        body = svc.cache[cache_key] = path.read_text(encoding="utf-8")
+    return Response(body, media_type="text/css; charset=utf-8", headers={"Cache-Control": "public, max-age=3600"})
+
+
+def routes() -> list[Route]:
+    """The console's routes, relative to ``/admin``."""
+    return [
+        Route("/", auth.home, methods=["GET"]),
+        Route("/login", auth.login_page, methods=["GET"]),
+        Route("/login", auth.login_submit, methods=["POST"]),
+        Route("/logout", auth.logout, methods=["POST"]),
+        Route("/static/{name}", static, methods=["GET"]),
+    ]

@@ -1,0 +1,181 @@
+"""The console's frame: its words (Japanese first), its templates, and the guard
+every console route goes through.
+
+Rules kept here:
+
+- **No route without a session.**  :func:`room` wraps every handler: without a
+  live session the answer is a redirect to the sign-in page (303), whatever the
+  method, and the handler never runs.
+- **The role is checked on the server**, by ``users.CAN`` (the one table of who
+  may do what): an action above the user's role is 403 and changes nothing.
+- **Every POST carries the CSRF token** of its form (web/security.py's signed
+  double-submit, the subscriber pages' rule): without it, 403 before the
+  handler runs.
+- Pages are rendered from ``templates/admin/`` (the project's copy first, then
+  the packaged one), autoescaped; no script and no inline style, so the
+  Content-Security-Policy of every page forbids both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from ...config import PACKAGED_TEMPLATES
+from ..pages import read_form
+from ..security import CSRF_FIELD
+
+if TYPE_CHECKING:
+    from ..app import Service
+    from .auth import Session
+
+LOGIN = "/admin/login"
+LOGOUT = "/admin/logout"
+
+JA: dict[str, str] = {
+    "console": "管理画面",
+    "skip": "本文へ移動",
+    "login_title": "ログイン",
+    "username": "ユーザー名",
+    "password": "パスワード",
+    "login_button": "ログイン",
+    "logout_button": "ログアウト",
+    "login_failed": "ユーザー名またはパスワードが正しくありません。",
+    "login_throttled": "ログインの試行が多すぎます。しばらく時間をおいてから、もう一度お試しください。",
+    "signed_in_as": "ログイン中: {name}（{role}）",
+    "home": "ホーム",
+    "home_title": "管理画面ホーム",
+    "home_lead": "担当する作業を選んでください。",
+    "err_csrf": "フォームの有効期限が切れたか、不正な送信です。ページを開き直してから、もう一度操作してください。",
+    "forbidden": "この操作を行う権限がありません。",
+    "role_editor": "編集者", "role_approver": "承認者", "role_operator": "運用担当", "role_admin": "管理者",
+    "articles": "記事",
+    "editions": "次号の編集",
+    "subscribers": "購読者",
+    "sending": "配信状況",
+    "audit": "操作履歴",
+    "users": "ユーザー",
+    "required": "必須",
+    "saved": "保存しました。",
+    "errors_heading": "入力内容を確認してください",
+}
+
+EN: dict[str, str] = {
+    "console": "Console",
+    "skip": "Skip to content",
+    "login_title": "Sign in",
+    "username": "User name",
+    "password": "Password",
+    "login_button": "Sign in",
+    "logout_button": "Sign out",
+    "login_failed": "The user name or password is not correct.",
+    "login_throttled": "Too many sign-in attempts. Please wait a while and try again.",
+    "signed_in_as": "Signed in: {name} ({role})",
+    "home": "Home",
+    "home_title": "Console home",
+    "home_lead": "Choose what to work on.",
+    "err_csrf": "The form expired or was not sent from this site. Open the page again and retry.",
+    "forbidden": "You do not have permission for this action.",
+    "role_editor": "editor", "role_approver": "approver", "role_operator": "operator", "role_admin": "admin",
+    "articles": "Articles",
+    "editions": "Next edition",
+    "subscribers": "Subscribers",
+    "sending": "Sending",
+    "audit": "Audit log",
+    "users": "Users",
+    "required": "required",
+    "saved": "Saved.",
+    "errors_heading": "Please check your input",
+}
+
+
+def words(lang: str) -> dict[str, str]:
+    return EN if lang == "en" else JA
+
+
+# The rooms on the home page and in the navigation: (key, path, users.CAN permission).
+ROOMS = (
+    ("articles", "/admin/articles", "edit"),
+    ("editions", "/admin/editions", "edit"),
+    ("subscribers", "/admin/subscribers", "subscribers"),
+    ("sending", "/admin/sending", "operate"),
+    ("audit", "/admin/audit", "audit"),
+    ("users", "/admin/users", "users"),
+)
+
+
+def _svc(request: Request) -> Service:
+    return request.app.state.svc
+
+
+def environment(svc: Service) -> jinja2.Environment:
+    env = svc.cache.get("admin_env")
+    if env is None:
+        own = svc.config.templates_dir / "admin"
+        loaders = [jinja2.FileSystemLoader(str(own))] if own.is_dir() else []
+        loaders.append(jinja2.FileSystemLoader(str(PACKAGED_TEMPLATES / "admin")))
+        env = svc.cache["admin_env"] = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(loaders), autoescape=True, undefined=jinja2.StrictUndefined)
+    return env
+
+
+def render(request: Request, template: str, *, session: Session | None, forms: dict[str, str] | None = None,
+           status: int = 200, **ctx: Any) -> HTMLResponse:
+    """A console page.  ``forms``: form name → the path it posts to; the page gets
+    ``csrf[name]`` for each (and the sign-out form's when signed in)."""
+    svc = _svc(request)
+    forms = dict(forms or {})
+    if session is not None:
+        forms["logout"] = LOGOUT
+    tokens, new_cookie = svc.csrf.tokens(request, *forms.values())
+    t = words(svc.lang)
+    rooms = [] if session is None else [
+        {"key": key, "path": path, "name": t[key]} for key, path, what in ROOMS if session.actor.may(what)]
+    html = environment(svc).get_template(template).render(
+        t=t, lang=svc.lang, site=svc.config.site, session=session, rooms=rooms, forms=forms,
+        csrf=dict(zip(forms, tokens, strict=True)), path=request.url.path, **ctx)
+    response = HTMLResponse(html, status_code=status)
+    svc.csrf.set_cookie(request, response, new_cookie)
+    return response
+
+
+Handler = Callable[[Request, "Session", FormData | None], Awaitable[Response]]
+
+
+def room(what: str | None) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """The guard of a console route: a live session, the role (``users.CAN[what]``;
+    None: any signed-in user), and on POST the form and its CSRF token."""
+    from . import auth
+
+    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            svc = _svc(request)
+            session = await run_in_threadpool(auth.current_session, svc, request)
+            if session is None:
+                return RedirectResponse(LOGIN, status_code=303)
+            t = words(svc.lang)
+            if what is not None and not session.actor.may(what):
+                raise HTTPException(403, t["forbidden"])
+            form = None
+            if request.method == "POST":
+                form = await read_form(request)
+                svc.csrf.check(request, form.get(CSRF_FIELD), request.url.path, t["err_csrf"])
+            return await handler(request, session, form)
+
+        endpoint.__name__ = handler.__name__
+        endpoint.__doc__ = handler.__doc__
+        return endpoint
+
+    return wrap
+
+
+def text(form: FormData | None, name: str) -> str:
+    value = form.get(name) if form is not None else None
+    return value if isinstance(value, str) else ""

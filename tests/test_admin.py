@@ -1,0 +1,229 @@
+"""The web console over HTTP (Starlette's TestClient, the real app and database):
+sign-in, sessions and their timeouts, CSRF, the role of every route, and what
+each room does.  Every refusal must change nothing."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import func, select
+from starlette.testclient import TestClient
+
+from newsletter.store.tables import audit_log, console_sessions
+from newsletter.web import create_app
+from newsletter.web.admin import auth
+from tests.test_web import UA, Site, make_site
+
+PASSWORD = "correct horse 電池"
+ROLES = ("editor", "approver", "operator", "admin")
+
+
+def csrf_of(html: str, action: str) -> str:
+    """The CSRF token of the form that posts to ``action``."""
+    m = re.search(rf'<form[^>]*action="{re.escape(action)}"[^>]*>\s*<input type="hidden" name="csrf" value="([^"]+)"',
+                  html)
+    assert m, f"no form posting to {action}"
+    return m.group(1)
+
+
+@dataclass
+class Console:
+    site: Site
+    base: str = "https://testserver"  # the test config's base_url is https: cookies are Secure
+    ip: str = "198.51.100.7"
+
+    def client(self) -> TestClient:
+        app = create_app(self.site.config, self.site.engine, clock=self.site.clock)
+        return TestClient(app, base_url=self.base, client=(self.ip, 40000), follow_redirects=False,
+                          headers={"User-Agent": UA})
+
+    def add_user(self, name: str, role: str, password: str = PASSWORD) -> None:
+        self.site.cli("user", "add", name, "--email", f"{name}@example.jp", "--role", role, input=password + "\n")
+
+    def sign_in(self, name: str, password: str = PASSWORD, client: TestClient | None = None) -> TestClient:
+        client = client or self.client()
+        page = client.get("/admin/login")
+        res = client.post("/admin/login", data={"csrf": csrf_of(page.text, "/admin/login"), "username": name,
+                                                 "password": password})
+        assert res.status_code == 303, res.text
+        return client
+
+    def count(self, table) -> int:
+        with self.site.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(table)).scalar()
+
+
+@pytest.fixture
+def console(tmp_path) -> Console:
+    c = Console(make_site(tmp_path, f"sqlite:///{tmp_path / 'project' / 'var' / 'newsletter.db'}"))
+    for role in ROLES:
+        c.add_user(f"{role}1", role)
+    return c
+
+
+# -- sign-in ---------------------------------------------------------------------------
+
+
+def test_sign_in_page_is_japanese_with_labels_and_a_button(console):
+    page = console.client().get("/admin/login")
+    assert page.status_code == 200
+    assert 'lang="ja"' in page.text
+    assert re.search(r'<label for="username">ユーザー名</label>', page.text)
+    assert re.search(r'<label for="password">パスワード</label>', page.text)
+    assert re.search(r'<button type="submit" class="button">ログイン</button>', page.text)
+    assert "script" not in page.text.lower()
+    assert "'unsafe-inline'" not in page.headers["content-security-policy"].split("script-src")[-1]
+
+
+def test_sign_in_then_out_sets_a_session_cookie_and_audit_rows(tmp_path, storage_url):
+    console = Console(make_site(tmp_path, storage_url))
+    console.add_user("tanaka", "editor")
+    client = console.client()
+    page = client.get("/admin/login")
+    res = client.post("/admin/login", data={"csrf": csrf_of(page.text, "/admin/login"), "username": "tanaka",
+                                             "password": PASSWORD})
+    assert res.status_code == 303 and res.headers["location"] == "/admin/"
+    cookie = res.headers["set-cookie"]
+    assert cookie.startswith(f"{auth.COOKIE}=") and "HttpOnly" in cookie and "SameSite=lax" in cookie
+    assert "Path=/admin" in cookie and "Secure" in cookie  # base_url is https
+    home = client.get("/admin/")
+    assert home.status_code == 200 and "ログイン中: tanaka（編集者）" in home.text
+    assert console.count(console_sessions) == 1
+    out = client.post("/admin/logout", data={"csrf": csrf_of(home.text, "/admin/logout")})
+    assert out.status_code == 303 and out.headers["location"] == "/admin/login"
+    assert console.count(console_sessions) == 0
+    assert client.get("/admin/").status_code == 303
+    with console.site.engine.connect() as conn:
+        actions = [r.action for r in conn.execute(select(audit_log).order_by(audit_log.c.id))]
+    assert actions == ["signed in", "signed out"]
+
+
+def test_cookie_is_not_secure_when_base_url_is_http(tmp_path):
+    site = make_site(tmp_path, f"sqlite:///{tmp_path / 'project' / 'var' / 'newsletter.db'}",
+                     replace={'base_url = "https://news.example.jp"': 'base_url = "http://news.example.jp"'})
+    console = Console(site, base="http://testserver")
+    console.add_user("tanaka", "editor")
+    client = console.client()
+    page = client.get("/admin/login")
+    res = client.post("/admin/login", data={"csrf": csrf_of(page.text, "/admin/login"), "username": "tanaka",
+                                             "password": PASSWORD})
+    assert res.status_code == 303 and "Secure" not in res.headers["set-cookie"]
+    assert client.get("/admin/").status_code == 200
+
+
+@pytest.mark.parametrize("name,password", [("editor1", "wrong password 1"), ("nobody", PASSWORD)])
+def test_unknown_user_and_wrong_password_get_the_same_answer(console, name, password):
+    client = console.client()
+    page = client.get("/admin/login")
+    res = client.post("/admin/login", data={"csrf": csrf_of(page.text, "/admin/login"), "username": name,
+                                             "password": password})
+    assert res.status_code == 401
+    assert "ユーザー名またはパスワードが正しくありません。" in res.text
+    assert auth.COOKIE not in res.headers.get("set-cookie", "")
+    assert 'aria-describedby="login-error"' in res.text and f'value="{name}"' in res.text  # input kept
+    assert console.count(console_sessions) == 0
+
+
+def test_disabled_user_cannot_sign_in_and_loses_its_sessions(console):
+    client = console.sign_in("editor1")
+    assert client.get("/admin/").status_code == 200
+    console.site.cli("user", "disable", "editor1")
+    assert client.get("/admin/").status_code == 303
+    page = client.get("/admin/login")
+    res = client.post("/admin/login", data={"csrf": csrf_of(page.text, "/admin/login"), "username": "editor1",
+                                             "password": PASSWORD})
+    assert res.status_code == 401
+
+
+def test_sign_in_is_throttled_per_account(console):
+    attacker = console.client()
+    for _ in range(auth.LIMIT_ACCOUNT):
+        page = attacker.get("/admin/login")
+        res = attacker.post("/admin/login", data={"csrf": csrf_of(page.text, "/admin/login"),
+                                                   "username": "admin1", "password": "guess guess guess"})
+        assert res.status_code == 401
+    # From another address, with the right password: the account is locked for the window.
+    console.ip = "203.0.113.9"
+    other = console.client()
+    page = other.get("/admin/login")
+    res = other.post("/admin/login", data={"csrf": csrf_of(page.text, "/admin/login"), "username": "admin1",
+                                            "password": PASSWORD})
+    assert res.status_code == 429 and "ログインの試行が多すぎます" in res.text
+    assert console.count(console_sessions) == 0
+    # The window passes: the right password works again.
+    console.site.clock.advance(seconds=auth.WINDOW_SECONDS + 1)
+    console.sign_in("admin1", client=other)
+
+
+def test_sign_in_is_throttled_per_address(console):
+    client = console.client()
+    for i in range(auth.LIMIT_IP):
+        page = client.get("/admin/login")
+        client.post("/admin/login", data={"csrf": csrf_of(page.text, "/admin/login"),
+                                          "username": f"guess{i}", "password": "guess guess guess"})
+    page = client.get("/admin/login")
+    res = client.post("/admin/login", data={"csrf": csrf_of(page.text, "/admin/login"), "username": "editor1",
+                                             "password": PASSWORD})
+    assert res.status_code == 429
+
+
+def test_sign_in_without_csrf_token_changes_nothing(console):
+    client = console.client()
+    client.get("/admin/login")
+    res = client.post("/admin/login", data={"username": "editor1", "password": PASSWORD})
+    assert res.status_code == 403 and console.count(console_sessions) == 0
+
+
+# -- sessions --------------------------------------------------------------------------
+
+
+def test_session_fixation_fails(console):
+    """A token planted in the browser before sign-in never becomes a signed-in session:
+    sign-in makes a new one, and the planted one (even a real session of the
+    attacker's own) is ended."""
+    attacker = console.sign_in("editor1")
+    planted = attacker.cookies.get(auth.COOKIE)
+    victim = console.client()
+    victim.cookies.set(auth.COOKIE, planted, domain="testserver.local", path="/admin")
+    console.sign_in("admin1", client=victim)
+    assert victim.cookies.get(auth.COOKIE) != planted
+    assert "admin1" in victim.get("/admin/").text
+    # The planted token is dead: whoever holds it is signed out, not signed in as the victim.
+    assert attacker.get("/admin/").status_code == 303
+    stranger = console.client()
+    stranger.cookies.set(auth.COOKIE, "x" * 43, domain="testserver.local", path="/admin")
+    console.sign_in("admin1", client=stranger)
+    fixed = console.client()
+    fixed.cookies.set(auth.COOKIE, "x" * 43, domain="testserver.local", path="/admin")
+    assert fixed.get("/admin/").status_code == 303
+
+
+def test_idle_timeout_and_absolute_lifetime(console):
+    client = console.sign_in("editor1")
+    console.site.clock.advance(minutes=29)
+    assert client.get("/admin/").status_code == 200
+    console.site.clock.advance(minutes=29)  # active: 29 minutes since the last request
+    assert client.get("/admin/").status_code == 200
+    console.site.clock.advance(minutes=31)
+    assert client.get("/admin/").status_code == 303  # idle too long
+    assert console.count(console_sessions) == 0
+
+    client = console.sign_in("editor1")
+    for _ in range(35):  # 11 h 40 min, a request every 20 minutes
+        console.site.clock.advance(minutes=20)
+        assert client.get("/admin/").status_code == 200
+    console.site.clock.advance(minutes=21)
+    assert client.get("/admin/").status_code == 303  # 12 hours after sign-in, however active
+
+
+def test_logout_all_ends_every_session_of_the_user(console):
+    one, two = console.sign_in("editor1"), console.sign_in("editor1")
+    other = console.sign_in("admin1")
+    res = console.site.cli("user", "logout-all", "editor1")
+    assert "2 console session(s) ended" in res.output
+    assert one.get("/admin/").status_code == 303 and two.get("/admin/").status_code == 303
+    assert other.get("/admin/").status_code == 200
+    bad = console.site.cli("user", "logout-all", "nobody", ok=False)
+    assert bad.exit_code == 1 and "user nobody: no such user" in bad.output
