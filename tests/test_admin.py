@@ -227,3 +227,87 @@ def test_logout_all_ends_every_session_of_the_user(console):
     assert other.get("/admin/").status_code == 200
     bad = console.site.cli("user", "logout-all", "nobody", ok=False)
     assert bad.exit_code == 1 and "user nobody: no such user" in bad.output
+
+
+# -- the editor's desk: articles ---------------------------------------------------------
+
+
+def article_form(client: TestClient, path: str = "/admin/articles/new", **values) -> dict:
+    page = client.get(path)
+    assert page.status_code == 200, page.text
+    data = {"csrf": csrf_of(page.text, path), "title": "", "url": "", "summary": "", "body": "", "publish_at": "",
+            "priority": "0", "fields": []}
+    data.update(values)
+    return data
+
+
+def test_editor_writes_edits_and_withdraws_an_article(tmp_path, storage_url):
+    console = Console(make_site(tmp_path, storage_url))
+    console.add_user("suzuki", "editor")
+    client = console.sign_in("suzuki")
+    data = article_form(client, title="子育て支援金の申請受付を開始します", url="https://www.example.lg.jp/kosodate/2026",
+                        summary="令和8年度の子育て支援金の申請を受け付けます。", body="## 対象\n\n- 市内在住の方",
+                        fields=["education", "administration"], publish_at="2026-12-01T09:00", priority="5",
+                        pinned="1")
+    res = client.post("/admin/articles/new", data=data)
+    assert res.status_code == 303, res.text
+    path = res.headers["location"].split("?")[0]
+    page = client.get(res.headers["location"])
+    assert "保存しました。" in page.text and 'value="子育て支援金の申請受付を開始します"' in page.text
+    assert 'value="2026-12-01T09:00"' in page.text  # shown back in the site's time zone
+    assert "<h2>対象</h2>" in page.text  # Markdown preview
+    listing = client.get("/admin/articles?status=queued&field=education&q=子育て")
+    assert "子育て支援金の申請受付を開始します" in listing.text
+    assert "子育て支援金" not in client.get("/admin/articles?status=draft").text.split("<main")[1]
+    assert "子育て支援金" not in client.get("/admin/articles?q=道路").text.split("<main")[1]
+    assert "子育て支援金" in client.get("/admin/articles?embargo=waiting").text.split("<main")[1]
+
+    res = client.post(path, data=article_form(client, path, title="子育て支援金（申請受付中）",
+                                              url="https://www.example.lg.jp/kosodate/2026",
+                                              fields=["education"], priority="5"))
+    assert res.status_code == 303
+    article_id = int(path.rsplit("/", 1)[1])
+    shown = console.site.cli("article", "show", str(article_id)).output
+    assert "子育て支援金（申請受付中）" in shown
+
+    page = client.get(path)
+    res = client.post(f"{path}/withdraw", data={"csrf": csrf_of(page.text, f"{path}/withdraw")})
+    assert res.status_code == 303
+    assert "withdrawn" in console.site.cli("article", "show", str(article_id)).output
+    assert "記事を取り下げました。" in client.get(res.headers["location"]).text
+
+
+@pytest.mark.parametrize("values,field,message", [
+    ({"title": "", "url": "https://example.jp/a", "fields": ["education"]}, "title", "missing title"),
+    ({"title": "見出し", "url": "javascript:alert(1)", "fields": ["education"]}, "url", "bad url"),
+    ({"title": "見出し", "url": "https://example.jp/a"}, "fields", "no field given"),
+    ({"title": "見出し", "url": "https://example.jp/a", "fields": ["education"], "priority": "高い"}, "priority",
+     "bad priority"),
+])
+def test_bad_article_input_is_shown_beside_its_field_with_the_input_kept(console, values, field, message):
+    client = console.sign_in("editor1")
+    res = client.post("/admin/articles/new", data=article_form(client, **values))
+    assert res.status_code == 400
+    assert re.search(rf'<p class="error" id="{field}-error">[^<]*{re.escape(message)}', res.text), res.text
+    if field != "fields":
+        assert re.search(rf'id="{field}"[^>]*aria-describedby="[^"]*{field}-error"[^>]*aria-invalid="true"',
+                         res.text.replace("\n", " ")) or re.search(
+            rf'<textarea id="{field}"[^>]*aria-invalid="true"', res.text)
+    if values.get("title"):
+        assert f'value="{values["title"]}"' in res.text  # input kept
+    assert console.site.cli("article", "list").output.strip() == ""
+
+
+def test_html_in_article_fields_never_executes(console):
+    client = console.sign_in("editor1")
+    evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    res = client.post("/admin/articles/new", data=article_form(
+        client, title=f"見出し{evil}", url="https://example.jp/evil", summary=evil, body=evil, fields=["education"]))
+    assert res.status_code == 303
+    for path in (res.headers["location"], "/admin/articles"):
+        page = client.get(path)
+        # Escaped in the fields and the list, removed from the sanitised preview: never a live tag.
+        assert "<script" not in page.text and "<img" not in page.text
+        assert "&lt;script&gt;" in page.text
+        csp = page.headers["content-security-policy"]
+        assert "script-src" not in csp and "default-src 'none'" in csp  # no script of any kind runs

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import auth
+from . import articles, auth
 from .console import PACKAGED_TEMPLATES
 
 # The static files of the console (templates/admin/), by public name.
@@ -44,4 +44,10 @@ def routes() -> list[Route]:
         Route("/login", auth.login_submit, methods=["POST"]),
         Route("/logout", auth.logout, methods=["POST"]),
         Route("/static/{name}", static, methods=["GET"]),
+        Route("/articles", articles.index, methods=["GET"]),
+        Route("/articles/new", articles.new_page, methods=["GET"]),
+        Route("/articles/new", articles.create, methods=["POST"]),
+        Route("/articles/{id:int}", articles.edit_page, methods=["GET"]),
+        Route("/articles/{id:int}", articles.update, methods=["POST"]),
+        Route("/articles/{id:int}/withdraw", articles.withdraw, methods=["POST"]),
     ]
