@@ -311,3 +311,111 @@ def test_html_in_article_fields_never_executes(console):
         assert "&lt;script&gt;" in page.text
         csp = page.headers["content-security-policy"]
         assert "script-src" not in csp and "default-src 'none'" in csp  # no script of any kind runs
+
+
+# -- the editor's desk: the next edition -------------------------------------------------
+
+
+def post_form(client: TestClient, page_path: str, action: str, **data):
+    page = client.get(page_path)
+    assert page.status_code == 200, page.text
+    return client.post(action, data={"csrf": csrf_of(page.text, action), **data})
+
+
+def write_article(client: TestClient, title: str, url: str, fields=("education",)) -> int:
+    res = client.post("/admin/articles/new", data=article_form(client, title=title, url=url, fields=list(fields),
+                                                               summary=f"{title}の概要です。"))
+    assert res.status_code == 303, res.text
+    return int(res.headers["location"].split("?")[0].rsplit("/", 1)[1])
+
+
+def test_editor_builds_the_draft_and_the_approver_approves_and_schedules(tmp_path, storage_url):
+    console = Console(make_site(tmp_path, storage_url))
+    console.add_user("suzuki", "editor")
+    console.add_user("kacho", "approver")
+    site = console.site
+    site.cli("subscriber", "add", "reader@example.jp", "--fields", "education")
+    editor = console.sign_in("suzuki")
+    first = write_article(editor, "給食費の無償化について", "https://www.example.lg.jp/kyushoku")
+    second = write_article(editor, "図書館の開館時間が延びます", "https://www.example.lg.jp/toshokan")
+
+    pub = site.config.publications[0]
+    res = post_form(editor, "/admin/editions", "/admin/editions/new", publication=pub.slug)
+    assert res.status_code == 303, res.text
+    page_path = res.headers["location"]
+    page = editor.get(page_path)
+    assert page.status_code == 200
+    assert "frame-src 'self'" in page.headers["content-security-policy"]
+    def order(html: str) -> list[int]:
+        ol = html[html.index('<ol class="edition-articles">'):html.index("</ol>")]
+        return [int(i) for i in dict.fromkeys(re.findall(r'name="article_id" value="(\d+)"', ol))]
+
+    before = order(page.text)
+    assert sorted(before) == sorted([first, second])
+    # Move the second article up, set the texts.
+    res = editor.post(f"{page_path}/move", data={"csrf": csrf_of(page.text, f"{page_path}/move"),
+                                                 "article_id": str(before[1]), "direction": "up"})
+    assert res.status_code == 303
+    page = editor.get(page_path)
+    assert order(page.text) == before[::-1]
+    res = post_form(editor, page_path, f"{page_path}/texts", subject="【教育だより】12月号", lead="寒くなりました。",
+                    afterword="次号は1月です。")
+    assert res.status_code == 303
+    page = editor.get(page_path)
+    assert 'value="【教育だより】12月号"' in page.text and "寒くなりました。" in page.text
+
+    # A line break in the subject: the library's message beside the field, nothing changed.
+    res = post_form(editor, page_path, f"{page_path}/texts", subject="改行\nあり", lead="", afterword="")
+    assert res.status_code == 400 and "line breaks are not allowed in a subject" in res.text
+
+    # Preview of the variant: the rendered HTML, framable only by the console, no scripts.
+    src = re.search(r'src="(/admin/editions/\d+/preview\?v=[^"]+)"', page.text).group(1).replace("&amp;", "&")
+    shown = editor.get(src)
+    assert shown.status_code == 200 and "寒くなりました。" in shown.text
+    assert "sandbox" in shown.headers["content-security-policy"]
+    assert "frame-ancestors 'self'" in shown.headers["content-security-policy"]
+    assert "テキスト版" in page.text and "配信前チェック" in page.text
+
+    # Test message to the editor's own address.
+    page = editor.get(page_path)
+    variant = re.search(r'<option value="([^"]+)">', page.text[page.text.index('id="variant"'):]).group(1)
+    res = editor.post(f"{page_path}/test", data={"csrf": csrf_of(page.text, f"{page_path}/test"),
+                                                 "variant": variant.replace("&amp;", "&")})
+    assert res.status_code == 303, res.text
+    assert site.last_mail("suzuki@example.jp")["Subject"] == "【教育だより】12月号"
+    assert [m for m in site.mails() if m["To"].addresses[0].addr_spec == "reader@example.jp"] == []
+
+    # The editor has no approve button, and a forged approval is 403 and changes nothing.
+    assert "承認</button>" not in page.text
+    edition_id = int(page_path.rsplit("/", 1)[1])
+    res = editor.post(f"{page_path}/approve", data={"csrf": csrf_of(page.text, f"{page_path}/move"), "hash": "0" * 16})
+    assert res.status_code == 403
+
+    approver = console.sign_in("kacho")
+    page = approver.get(page_path)
+    res = approver.post(f"{page_path}/approve", data={"csrf": csrf_of(page.text, f"{page_path}/approve"),
+                                                      "hash": re.search(r'name="hash" value="([0-9a-f]+)"',
+                                                                        page.text).group(1)})
+    assert res.status_code == 303, res.text
+    res = post_form(approver, page_path, f"{page_path}/schedule", at="2099-12-03T10:00")
+    assert res.status_code == 303, res.text
+    page = approver.get(page_path)
+    assert "予約済み" in page.text and "2099-12-03 10:00" in page.text
+    history = site.cli("edition", "history", "1").output
+    assert "kacho\tconsole\tapproved" in history and "kacho\tconsole\tscheduled" in history
+    assert "suzuki\tconsole\tcreated" in history and edition_id
+
+
+def test_approval_of_a_changed_draft_is_refused_with_what_changed(console):
+    editor = console.sign_in("editor1")
+    write_article(editor, "防災訓練のお知らせ", "https://www.example.lg.jp/bousai")
+    res = post_form(editor, "/admin/editions", "/admin/editions/new", publication=console.site.config.publications[0].slug)
+    page_path = res.headers["location"]
+    approver = console.sign_in("approver1")
+    seen = approver.get(page_path)
+    post_form(editor, page_path, f"{page_path}/texts", subject="", lead="変更しました。", afterword="")
+    res = approver.post(f"{page_path}/approve", data={"csrf": csrf_of(seen.text, f"{page_path}/approve"),
+                                                      "hash": re.search(r'name="hash" value="([0-9a-f]+)"',
+                                                                        seen.text).group(1)})
+    assert res.status_code == 400 and "lead changed" in res.text
+    assert "下書き" in res.text

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import articles, auth
+from . import articles, auth, editions
 from .console import PACKAGED_TEMPLATES
 
 # The static files of the console (templates/admin/), by public name.
@@ -50,4 +50,11 @@ def routes() -> list[Route]:
         Route("/articles/{id:int}", articles.edit_page, methods=["GET"]),
         Route("/articles/{id:int}", articles.update, methods=["POST"]),
         Route("/articles/{id:int}/withdraw", articles.withdraw, methods=["POST"]),
+        Route("/editions", editions.index, methods=["GET"]),
+        Route("/editions/new", editions.create, methods=["POST"]),
+        Route("/editions/{id:int}", editions.show, methods=["GET"]),
+        Route("/editions/{id:int}/preview", editions.preview_variant, methods=["GET"]),
+        *[Route(f"/editions/{{id:int}}/{name}", getattr(editions, name), methods=["POST"])
+          for name in ("texts", "add", "remove", "move", "test", "approve", "unapprove", "schedule", "unschedule",
+                       "cancel")],
     ]
