@@ -419,3 +419,104 @@ def test_approval_of_a_changed_draft_is_refused_with_what_changed(console):
                                                                         seen.text).group(1)})
     assert res.status_code == 400 and "lead changed" in res.text
     assert "下書き" in res.text
+
+
+# -- every route x every role ------------------------------------------------------------
+
+# Who may use each console route (users.CAN): None = any signed-in user.
+PERMISSION = {
+    "/": None, "/logout": None,
+    "/articles": "edit", "/articles/new": "edit", "/articles/{id:int}": "edit", "/articles/{id:int}/withdraw": "edit",
+    "/editions": "edit", "/editions/new": "edit", "/editions/{id:int}": "edit", "/editions/{id:int}/preview": "edit",
+    "/editions/{id:int}/texts": "edit", "/editions/{id:int}/add": "edit", "/editions/{id:int}/remove": "edit",
+    "/editions/{id:int}/move": "edit", "/editions/{id:int}/test": "edit", "/editions/{id:int}/cancel": "edit",
+    "/editions/{id:int}/approve": "approve", "/editions/{id:int}/unapprove": "approve",
+    "/editions/{id:int}/schedule": "operate", "/editions/{id:int}/unschedule": "operate",
+    "/subscribers": "subscribers", "/subscribers/export": "subscribers", "/subscribers/{id:int}": "subscribers",
+    "/subscribers/{id:int}/suppress": "subscribers",
+    "/sending": "operate", "/sending/{id:int}": "operate", "/sending/{id:int}/pause": "operate",
+    "/sending/{id:int}/resume": "operate", "/sending/{id:int}/cancel": "operate", "/sending/{id:int}/retry": "operate",
+    "/audit": "audit", "/users": "users", "/users/{name}/disable": "users", "/users/{name}/logout": "users",
+}
+PUBLIC = {"/login", "/static/{name}"}
+CAN = {"edit": {"editor", "approver", "admin"}, "approve": {"approver", "admin"},
+       "operate": {"operator", "approver", "admin"}, "subscribers": {"operator", "admin"},
+       "audit": {"operator", "approver", "admin"}, "users": {"admin"}}
+
+
+def console_routes(client: TestClient) -> list[tuple[str, str]]:
+    from starlette.routing import Mount
+
+    [mount] = [r for r in client.app.routes if isinstance(r, Mount) and r.path == "/admin"]
+    return [(method, r.path) for r in mount.routes for method in sorted(r.methods - {"HEAD"})]
+
+
+def concrete(path: str, ids: dict[str, str]) -> str:
+    return "/admin" + path.replace("{id:int}", ids["id"]).replace("{name}", ids["name"])
+
+
+def snapshot(console: Console) -> tuple:
+    """Everything a console action could change (sessions and throttles aside)."""
+    from newsletter.store.tables import articles, consents, deliveries, editions, subscribers, users
+
+    with console.site.engine.connect() as conn:
+        return tuple(tuple(tuple(r) for r in conn.execute(select(t).order_by(*t.primary_key.columns)))
+                     for t in (articles, editions, deliveries, subscribers, consents, users, audit_log))
+
+
+@pytest.fixture
+def stocked(console) -> tuple[Console, dict[str, str]]:
+    """An article, a draft edition with it, a subscriber: ids for every route."""
+    site = console.site
+    site.cli("subscriber", "add", "yamada@example.jp", "--fields", "education")
+    site.cli("article", "add", "--title", "防災の日", "--url", "https://www.example.lg.jp/bousai", "--field", "education")
+    site.cli("--as", "editor1", "edition", "create", site.config.publications[0].slug, ok=False)
+    with site.engine.connect() as conn:
+        from newsletter.store.tables import editions, subscribers
+
+        edition_id = conn.execute(select(func.max(editions.c.id))).scalar()
+        sub_id = conn.execute(select(func.max(subscribers.c.id))).scalar()
+    assert edition_id and sub_id
+    return console, {"id": str(edition_id), "name": "editor1", "sub": str(sub_id)}
+
+
+def test_no_console_route_answers_without_a_session(stocked):
+    console, ids = stocked
+    client = console.client()
+    before = snapshot(console)
+    routes = console_routes(client)
+    assert {p for _, p in routes} == set(PERMISSION) | PUBLIC  # a new route must say who may use it
+    for method, path in routes:
+        if path in PUBLIC:
+            continue
+        url = concrete(path, ids)
+        res = client.request(method, url, data={"csrf": "x"} if method == "POST" else None)
+        assert res.status_code == 303 and res.headers["location"] == "/admin/login", (method, url)
+    assert snapshot(console) == before
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_route_checks_the_role_and_the_csrf_token(stocked, role):
+    console, ids = stocked
+    client = console.sign_in(f"{role}1")
+    before = snapshot(console)
+    for method, path in console_routes(client):
+        if path in PUBLIC or path == "/logout":
+            continue
+        url = concrete(path, ids)
+        if "/subscribers/{id:int}" in path:
+            url = concrete(path, {**ids, "id": ids["sub"]})
+        if path.endswith("/preview"):
+            url += "?v=education%7Chtml%7Cutf-8"
+        allowed = PERMISSION[path] is None or role in CAN[PERMISSION[path]]
+        if method == "GET":
+            res = client.get(url)
+            assert res.status_code == (200 if allowed else 403), (role, url, res.status_code)
+        else:
+            # Without the token: 403 whatever the role; with a forged one: the same.
+            for data in ({"reason": "x", "title": "x"}, {"csrf": "forged-token-value", "reason": "x"}):
+                res = client.post(url, data=data)
+                assert res.status_code == 403, (role, url, res.status_code)
+                if not allowed:
+                    assert "この操作を行う権限がありません。" in res.text
+    assert snapshot(console) == before

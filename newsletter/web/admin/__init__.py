@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import articles, auth, editions
+from . import articles, audit, auth, editions, sending, subscribers, users
 from .console import PACKAGED_TEMPLATES
 
 # The static files of the console (templates/admin/), by public name.
@@ -57,4 +57,17 @@ def routes() -> list[Route]:
         *[Route(f"/editions/{{id:int}}/{name}", getattr(editions, name), methods=["POST"])
           for name in ("texts", "add", "remove", "move", "test", "approve", "unapprove", "schedule", "unschedule",
                        "cancel")],
+        Route("/subscribers", subscribers.index, methods=["GET"]),
+        Route("/subscribers/export", subscribers.export, methods=["POST"]),
+        Route("/subscribers/{id:int}", subscribers.show, methods=["GET"]),
+        Route("/subscribers/{id:int}/suppress", subscribers.suppress, methods=["POST"]),
+        Route("/sending", sending.index, methods=["GET"]),
+        Route("/sending/{id:int}", sending.show, methods=["GET"]),
+        *[Route(f"/sending/{{id:int}}/{name}", getattr(sending, name), methods=["POST"])
+          for name in ("pause", "resume", "cancel", "retry")],
+        Route("/audit", audit.index, methods=["GET"]),
+        Route("/users", users.index, methods=["GET"]),
+        Route("/users", users.add, methods=["POST"]),
+        Route("/users/{name}/disable", users.disable, methods=["POST"]),
+        Route("/users/{name}/logout", users.logout, methods=["POST"]),
     ]

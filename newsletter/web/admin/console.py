@@ -19,7 +19,9 @@ Rules kept here:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import jinja2
 from starlette.concurrency import run_in_threadpool
@@ -156,6 +158,61 @@ JA: dict[str, str] = {
     "done_schedule": "予約しました。",
     "done_unschedule": "予約を取り消しました。",
     "done_cancel": "この号を破棄しました。",
+    "sending_title": "配信状況",
+    "col_edition": "号", "col_sent": "送信済み", "col_pending": "送信待ち", "col_failed": "失敗",
+    "col_skipped": "対象外", "col_cancelled": "取り消し",
+    "no_editions": "まだ号がありません。",
+    "rate": "送信速度: 毎秒 {rate:.1f} 通",
+    "eta": "終了見込み: {at}",
+    "pause_button": "一時停止", "resume_button": "再開", "cancel_send_button": "配信を中止",
+    "cancel_send_hint": "中止すると、送信待ちのメールは送られません。元に戻せません。",
+    "failures": "送信できなかったメール",
+    "no_failures": "送信できなかったメールはありません。",
+    "col_address": "アドレス", "col_reason": "理由", "col_attempts": "試行回数", "col_last_try": "最終試行",
+    "col_retry": "再送",
+    "retryable": "再送できます", "not_retryable": "再送しません: {why}",
+    "retry_button": "再送（{n} 件）",
+    "done_pause": "一時停止しました。", "done_resume": "再開しました。",
+    "done_retry": "再送の対象を送信待ちに戻しました。",
+    "subscribers_title": "購読者",
+    "filter_format": "形式",
+    "sub_q": "アドレス・名前",
+    "n_found": "{total} 人（最大 {shown} 人を表示）",
+    "col_name": "名前", "col_format": "形式", "col_created": "登録日時",
+    "sst_active": "配信中", "sst_pending": "確認待ち", "sst_unsubscribed": "配信停止",
+    "sst_bounced": "配信不能", "sst_complained": "迷惑メール報告",
+    "export_heading": "書き出し（Excel 用 CSV）",
+    "export_status": "書き出す状態",
+    "export_button": "CSV を書き出す",
+    "export_hint": "書き出しは操作履歴に記録されます。",
+    "no_subscribers": "該当する購読者はいません。",
+    "subscriber_title": "購読者の詳細",
+    "consents": "同意の記録",
+    "col_event": "出来事", "col_at": "日時", "col_source": "経路", "col_ip": "IPアドレス", "col_detail": "詳細",
+    "suppress_heading": "配信停止",
+    "suppress_reason": "停止の理由",
+    "suppress_hint": "理由は同意の記録に残ります（例: 本人から電話で依頼）。",
+    "suppress_button": "配信停止",
+    "err_reason": "停止の理由を入力してください。",
+    "done_suppress": "配信を停止しました。",
+    "already_suppressed": "このアドレスへの配信は停止しています。",
+    "audit_title": "操作履歴",
+    "filter_actor": "ユーザー", "filter_action": "操作", "filter_interface": "経路",
+    "filter_publication": "メールマガジン",
+    "col_actor": "ユーザー", "col_action": "操作", "col_interface": "経路", "col_publication": "メールマガジン",
+    "no_audit": "該当する記録はありません。",
+    "users_title": "ユーザー",
+    "col_role": "役割", "col_state": "状態", "col_email": "メールアドレス", "col_actions": "操作",
+    "state_active": "有効", "state_disabled": "無効",
+    "add_user": "ユーザーを追加",
+    "user_name": "ユーザー名", "user_name_hint": "半角英数字と . _ - （ログインと操作履歴に使います）",
+    "user_email": "メールアドレス", "user_role": "役割",
+    "user_password": "初期パスワード", "user_password_hint": "10文字以上。本人に別の方法で伝えてください。",
+    "add_user_button": "追加",
+    "disable_button": "無効にする",
+    "logout_user_button": "ログイン中の画面をすべて終了",
+    "done_user_add": "ユーザーを追加しました。", "done_user_disable": "ユーザーを無効にしました。",
+    "done_user_logout": "そのユーザーのログインをすべて終了しました。",
 }
 
 EN: dict[str, str] = {
@@ -275,6 +332,61 @@ EN: dict[str, str] = {
     "done_schedule": "Scheduled.",
     "done_unschedule": "Unscheduled.",
     "done_cancel": "Edition discarded.",
+    "sending_title": "Sending",
+    "col_edition": "Edition", "col_sent": "Sent", "col_pending": "Pending", "col_failed": "Failed",
+    "col_skipped": "Skipped", "col_cancelled": "Cancelled",
+    "no_editions": "No editions yet.",
+    "rate": "Rate: {rate:.1f} messages a second",
+    "eta": "Expected to finish: {at}",
+    "pause_button": "Pause", "resume_button": "Resume", "cancel_send_button": "Cancel sending",
+    "cancel_send_hint": "Pending messages will never be sent. This cannot be undone.",
+    "failures": "Failed deliveries",
+    "no_failures": "No failed deliveries.",
+    "col_address": "Address", "col_reason": "Reason", "col_attempts": "Attempts", "col_last_try": "Last try",
+    "col_retry": "Retry",
+    "retryable": "retryable", "not_retryable": "not retried: {why}",
+    "retry_button": "Retry ({n})",
+    "done_pause": "Paused.", "done_resume": "Resumed.",
+    "done_retry": "The retryable failures are pending again.",
+    "subscribers_title": "Subscribers",
+    "filter_format": "Format",
+    "sub_q": "Address or name",
+    "n_found": "{total} found (up to {shown} shown)",
+    "col_name": "Name", "col_format": "Format", "col_created": "Since",
+    "sst_active": "active", "sst_pending": "pending", "sst_unsubscribed": "unsubscribed",
+    "sst_bounced": "bounced", "sst_complained": "complained",
+    "export_heading": "Export (CSV for Excel)",
+    "export_status": "State to export",
+    "export_button": "Export CSV",
+    "export_hint": "Every export is recorded in the audit log.",
+    "no_subscribers": "No subscribers match.",
+    "subscriber_title": "Subscriber",
+    "consents": "Consent history",
+    "col_event": "Event", "col_at": "When", "col_source": "Source", "col_ip": "IP address", "col_detail": "Detail",
+    "suppress_heading": "Stop mail",
+    "suppress_reason": "Reason",
+    "suppress_hint": "Kept in the consent history (e.g. asked by phone).",
+    "suppress_button": "Stop mail",
+    "err_reason": "Give the reason.",
+    "done_suppress": "Mail to this address is stopped.",
+    "already_suppressed": "Mail to this address is stopped.",
+    "audit_title": "Audit log",
+    "filter_actor": "User", "filter_action": "Action", "filter_interface": "Interface",
+    "filter_publication": "Publication",
+    "col_actor": "User", "col_action": "Action", "col_interface": "Interface", "col_publication": "Publication",
+    "no_audit": "Nothing recorded matches.",
+    "users_title": "Users",
+    "col_role": "Role", "col_state": "State", "col_email": "Email", "col_actions": "Actions",
+    "state_active": "active", "state_disabled": "disabled",
+    "add_user": "Add a user",
+    "user_name": "User name", "user_name_hint": "Letters, digits, . _ - (used to sign in and in the audit log)",
+    "user_email": "Email", "user_role": "Role",
+    "user_password": "First password", "user_password_hint": "At least 10 characters; tell the user another way.",
+    "add_user_button": "Add",
+    "disable_button": "Disable",
+    "logout_user_button": "End all their sessions",
+    "done_user_add": "User added.", "done_user_disable": "User disabled.",
+    "done_user_logout": "All their sessions ended.",
 }
 
 
@@ -297,6 +409,10 @@ def _svc(request: Request) -> Service:
     return request.app.state.svc
 
 
+def _localtime(dt: datetime | None, tz: str) -> str:
+    return "" if dt is None else dt.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
+
+
 def environment(svc: Service) -> jinja2.Environment:
     env = svc.cache.get("admin_env")
     if env is None:
@@ -305,6 +421,7 @@ def environment(svc: Service) -> jinja2.Environment:
         loaders.append(jinja2.FileSystemLoader(str(PACKAGED_TEMPLATES / "admin")))
         env = svc.cache["admin_env"] = jinja2.Environment(
             loader=jinja2.ChoiceLoader(loaders), autoescape=True, undefined=jinja2.StrictUndefined)
+        env.filters["localtime"] = _localtime
     return env
 
 
