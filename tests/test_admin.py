@@ -409,7 +409,8 @@ def test_editor_builds_the_draft_and_the_approver_approves_and_schedules(tmp_pat
 def test_approval_of_a_changed_draft_is_refused_with_what_changed(console):
     editor = console.sign_in("editor1")
     write_article(editor, "防災訓練のお知らせ", "https://www.example.lg.jp/bousai")
-    res = post_form(editor, "/admin/editions", "/admin/editions/new", publication=console.site.config.publications[0].slug)
+    slug = console.site.config.publications[0].slug
+    res = post_form(editor, "/admin/editions", "/admin/editions/new", publication=slug)
     page_path = res.headers["location"]
     approver = console.sign_in("approver1")
     seen = approver.get(page_path)
@@ -469,7 +470,8 @@ def stocked(console) -> tuple[Console, dict[str, str]]:
     """An article, a draft edition with it, a subscriber: ids for every route."""
     site = console.site
     site.cli("subscriber", "add", "yamada@example.jp", "--fields", "education")
-    site.cli("article", "add", "--title", "防災の日", "--url", "https://www.example.lg.jp/bousai", "--field", "education")
+    site.cli("article", "add", "--title", "防災の日", "--url", "https://www.example.lg.jp/bousai",
+             "--field", "education")
     site.cli("--as", "editor1", "edition", "create", site.config.publications[0].slug, ok=False)
     with site.engine.connect() as conn:
         from newsletter.store.tables import editions, subscribers
@@ -520,3 +522,98 @@ def test_every_route_checks_the_role_and_the_csrf_token(stocked, role):
                 if not allowed:
                     assert "この操作を行う権限がありません。" in res.text
     assert snapshot(console) == before
+
+
+# -- the operator's room ------------------------------------------------------------------
+
+
+def test_operator_finds_a_failed_delivery_its_reason_and_sends_it_again(tmp_path, storage_url, smtp_server):
+    from tests.test_failures import load_samples, smtp_provider
+
+    console = Console(make_site(tmp_path, storage_url, provider=smtp_provider(smtp_server)))
+    console.add_user("unyo", "operator")
+    site = console.site
+    load_samples(site.cli)
+    smtp_server.reply_to_rcpt("ito.yui@example.com", "550 5.1.1 <ito.yui@example.com>: 宛先がありません")
+    smtp_server.reply_to_rcpt("kato.hiroshi@example.jp", "550 5.7.1 Message refused by policy")
+    assert site.cli("edition", "send", "weekly", ok=False).exit_code == 1
+    smtp_server.clear()
+
+    operator = console.sign_in("unyo")
+    listing = operator.get("/admin/sending")
+    path = re.search(r'href="(/admin/sending/\d+)"', listing.text).group(1)
+    page = operator.get(path)
+    assert page.status_code == 200
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"<tr><td>([^<]+@[^<]+)</td><td>([^<]*)</td>", page.text)}
+    assert rows["kato.hiroshi@example.jp"] == "550 5.7.1 Message refused by policy"
+    assert "宛先がありません" in rows["ito.yui@example.com"]
+    assert "再送しません: bad address (5.1.x)" in page.text and "再送できます" in page.text
+    res = operator.post(f"{path}/retry", data={"csrf": csrf_of(page.text, f"{path}/retry")})
+    assert res.status_code == 303
+    from newsletter.store.tables import deliveries
+
+    with site.engine.connect() as conn:
+        states = dict(conn.execute(select(deliveries.c.email, deliveries.c.status)).all())
+    assert states["kato.hiroshi@example.jp"] == "pending" and states["ito.yui@example.com"] == "failed"
+    audit = operator.get("/admin/audit?actor=unyo&action=retried")
+    assert "1 failed deliveries back to pending" in audit.text
+
+
+def test_operator_stops_mail_to_a_subscriber_with_a_reason_and_exports(tmp_path, storage_url):
+    console = Console(make_site(tmp_path, storage_url))
+    console.add_user("unyo", "operator")
+    site = console.site
+    site.cli("subscriber", "add", "takahashi@example.jp", "--fields", "education", "--name", "高橋 一郎")
+    site.cli("subscriber", "add", "watanabe@example.jp", "--fields", "administration")
+    operator = console.sign_in("unyo")
+    found = operator.get("/admin/subscribers?q=高橋")
+    assert "takahashi@example.jp" in found.text and "watanabe@example.jp" not in found.text
+    assert "watanabe@example.jp" not in operator.get("/admin/subscribers?field=education").text
+    path = re.search(r'href="(/admin/subscribers/\d+)"', found.text).group(1)
+    page = operator.get(path)
+    assert "同意の記録" in page.text
+
+    res = operator.post(f"{path}/suppress", data={"csrf": csrf_of(page.text, f"{path}/suppress"), "reason": " "})
+    assert res.status_code == 400 and 'id="reason-error"' in res.text
+    assert site.subscriber("takahashi@example.jp").status == "active"
+    res = operator.post(f"{path}/suppress", data={"csrf": csrf_of(page.text, f"{path}/suppress"),
+                                                  "reason": "本人から電話で停止の依頼"})
+    assert res.status_code == 303
+    assert site.subscriber("takahashi@example.jp").status == "unsubscribed"
+    last = site.consents("takahashi@example.jp")[-1]
+    assert (last.event, last.source, last.detail) == ("unsubscribed", "console", "by unyo: 本人から電話で停止の依頼")
+    assert "本人から電話で停止の依頼" in operator.get(path).text
+
+    listing = operator.get("/admin/subscribers")
+    res = operator.post("/admin/subscribers/export", data={"csrf": csrf_of(listing.text, "/admin/subscribers/export"),
+                                                           "status": ""})
+    assert res.status_code == 200 and res.content.startswith(b"\xef\xbb\xbf")
+    body = res.content.decode("utf-8-sig")
+    assert body.splitlines()[0].startswith("メールアドレス") and "watanabe@example.jp" in body and "\r\n" in body
+    assert "attachment" in res.headers["content-disposition"]
+    with site.engine.connect() as conn:
+        row = conn.execute(select(audit_log).where(audit_log.c.action == "exported")).one()
+    assert row.actor == "unyo" and row.interface == "console" and row.detail.startswith("2 subscribers")
+
+
+def test_editor_and_approver_never_see_personal_data(console):
+    console.site.cli("subscriber", "add", "secret@example.jp", "--fields", "education")
+    for role in ("editor1", "approver1"):
+        client = console.sign_in(role)
+        assert client.get("/admin/subscribers").status_code == 403
+        home = client.get("/admin/")
+        assert "/admin/subscribers" not in home.text and "secret@example.jp" not in home.text
+
+
+def test_admin_adds_a_user_with_errors_beside_the_field(console):
+    admin = console.sign_in("admin1")
+    page = admin.get("/admin/users")
+    res = admin.post("/admin/users", data={"csrf": csrf_of(page.text, "/admin/users"), "name": "sato",
+                                           "email": "sato@example.jp", "role": "editor", "password": "短い"})
+    assert res.status_code == 400 and 'id="password-error"' in res.text and "at least 10 characters" in res.text
+    assert 'value="sato"' in res.text
+    res = admin.post("/admin/users", data={"csrf": csrf_of(page.text, "/admin/users"), "name": "sato",
+                                           "email": "sato@example.jp", "role": "approver", "password": PASSWORD})
+    assert res.status_code == 303
+    assert "sato\tsato@example.jp\tapprover\tactive" in console.site.cli("user", "list").output
+    console.sign_in("sato")
