@@ -69,9 +69,10 @@ async def _page(request: Request, session: Session, row, *, error: str = "", sta
 
     counts, failed, rate, eta = await run_in_threadpool(load)
     base = f"/admin/sending/{row.id}"
-    tz = svc.config.publication(row.publication).tz if any(
-        p.slug == row.publication for p in svc.config.publications) else None
+    pub = next((p for p in svc.config.publications if p.slug == row.publication), None)
+    tz = pub.tz if pub else None
     return render(request, "sending_edition.html.j2", session=session, status=status, row=row, counts=counts,
+                  title=pub.title if pub else row.publication,
                   failed=failed, rate=rate, eta=eta, tz=tz, error=error, done=request.query_params.get("done", ""),
                   retryable=sum(1 for f in failed if f["why_not"] is None),
                   forms={n: f"{base}/{n}" for n in ("pause", "resume", "cancel", "retry")})
