@@ -57,6 +57,7 @@ class Pages:
         assert result == [], f"{name}: {json.dumps(result, ensure_ascii=False, indent=1)}"
         for width, label in ((1280, "desktop"), (390, "phone")):
             page.set_viewport_size({"width": width, "height": 900})
+            page.wait_for_load_state("networkidle")  # the preview frames reload at a new width
             page.screenshot(path=str(SHOTS / f"{name}-{label}.png"), full_page=True)
         page.set_viewport_size({"width": 1280, "height": 900})
         self.seen.append(name)
