@@ -617,3 +617,38 @@ def test_admin_adds_a_user_with_errors_beside_the_field(console):
     assert res.status_code == 303
     assert "sato\tsato@example.jp\tapprover\tactive" in console.site.cli("user", "list").output
     console.sign_in("sato")
+
+
+def test_ids_past_the_integer_column_are_404_not_500(stocked):
+    console, ids = stocked
+    client = console.sign_in("admin1")
+    for path in ("/admin/articles/99999999999999999999", "/admin/editions/4294967296",
+                 "/admin/subscribers/0", "/admin/sending/2147483648", "/admin/editions/123456/preview?v=x"):
+        assert client.get(path).status_code == 404, path
+    assert client.get("/admin/users/no-such-user/disable").status_code == 405
+
+
+# -- property: whatever text an editor types, the form answers with a page, never a 500 --
+
+
+def test_any_article_text_saves_or_is_refused_beside_its_field(console):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    client = console.sign_in("editor1")
+    page = client.get("/admin/articles/new")
+    token = csrf_of(page.text, "/admin/articles/new")
+    text = st.text(st.characters(codec="utf-8"), max_size=80)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(title=text, summary=text, body=text, priority=st.one_of(text, st.integers().map(str)),
+           publish_at=text)
+    def check(title, summary, body, priority, publish_at):
+        res = client.post("/admin/articles/new", data={
+            "csrf": token, "title": title, "url": "https://www.example.lg.jp/p", "summary": summary, "body": body,
+            "priority": priority, "publish_at": publish_at, "fields": ["education"]})
+        assert res.status_code in (303, 400), res.status_code
+        if res.status_code == 400:
+            assert re.search(r'<p class="error" id="[a-z_]+-error">', res.text) or 'class="error-summary"' in res.text
+
+    check()

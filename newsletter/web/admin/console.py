@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ..app import Service
     from .auth import Session
 
+MAX_ID = 2**31 - 1  # row ids are 32-bit INTEGER columns on PostgreSQL
 LOGIN = "/admin/login"
 LOGOUT = "/admin/logout"
 
@@ -462,6 +463,9 @@ def room(what: str | None) -> Callable[[Handler], Callable[[Request], Awaitable[
             t = words(svc.lang)
             if what is not None and not session.actor.may(what):
                 raise HTTPException(403, t["forbidden"])
+            row_id = request.path_params.get("id")
+            if row_id is not None and not 0 < row_id <= MAX_ID:
+                raise HTTPException(404)  # no such row, and past what the database's INTEGER holds
             form = None
             if request.method == "POST":
                 form = await read_form(request)
