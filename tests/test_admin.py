@@ -433,7 +433,8 @@ PERMISSION = {
     "/editions/{id:int}/move": "edit", "/editions/{id:int}/test": "edit", "/editions/{id:int}/cancel": "edit",
     "/editions/{id:int}/approve": "approve", "/editions/{id:int}/unapprove": "approve",
     "/editions/{id:int}/schedule": "operate", "/editions/{id:int}/unschedule": "operate",
-    "/subscribers": "subscribers", "/subscribers/export": "subscribers", "/subscribers/{id:int}": "subscribers",
+    "/subscribers": "subscribers", "/subscribers/export": "subscribers", "/subscribers/import": "subscribers",
+    "/subscribers/import/commit": "subscribers", "/subscribers/{id:int}": "subscribers",
     "/subscribers/{id:int}/suppress": "subscribers",
     "/sending": "operate", "/sending/{id:int}": "operate", "/sending/{id:int}/pause": "operate",
     "/sending/{id:int}/resume": "operate", "/sending/{id:int}/cancel": "operate", "/sending/{id:int}/retry": "operate",
@@ -652,3 +653,37 @@ def test_any_article_text_saves_or_is_refused_beside_its_field(console):
             assert re.search(r'<p class="error" id="[a-z_]+-error">', res.text) or 'class="error-summary"' in res.text
 
     check()
+
+
+def test_operator_imports_a_csv_after_a_dry_run_report(console):
+    site = console.site
+    operator = console.sign_in("operator1")
+    page = operator.get("/admin/subscribers/import")
+    csv = ("メールアドレス,名前,分野\r\n"
+           "ito@example.jp,伊藤 さくら,教育\r\n"
+           "not-an-address,誰か,教育\r\n"
+           "ＮＡＫＡＭＵＲＡ@example.jp,中村 健,行政\r\n").encode()
+    res = operator.post("/admin/subscribers/import", data={"csrf": csrf_of(page.text, "/admin/subscribers/import")},
+                        files={"file": ("../../etc/会員名簿.csv", csv, "text/csv")})
+    assert res.status_code == 200, res.text
+    assert "3 行: 新規 2 人、更新 0 人、エラー 1 行" in res.text
+    assert "会員名簿.csv:3" in res.text and "etc/" not in res.text  # the user's name, shown only
+    assert site.subscriber("ito@example.jp") is None  # a dry run writes nothing
+    uploads = list((site.folder / "var" / "console-uploads").iterdir())
+    assert len(uploads) == 1 and re.fullmatch(r"[A-Za-z0-9_-]{32}\.csv", uploads[0].name)
+
+    token = re.search(r'name="upload" value="([^"]+)"', res.text).group(1)
+    commit_csrf = csrf_of(res.text, "/admin/subscribers/import/commit")
+    res = operator.post("/admin/subscribers/import/commit", data={
+        "csrf": commit_csrf, "upload": token, "name": "会員名簿.csv"})
+    assert res.status_code == 200 and "取り込みました: 新規 2 人" in res.text
+    assert site.subscriber("ito@example.jp").status == "active"
+    assert site.subscriber("nakamura@example.jp").name == "中村 健"
+    assert not list((site.folder / "var" / "console-uploads").iterdir())
+    with site.engine.connect() as conn:
+        row = conn.execute(select(audit_log).where(audit_log.c.action == "imported")).one()
+    assert row.actor == "operator1" and row.detail.startswith("会員名簿.csv: 2 new")
+    # The same token again, or one that is not ours: nothing to import, nothing read.
+    for bad in (token, "../../config", "x" * 32):
+        res = operator.post("/admin/subscribers/import/commit", data={"csrf": commit_csrf, "upload": bad})
+        assert res.status_code == 400 and "確認したファイルが見つかりません" in res.text

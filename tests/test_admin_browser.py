@@ -163,6 +163,16 @@ def test_the_week_of_a_magazine_in_the_console(tmp_path, smtp_server):
             page.get_by_role("link", name="kato.hiroshi@example.jp").click()
             page.wait_for_selector("text=同意の記録")
             pages.check("10-subscriber")
+            page.goto(f"{base}/admin/subscribers/import")
+            page.get_by_label("CSV ファイル").set_input_files(files=[{
+                "name": "新規登録.csv", "mimeType": "text/csv",
+                "buffer": "メールアドレス,名前,分野\r\nkimura@example.jp,木村 愛,教育\r\nbad,x,教育\r\n".encode()}])
+            page.get_by_role("button", name="内容を確認する").click()
+            page.wait_for_selector("text=確認の結果")
+            pages.check("10b-subscribers-import")
+            page.get_by_role("button", name="取り込む").click()
+            page.wait_for_selector("text=取り込みました: 新規 1 人")
+            assert live.subscriber("kimura@example.jp").status == "active"
             page.goto(f"{base}/admin/audit")
             pages.check("11-audit")
             sign_out(page)
@@ -172,4 +182,4 @@ def test_the_week_of_a_magazine_in_the_console(tmp_path, smtp_server):
             pages.check("12-users")
         finally:
             browser.close()
-    assert len(pages.seen) == 12
+    assert len(pages.seen) == 13

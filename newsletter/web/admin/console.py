@@ -159,6 +159,20 @@ JA: dict[str, str] = {
     "done_schedule": "予約しました。",
     "done_unschedule": "予約を取り消しました。",
     "done_cancel": "この号を破棄しました。",
+    "err_upload": "ファイルを読み取れませんでした。CSV ファイルを選んで、もう一度送信してください。",
+    "import_title": "購読者の取り込み（CSV）",
+    "import_file": "CSV ファイル",
+    "import_hint": "まず内容を確認します（まだ何も登録されません）。列: メールアドレス、名前、分野、形式。",
+    "import_check": "内容を確認する",
+    "import_report": "確認の結果",
+    "import_counts": "{rows} 行: 新規 {created} 人、更新 {updated} 人、エラー {rejected} 行",
+    "import_problems": "取り込めない行",
+    "import_warnings": "注意",
+    "import_commit": "取り込む",
+    "import_commit_hint": "エラーの行は取り込まれません。",
+    "import_done": "取り込みました: 新規 {created} 人、更新 {updated} 人。",
+    "import_expired": "確認したファイルが見つかりません。もう一度ファイルを選んでください。",
+    "import_link": "CSV から取り込む",
     "sending_title": "配信状況",
     "col_edition": "号", "col_sent": "送信済み", "col_pending": "送信待ち", "col_failed": "失敗",
     "col_skipped": "対象外", "col_cancelled": "取り消し",
@@ -333,6 +347,20 @@ EN: dict[str, str] = {
     "done_schedule": "Scheduled.",
     "done_unschedule": "Unscheduled.",
     "done_cancel": "Edition discarded.",
+    "err_upload": "The file could not be read. Choose a CSV file and send it again.",
+    "import_title": "Import subscribers (CSV)",
+    "import_file": "CSV file",
+    "import_hint": "First the file is checked (nothing is written yet). Columns: email, name, fields, format.",
+    "import_check": "Check the file",
+    "import_report": "Check result",
+    "import_counts": "{rows} rows: {created} new, {updated} updated, {rejected} with errors",
+    "import_problems": "Rows that cannot be imported",
+    "import_warnings": "Warnings",
+    "import_commit": "Import",
+    "import_commit_hint": "Rows with errors are left out.",
+    "import_done": "Imported: {created} new, {updated} updated.",
+    "import_expired": "The checked file is gone. Choose the file again.",
+    "import_link": "Import from CSV",
     "sending_title": "Sending",
     "col_edition": "Edition", "col_sent": "Sent", "col_pending": "Pending", "col_failed": "Failed",
     "col_skipped": "Skipped", "col_cancelled": "Cancelled",
@@ -449,9 +477,10 @@ def render(request: Request, template: str, *, session: Session | None, forms: d
 Handler = Callable[[Request, "Session", FormData | None], Awaitable[Response]]
 
 
-def room(what: str | None) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+def room(what: str | None, *, upload: bool = False) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
     """The guard of a console route: a live session, the role (``users.CAN[what]``;
-    None: any signed-in user), and on POST the form and its CSRF token."""
+    None: any signed-in user), and on POST the form and its CSRF token
+    (``upload``: the form may carry one file; the body limit of ``[web]`` applies)."""
     from . import auth
 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -468,7 +497,7 @@ def room(what: str | None) -> Callable[[Handler], Callable[[Request], Awaitable[
                 raise HTTPException(404)  # no such row, and past what the database's INTEGER holds
             form = None
             if request.method == "POST":
-                form = await read_form(request)
+                form = await (_read_upload(request, t) if upload else read_form(request))
                 svc.csrf.check(request, form.get(CSRF_FIELD), request.url.path, t["err_csrf"])
             return await handler(request, session, form)
 
@@ -477,6 +506,20 @@ def room(what: str | None) -> Callable[[Handler], Callable[[Request], Awaitable[
         return endpoint
 
     return wrap
+
+
+async def _read_upload(request: Request, t: dict[str, str]) -> FormData:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise HTTPException(415)
+    try:
+        return await request.form(max_files=1, max_fields=10)
+    except HTTPException as exc:
+        if exc.status_code == 413:
+            raise
+        raise HTTPException(400, t["err_upload"]) from None
+    except (ValueError, UnicodeDecodeError, KeyError):
+        raise HTTPException(400, t["err_upload"]) from None
 
 
 def text(form: FormData | None, name: str) -> str:

@@ -7,22 +7,29 @@ with the operator's reason, pending deliveries cancelled).  The export is
 :func:`subscribers.export_csv` (Japanese headers, BOM, CRLF), written to a
 temporary file of our own naming and streamed back; every export is an audit
 row.
+CSV import by upload is :func:`subscribers.import_csv`: a dry run first (the
+per-row report), then 取り込む.  The upload is kept under a random name in
+``var/console-uploads/`` (never the user's file name) until then, and is at most
+``[web] max_body_bytes`` (the body limit of every form).
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
 from ... import subscribers as subs
+from ...errors import InputError
 from ...store import audit as audit_q
 from ...store import subscribers as q
 from .console import render, room, text, words
@@ -134,3 +141,92 @@ async def export(request: Request, session: Session, form: FormData | None) -> R
     stamp = svc.clock().astimezone().strftime("%Y%m%d-%H%M")
     return FileResponse(path, media_type="text/csv; charset=utf-8", filename=f"subscribers-{stamp}.csv",
                         background=BackgroundTask(path.unlink, missing_ok=True))
+
+
+# -- CSV import by upload: a dry run first, then 取り込む --------------------------------
+
+_UPLOAD_RE = re.compile(r"^[A-Za-z0-9_-]{32}$")
+
+
+def _uploads(svc: Service) -> Path:
+    """Where uploaded files wait between the dry run and 取り込む: the project's
+    ``var/console-uploads``, named by a random token (never by the user)."""
+    folder = svc.config.base_dir / "var" / "console-uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _shown(report: subs.ImportReport, stored: str, name: str) -> dict:
+    def fix(lines):
+        return [line.replace(stored, name) for line in lines]
+
+    return {"rows": report.rows, "created": report.created, "updated": report.updated,
+            "rejected": report.rejected, "problems": fix(report.problems)[:200],
+            "warnings": fix(report.warnings + report.normalised)[:200]}
+
+
+def _display_name(value: str) -> str:
+    name = Path(value.replace("\\", "/")).name
+    return "".join(c for c in name if c.isprintable())[:100] or "upload.csv"
+
+
+@room("subscribers")
+async def import_page(request: Request, session: Session, form: FormData | None) -> Response:
+    return render(request, "subscribers_import.html.j2", session=session, report=None, error="", token="",
+                  name="", done=None, forms={"check": "/admin/subscribers/import"})
+
+
+@room("subscribers", upload=True)
+async def import_check(request: Request, session: Session, form: FormData | None) -> Response:
+    svc = _svc(request)
+    t = words(svc.lang)
+    upload = form.get("file") if form is not None else None
+    forms = {"check": "/admin/subscribers/import", "commit": "/admin/subscribers/import/commit"}
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        return render(request, "subscribers_import.html.j2", session=session, report=None, status=400,
+                      error=t["err_upload"], token="", name="", done=None, forms=forms)
+    token = secrets.token_urlsafe(24)
+    path = _uploads(svc) / f"{token}.csv"
+    data = await upload.read()
+    path.write_bytes(data)
+    name = _display_name(upload.filename)
+    try:
+        report = await run_in_threadpool(subs.import_csv, svc.engine, svc.config, path, dry_run=True)
+    except InputError as exc:
+        path.unlink(missing_ok=True)
+        return render(request, "subscribers_import.html.j2", session=session, report=None, status=400,
+                      error=str(exc).replace(path.name, name), token="", name=name, done=None, forms=forms)
+    return render(request, "subscribers_import.html.j2", session=session, report=_shown(report, path.name, name),
+                  error="", token=token, name=name, done=None, forms=forms)
+
+
+@room("subscribers")
+async def import_commit(request: Request, session: Session, form: FormData | None) -> Response:
+    svc = _svc(request)
+    t = words(svc.lang)
+    token = text(form, "upload")
+    name = _display_name(text(form, "name"))
+    forms = {"check": "/admin/subscribers/import"}
+    path = _uploads(svc) / f"{token}.csv" if _UPLOAD_RE.match(token) else None
+    if path is None or not path.is_file():
+        return render(request, "subscribers_import.html.j2", session=session, report=None, status=400,
+                      error=t["import_expired"], token="", name="", done=None, forms=forms)
+
+    def run():
+        try:
+            report = subs.import_csv(svc.engine, svc.config, path)
+        finally:
+            path.unlink(missing_ok=True)
+        with svc.engine.begin() as conn:
+            audit_q.add(conn, at=svc.clock(), actor=session.actor.name, interface="console", action="imported",
+                        detail=f"{name}: {report.created} new, {report.updated} updated, "
+                               f"{report.rejected} rows refused")
+        return report
+
+    try:
+        report = await run_in_threadpool(run)
+    except InputError as exc:
+        return render(request, "subscribers_import.html.j2", session=session, report=None, status=400,
+                      error=str(exc).replace(path.name, name), token="", name="", done=None, forms=forms)
+    return render(request, "subscribers_import.html.j2", session=session, report=_shown(report, path.name, name),
+                  error="", token="", name=name, done=True, forms=forms)
