@@ -9,7 +9,8 @@ temporary file of our own naming and streamed back; every export is an audit
 row.
 CSV import by upload is :func:`subscribers.import_csv`: a dry run first (the
 per-row report), then 取り込む.  The upload is kept under a random name in
-``var/console-uploads/`` (never the user's file name) until then, and is at most
+``var/console-uploads/`` (never the user's file name) until then (a day at
+most), and is at most
 ``[web] max_body_bytes`` (the body limit of every form).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import re
 import secrets
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -145,6 +147,7 @@ async def export(request: Request, session: Session, form: FormData | None) -> R
 
 # -- CSV import by upload: a dry run first, then 取り込む --------------------------------
 
+UPLOAD_KEPT_SECONDS = 24 * 3600
 _UPLOAD_RE = re.compile(r"^[A-Za-z0-9_-]{32}$")
 
 
@@ -153,6 +156,10 @@ def _uploads(svc: Service) -> Path:
     ``var/console-uploads``, named by a random token (never by the user)."""
     folder = svc.config.base_dir / "var" / "console-uploads"
     folder.mkdir(parents=True, exist_ok=True)
+    stale = time.time() - UPLOAD_KEPT_SECONDS
+    for old in folder.glob("*.csv"):  # checked but never imported
+        if old.stat().st_mtime < stale:
+            old.unlink(missing_ok=True)
     return folder
 
 
