@@ -329,6 +329,68 @@ def import_items(
     return report
 
 
+# --- one article at a time (the CLI's article add/edit/withdraw and the console call these)
+
+EDITABLE = ("title", "url", "summary", "body", "body_format", "author", "priority", "pinned", "guid", "status",
+            "source")
+
+
+def add(engine: Engine, config: Config, raw: Mapping[str, Any]) -> tuple[str, int, dict[str, Any]]:
+    """Validate and save one item: (created|updated|unchanged, id, values); ValueError
+    naming the problem, nothing written."""
+    values = validate(raw, config)
+    with engine.begin() as conn:
+        action, article_id = save(conn, values)
+    return action, article_id, values
+
+
+def edit(engine: Engine, config: Config, article_id: int, change: Mapping[str, Any],
+         actor: Any) -> tuple[list[str], list[str]]:
+    """Change an article not yet published: ``change`` holds raw values by key (as
+    :func:`validate` reads them; ``publish_at`` None clears the embargo).  Unsent
+    editions carrying it follow (an approved one goes back to draft).  Returns
+    (changed keys, lines about the editions touched); ValueError for a bad value,
+    InputError when the article cannot be edited; nothing written then."""
+    from .editions.state import articles_changed
+
+    with engine.begin() as conn:
+        row = q.get(conn, article_id)
+        if row is None:
+            raise InputError(f"article {article_id}: no such article")
+        if row.status in ("published", "withdrawn"):
+            raise InputError(f"article {article_id}: is {row.status}; it can no longer be edited")
+        raw: dict[str, Any] = {k: getattr(row, k) for k in EDITABLE}
+        raw["fields"] = row.fields.split(",")
+        raw["publish_at"] = row.publish_at
+        raw.update(change)
+        values = validate(raw, config)
+        changes = {k: v for k, v in values.items() if getattr(row, k) != v}
+        if changes.get("url") and q.find_existing(conn, guid=None, url=changes["url"]):
+            raise InputError(f"article {article_id}: another article already has url {changes['url']}")
+        touched: list[str] = []
+        if changes:
+            q.update_article(conn, article_id, changes)
+            touched = articles_changed(conn, config, [article_id], actor,
+                                       f"article {article_id} edited ({', '.join(sorted(changes))})")
+    return sorted(changes), touched
+
+
+def withdraw(engine: Engine, config: Config, article_id: int, actor: Any) -> tuple[str, list[str]]:
+    """Take an article out of the queue (it stays in editions already sent): (the
+    status it had, lines about the unsent editions that dropped it)."""
+    from .editions.state import articles_changed
+
+    with engine.begin() as conn:
+        row = q.get(conn, article_id)
+        if row is None:
+            raise InputError(f"article {article_id}: no such article")
+        touched: list[str] = []
+        if row.status != "withdrawn":
+            q.update_article(conn, article_id, {"status": "withdrawn"})
+            touched = articles_changed(conn, config, [article_id], actor, f"article {article_id} withdrawn")
+    return row.status, touched
+
+
 # --- readers: each yields (where, raw item) and raises InputError for a whole-file problem
 
 

@@ -19,6 +19,8 @@ Rules kept here:
   parameters is re-hashed on the next successful check.  A password never comes
   from the command line (argv is visible to every user of the machine): the CLI
   reads it from a prompt or stdin.
+- Console sessions (web/admin/auth.py) are rows; :func:`logout_all` deletes a
+  user's rows, and disabling a user does too.
 - A disabled user keeps their row (the audit log names them) but cannot act or
   log in.
 """
@@ -35,6 +37,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from .errors import InputError
+from .store import sessions as sessions_q
 from .store import users as q
 from .store.tables import utcnow
 from .subscribers import normalize_email
@@ -44,6 +47,10 @@ CAN: dict[str, frozenset[str]] = {
     "edit": frozenset({"editor", "approver", "admin"}),
     "approve": frozenset({"approver", "admin"}),
     "operate": frozenset({"operator", "approver", "admin"}),
+    # The console's rooms beyond editions: personal data only for operators and admins.
+    "subscribers": frozenset({"operator", "admin"}),
+    "audit": frozenset({"operator", "approver", "admin"}),
+    "users": frozenset({"admin"}),
 }
 INTERFACES = ("cli", "daemon", "console")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -122,7 +129,16 @@ def disable(engine: Engine, name: str) -> bool:
         if row.disabled:
             return False
         q.change(conn, name, {"disabled": True}, utcnow())
+        sessions_q.delete_for_user(conn, name)
     return True
+
+
+def logout_all(engine: Engine, name: str) -> int:
+    """Ends every console session of user ``name``; how many there were."""
+    with engine.begin() as conn:
+        if q.get(conn, name) is None:
+            raise InputError(f"user {name}: no such user")
+        return sessions_q.delete_for_user(conn, name)
 
 
 def verify_password(engine: Engine, name: str, password: str) -> bool:

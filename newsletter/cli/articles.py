@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from .. import articles as arts
-from ..editions import state
 from ..errors import InputError
 from ..store import articles as q
 from . import App, main, pass_app
@@ -167,45 +166,26 @@ def article_edit(
 ):
     """Change an article that has not been published yet (an unsent edition carrying it
     is updated; an approved one goes back to draft)."""
-    actor = app.actor
-    touched: list[str] = []
-    with app.engine.begin() as conn:
-        row = _get(app, conn, article_id)
-        if row.status in ("published", "withdrawn"):
-            raise InputError(f"article {article_id}: is {row.status}; it can no longer be edited")
-        raw = {
-            k: getattr(row, k)
-            for k in ("title", "url", "summary", "body", "body_format", "author", "priority", "pinned", "guid",
-                      "status", "source")
-        }
-        raw["fields"] = row.fields.split(",")
-        raw["publish_at"] = row.publish_at
-        for key, value in (("title", title), ("url", url), ("summary", summary), ("author", author),
-                           ("priority", priority), ("pinned", pin), ("status", status)):
-            if value is not None:
-                raw[key] = value
-        if fields:
-            raw["fields"] = list(fields)
-        if publish_at is not None:
-            raw["publish_at"] = None if publish_at.lower() == "none" else publish_at
-        if body_file:
-            try:
-                raw["body"] = body_file.read_text(encoding="utf-8-sig")
-            except (FileNotFoundError, UnicodeDecodeError) as exc:
-                raise InputError(f"{body_file}: cannot read ({exc.__class__.__name__})") from None
-            raw["body_format"] = "html" if body_file.suffix.lower() in (".html", ".htm") else "markdown"
+    change: dict = {}
+    for key, value in (("title", title), ("url", url), ("summary", summary), ("author", author),
+                       ("priority", priority), ("pinned", pin), ("status", status)):
+        if value is not None:
+            change[key] = value
+    if fields:
+        change["fields"] = list(fields)
+    if publish_at is not None:
+        change["publish_at"] = None if publish_at.lower() == "none" else publish_at
+    if body_file:
         try:
-            values = arts.validate(raw, app.config)
-        except ValueError as exc:
-            _fail_on(f"article {article_id}", exc)
-        changes = {k: v for k, v in values.items() if getattr(row, k) != v}
-        if changes.get("url") and q.find_existing(conn, guid=None, url=changes["url"]):
-            raise InputError(f"article {article_id}: another article already has url {changes['url']}")
-        if changes:
-            q.update_article(conn, article_id, changes)
-            touched = state.articles_changed(conn, app.config, [article_id], actor,
-                                             f"article {article_id} edited ({', '.join(sorted(changes))})")
-    click.echo(f"article {article_id}: " + (", ".join(sorted(changes)) + " changed" if changes else "nothing changed"))
+            change["body"] = body_file.read_text(encoding="utf-8-sig")
+        except (FileNotFoundError, UnicodeDecodeError) as exc:
+            raise InputError(f"{body_file}: cannot read ({exc.__class__.__name__})") from None
+        change["body_format"] = "html" if body_file.suffix.lower() in (".html", ".htm") else "markdown"
+    try:
+        changes, touched = arts.edit(app.engine, app.config, article_id, change, app.actor)
+    except ValueError as exc:
+        _fail_on(f"article {article_id}", exc)
+    click.echo(f"article {article_id}: " + (", ".join(changes) + " changed" if changes else "nothing changed"))
     for line in touched:
         click.echo(f"  {line}")
 
@@ -215,13 +195,7 @@ def article_edit(
 @pass_app
 def article_withdraw(app: App, article_id):
     """Take an article out of the queue (it stays in editions already sent)."""
-    actor = app.actor
-    touched: list[str] = []
-    with app.engine.begin() as conn:
-        row = _get(app, conn, article_id)
-        if row.status != "withdrawn":
-            q.update_article(conn, article_id, {"status": "withdrawn"})
-            touched = state.articles_changed(conn, app.config, [article_id], actor, f"article {article_id} withdrawn")
-    click.echo(f"article {article_id}: withdrawn (was {row.status})")
+    was, touched = arts.withdraw(app.engine, app.config, article_id, app.actor)
+    click.echo(f"article {article_id}: withdrawn (was {was})")
     for line in touched:
         click.echo(f"  {line}")

@@ -94,6 +94,8 @@ def demo(app: App, publication):
         click.echo(f"outbox:      {outbox}  (one .eml file per mail; open one in any mail client)")
     click.echo(f"preview:     newsletter edition preview {pub.slug} --edition {row.number} --format text")
     click.echo(f"status:      newsletter edition status {row.number}")
+    click.echo("console:     http://127.0.0.1:8000/admin/  (newsletter serve; first admin: "
+               "newsletter user add NAME --email ADDR --role admin)")
     if report_failures(result, row.number):
         raise SystemExit(1)
 

@@ -9,10 +9,9 @@ import click
 
 from .. import publish
 from ..config import load_notice
-from ..delivery import Variants, deliver, edition_eta, sending_for
-from ..editions import state
+from ..delivery import deliver, edition_eta
+from ..editions import preview, state
 from ..editions.assemble import VariantKey
-from ..editions.compose import Recipient, compose
 from ..errors import InputError
 from ..providers import open_provider
 from ..store import editions as q
@@ -262,16 +261,7 @@ def _test_send(app: App, publication, number, address, fields, fmt):
     slug = content["publication"]["slug"]
     pub = app.config.publication(slug)
     key = _variant(app, pub, fields, fmt)
-    # content["test"]: 【テスト】 in the subject and a banner in both parts (render.py).
-    rendered = Variants(app.config, {**content, "test": True}, when).get(key)
-    fake = row or type("E", (), {"id": 0, "publication": slug, "created_at": when})()
-    message = compose(rendered, Recipient(0, 0, address, ""), sending_for(app.config, fake),
-                      charset=key.charset, now=utcnow())
-    provider = _provider(app)
-    try:
-        [result] = provider.send([message])
-    finally:
-        provider.close()
+    result = preview.test_send(app.config, content, when, row, key, address)  # opens and closes its provider
     click.echo(f"test message to {address}: {result.status} {result.reply}".rstrip())
     if result.status != "accepted":
         raise SystemExit(1)
@@ -489,7 +479,8 @@ def edition_preview(app: App, publication, number, fields, fmt, out, charset):
                       if row.status == "draft" else ""), err=True)
     if charset:
         key = VariantKey(key.fields, key.format, charset)
-    rendered = Variants(app.config, content, when).get(key)
+    shown = preview.sample(app.config, content, when, key)
+    rendered = shown.rendered
     if key.charset == "iso-2022-jp":
         from ..japanese import describe, unmappable
 
@@ -499,13 +490,7 @@ def edition_preview(app: App, publication, number, fields, fmt, out, charset):
         if rest:
             click.echo(f"not in ISO-2022-JP (these mails go out as UTF-8): "
                        f"{' '.join(f'{c} (U+{ord(c):04X})' for c in rest)}", err=True)
-    from ..links import fill, greeting
-
-    base = app.config.site.base_url
-    sample = rendered.placeholders.values(greeting("山田 太郎" if content["language"] == "ja" else "Taro Yamada",
-                                                   content["language"]),
-                                          f"{base}/unsubscribe/PREVIEW", f"{base}/preferences/PREVIEW")
-    body = fill(rendered.html, sample, escape=True) if fmt == "html" else fill(rendered.text, sample)
+    body = shown.html if fmt == "html" else shown.text
     if out:
         out.write_text(body, encoding="utf-8")
         click.echo(f"Subject: {rendered.subject}")

@@ -17,7 +17,7 @@ from . import App, main, pass_app
 
 @main.group()
 def user() -> None:
-    """Users: add, list, disable, passwd."""
+    """Users: add, list, disable, passwd, logout-all."""
 
 
 def _read_password(prompt: bool) -> str:
@@ -71,3 +71,12 @@ def user_passwd(app: App, name):
     """Set the password of user NAME (prompt, or one line of stdin)."""
     users.set_password(app.engine, name, _read_password(False))
     click.echo(f"password of {name} changed")
+
+
+@user.command("logout-all")
+@click.argument("name")
+@pass_app
+def user_logout_all(app: App, name):
+    """End every console session of user NAME (a lost laptop, a changed role)."""
+    count = users.logout_all(app.engine, name)
+    click.echo(f"user {name}: {count} console session(s) ended")

@@ -20,3 +20,18 @@ def for_edition(conn: Connection, edition_id: int) -> list[Row]:
     return list(conn.execute(
         select(audit_log).where(audit_log.c.edition_id == edition_id).order_by(audit_log.c.at, audit_log.c.id)
     ))
+
+
+def search(conn: Connection, *, actor: str | None = None, action: str | None = None, interface: str | None = None,
+           publication: str | None = None, limit: int = 500) -> list[Row]:
+    """The newest rows first, filtered by exact actor/interface/publication and by a part of the action."""
+    q = select(audit_log)
+    if actor:
+        q = q.where(audit_log.c.actor == actor)
+    if action:
+        q = q.where(audit_log.c.action.contains(action, autoescape=True))
+    if interface:
+        q = q.where(audit_log.c.interface == interface)
+    if publication:
+        q = q.where(audit_log.c.publication == publication)
+    return list(conn.execute(q.order_by(audit_log.c.at.desc(), audit_log.c.id.desc()).limit(limit)))

@@ -375,3 +375,17 @@ stats_counts = Table(
     Column("readers", Integer, nullable=False),           # distinct readers among those events
     Index("ix_stats_counts_edition_id", "edition_id"),
 )
+
+# --- The console (issue 14): server-side sessions -------------------------------
+
+# One row per signed-in browser, keyed by the sha256 of the cookie's token.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_name", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("ip", String(64), nullable=True),
+    Index("ix_console_sessions_user_name", "user_name"),
+)

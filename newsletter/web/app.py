@@ -21,12 +21,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from ..config import PACKAGED_TEMPLATES, Config
 from ..store.tables import utcnow
 from ..tokens import signing_keys
-from . import archive, pages, tracking, webhooks
+from . import admin, archive, pages, tracking, webhooks
 from .messages import table
 from .security import CSRF, AccessLog, BodyLimit, ClientInfo, SecurityHeaders, default_headers
 
@@ -161,6 +161,7 @@ def create_app(config: Config, engine: Engine | None = None, *, clock: Callable[
         Route("/archive/{publication}/{number:int}/", archive.edition, methods=["GET"]),
         Route("/webhooks/{provider}", webhooks.receive, methods=["POST"]),
         *tracking.routes(),  # /r/ and /o/: reading statistics (issue 15)
+        Mount("/admin", routes=admin.routes()),  # the console (web/admin/)
     ]
     middleware = [
         Middleware(AccessLog),
