@@ -8,7 +8,8 @@ Threads:
   re-reads config.toml when its mtime changed and ticks every publication (so a
   CLI action from another process — ``schedule pause/resume/run-now`` — is seen);
 - ``delivery``: sends every edition that has due work (``store.schedules.due_editions``),
-  one at a time, through :func:`newsletter.delivery.deliver`, then sleeps until
+  one at a time (several due: FAIR_SLICE seconds each, in turn), through
+  :func:`newsletter.delivery.deliver`, then sleeps until
   woken (a new edition) or ``poll`` seconds pass.  ``edition pause/cancel`` reach
   a running send through ``deliver``'s own status check (every second); a resumed
   edition is picked up on the next poll.
@@ -66,6 +67,7 @@ from .workers import Registry, SchedulerLease, heartbeat_every
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 10.0  # seconds between progress lines of a running send
+FAIR_SLICE = 10.0  # seconds one edition sends before the next sending edition's turn
 RETRY_AFTER_ERROR = timedelta(seconds=60)
 
 
@@ -104,6 +106,8 @@ class Daemon:
         self.registry = Registry(self.engine, role, self.config.delivery.lease_seconds, started_at=self.started_at)
         self.scheduler = SchedulerLease(self.engine, self.registry.id, self.config.delivery.lease_seconds)
         self._next_beat = float("-inf")
+        self.fair_slice = FAIR_SLICE
+        self._last_served = 0
 
     # -- config and schedule ---------------------------------------------------------
 
@@ -197,16 +201,24 @@ class Daemon:
         with self.engine.connect() as conn:
             due = store.due_editions(conn, now)
         busy = False
+        # Fair sharing: with several editions due, each gets FAIR_SLICE seconds in turn
+        # (round-robin, starting after the one served last) instead of the first one
+        # starving the others until it is done.
+        slice_seconds = self.fair_slice if len(due) > 1 else None
+        if len(due) > 1:
+            later = [i for i in due if i > self._last_served]
+            due = later + [i for i in due if i <= self._last_served]
         for edition_id in due:
             if self.stop.is_set() or self._run_stop.is_set():
                 break
             not_before = self._not_before.get(edition_id)
             if not_before is not None and not_before > now:
                 continue
-            busy = self.deliver_one(edition_id) or busy
+            self._last_served = edition_id
+            busy = self.deliver_one(edition_id, slice_seconds) or busy
         return busy
 
-    def deliver_one(self, edition_id: int) -> bool:
+    def deliver_one(self, edition_id: int, slice_seconds: float | None = None) -> bool:
         config = self.config
         with self.engine.connect() as conn:
             row = edition_q.get_edition(conn, edition_id)
@@ -231,7 +243,7 @@ class Daemon:
 
         try:
             report = deliver(self.engine, config, edition_id, stop=self._run_stop, clock=self.clock,
-                             on_batch=on_batch, shared=True)
+                             on_batch=on_batch, shared=True, slice_seconds=slice_seconds)
         except ConfigError as exc:
             log.error("%s: %s; trying again in a minute", label, exc, extra={"event": "delivery.error", **fields})
             self._not_before[edition_id] = self.clock() + RETRY_AFTER_ERROR
@@ -257,6 +269,8 @@ class Daemon:
             self._not_before[edition_id] = report.waiting_until
         elif self.stop.is_set():
             how, event = "stopped (daemon stopping)", "delivery.stopped"
+        elif slice_seconds and counts["pending"]:
+            how, event = "turn over (another edition is sending too)", "delivery.turn"
         elif counts["pending"] and retry:
             how, event = f"{counts['pending']} waiting to retry from {retry.isoformat()}", "delivery.deferred"
         else:

@@ -288,6 +288,7 @@ class DeliveryRun:
         batch_size: int | None = None,
         on_batch: Callable[[Report], None] | None = None,
         shared: bool = False,
+        slice_seconds: float | None = None,
     ):
         self.engine = engine
         self.config = config
@@ -302,6 +303,9 @@ class DeliveryRun:
         max_batch = min(p.max_batch for p in providers)
         self.chunk_size = max(1, min(batch_size or self.settings.batch_size, max_batch))
         self.report = Report(edition_id)
+        # Fair sharing: after this long (monotonic) no new claims; what is in flight is
+        # sent and recorded as usual, and the caller turns to the next edition.
+        self.slice_end = self.monotonic() + slice_seconds if slice_seconds else float("inf")
         self.consecutive_errors = 0
         self.server_errors = 0  # whole-request server errors since the last accepted message
         self.token = secrets.token_hex(16)  # marks the rows this run claims (store.editions: fencing)
@@ -390,7 +394,7 @@ class DeliveryRun:
 
     def _loop(self) -> None:
         last_status_check = float("-inf")
-        while not self.stop.is_set():
+        while not self.stop.is_set() and self.monotonic() < self.slice_end:
             self._drain(block=False)
             if self.report.paused or self.report.waiting_until:
                 return
@@ -788,12 +792,15 @@ def deliver(
     batch_size: int | None = None,
     on_batch: Callable[[Report], None] | None = None,
     shared: bool = False,
+    slice_seconds: float | None = None,
 ) -> Report:
     """Send every due delivery of the edition; returns what happened.
 
     ``provider`` is used for the first connection (the caller closes it); the
     engine opens and closes the other ``connections - 1`` itself.  ``shared``: the
     limits are kept in the database for every sending process (workers.py).
+    ``slice_seconds``: claim no more after this long (the daemon's turn between
+    editions sending at once); the edition stays ``sending``.
     """
     own: list[Provider] = []
     providers: list[Provider] = []
@@ -806,7 +813,7 @@ def deliver(
             providers.append(p)
         return DeliveryRun(
             engine, config, edition_id, providers, clock=clock, sleep=sleep, monotonic=monotonic, stop=stop,
-            batch_size=batch_size, on_batch=on_batch, shared=shared,
+            batch_size=batch_size, on_batch=on_batch, shared=shared, slice_seconds=slice_seconds,
         ).run()
     finally:
         for p in own:

@@ -320,3 +320,32 @@ def test_the_rate_is_global_three_workers_together_send_at_the_configured_rate(s
     for p in workers:
         p.proc.send_signal(signal.SIGTERM)
         assert p.wait() == 0, p.log.read_text(encoding="utf-8")[-3000:]
+
+
+# -- fair sharing between editions sending at once (daemon.py) --------------------------------
+
+
+def test_two_editions_sending_at_once_progress_side_by_side(setup, smtp_server):
+    from newsletter.daemon import Daemon
+
+    s = setup(max_batch=5, extra='connections = 1\nrate = "40/s"')
+    s.subscribe(*[f"kensyu{i:02d}@example.jp" for i in range(60)])
+    first = s.edition()
+    second = s.edition()  # a second edition (new article) while the first is still sending
+    daemon = Daemon(s.cli.config_path, poll_seconds=0.5)
+    daemon.fair_slice = 0.5
+    daemon.scheduler.hold()
+    assert daemon.deliver_due()  # one pass: each edition has its turn
+
+    def counts(edition):
+        with s.engine.connect() as conn:
+            return Counter(conn.execute(select(deliveries.c.status).where(deliveries.c.edition_id == edition))
+                           .scalars())
+    one, two = counts(first), counts(second)
+    # Neither waited for the other to finish: both sent some, both have some left.
+    assert one["sent"] and one["pending"] and two["sent"] and two["pending"], (one, two)
+    while daemon.deliver_due():  # later passes finish both
+        pass
+    assert counts(first) == counts(second) == Counter(sent=60)
+    assert Counter(s.received()) == Counter({f"kensyu{i:02d}@example.jp": 2 for i in range(60)})
+    daemon.engine.dispose()
