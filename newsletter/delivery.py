@@ -404,7 +404,7 @@ class DeliveryRun:
                 last_status_check = mono
                 if not self._still_sending():
                     return
-                if self.shared:
+                if self.shared and mono >= self.pause_until:
                     self._shared_pause(mono)
             if self.in_flight >= len(self.providers) * 2:
                 self._drain(block=True)

@@ -28,9 +28,9 @@ from sqlalchemy import select
 from newsletter.config import Rate, load_config
 from newsletter.store import make_engine, open_engine, upgrade
 from newsletter.store import workers as wstore
-from newsletter.store.tables import deliveries, editions
+from newsletter.store.tables import deliveries, editions, shared_limits
 from newsletter.subscribers import import_csv
-from newsletter.workers import SharedBucket, heartbeat_every
+from newsletter.workers import SharedBucket, heartbeat_every, pause_everyone
 from tests.conftest import CLI, ROOT, write_config
 from tests.test_daemon import Sink, wait_until
 from tests.test_delivery_safety import run_in_thread
@@ -130,6 +130,28 @@ def test_shared_buckets_never_grant_more_than_the_rate_to_all_processes_together
     assert sum(b.asked for b in buckets) < sum(granted)  # grants, not one round trip per token
     for e in engines:
         e.dispose()
+
+
+def test_a_throttle_met_by_one_process_holds_every_process_back(setup, smtp_server):
+    s = setup(max_batch=5, extra="connections = 1")
+    s.subscribe(*[f"hisho{i}@example.jp" for i in range(5)])
+    edition = s.edition()
+    # Another process met a 421 and said so in the database: this run waits it out first.
+    pause_everyone(s.engine, 3, "421 4.7.0 mta.test Error: too many connections from 127.0.0.1")
+    report = s.send(edition, shared=True)
+    assert report.sent == 5 and report.finished
+    assert s.clock.slept >= 2  # it slept the window (the row's end is the database's clock)
+
+    # And a run that meets the throttle itself tells the others.
+    with s.engine.begin() as conn:
+        conn.execute(shared_limits.delete())
+    second = s.edition()
+    smtp_server.refuse_connections(3)
+    report = s.send(second, shared=True)
+    assert report.sent == 5 and report.throttled
+    with s.engine.connect() as conn:
+        [row] = wstore.all_limits(conn)
+    assert row.key == "throttle" and "421" in row.reason and row.until is not None
 
 
 def test_detach_leaves_the_edition_to_the_workers_and_says_when_none_runs(project):
