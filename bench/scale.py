@@ -155,7 +155,7 @@ def _commits(engine) -> int:
             .scalar()
 
 
-def claim_worker(url: str, edition_id: int, seconds: float, out) -> None:
+def claim_worker(url: str, edition_id: int, seconds: float, out, ready, go) -> None:
     """Child process: claim chunks of 100 and record them sent, with no provider."""
     import secrets
     from datetime import timedelta
@@ -165,8 +165,13 @@ def claim_worker(url: str, edition_id: int, seconds: float, out) -> None:
     from newsletter.store.tables import utcnow
 
     engine = make_engine(url)
+    with engine.connect():
+        pass
     token = secrets.token_hex(16)
     claims = rows = 0
+    ready.release()
+    go.wait()  # every process imported and connected: start together
+    start = time.time()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         now = utcnow()
@@ -178,7 +183,7 @@ def claim_worker(url: str, edition_id: int, seconds: float, out) -> None:
             q.record(conn, [{"id": r.id, "status": "sent", "attempts": 1} for r in got], utcnow(), token=token)
         claims += 1
         rows += len(got)
-    out.put((claims, rows))
+    out.put((claims, rows, start, time.time()))
 
 
 def claims_bench(url: str, engine, edition_id: int, procs: int, seconds: float = 10.0) -> dict:
@@ -191,16 +196,20 @@ def claims_bench(url: str, engine, edition_id: int, procs: int, seconds: float =
                           "WHERE edition_id = :e"), {"e": edition_id})
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    ps = [ctx.Process(target=claim_worker, args=(url, edition_id, seconds, q)) for _ in range(procs)]
-    start = time.monotonic()
+    ready = ctx.Semaphore(0)
+    go = ctx.Event()
+    ps = [ctx.Process(target=claim_worker, args=(url, edition_id, seconds, q, ready, go)) for _ in range(procs)]
     for p in ps:
         p.start()
+    for _ in ps:
+        ready.acquire()
+    go.set()
     results = [q.get() for _ in ps]
-    elapsed = time.monotonic() - start
     for p in ps:
         p.join()
-    claims = sum(c for c, _ in results)
-    rows = sum(r for _, r in results)
+    elapsed = max(r[3] for r in results) - min(r[2] for r in results)
+    claims = sum(r[0] for r in results)
+    rows = sum(r[1] for r in results)
     return {"processes": procs, "claims": claims, "rows": rows, "seconds": round(elapsed, 2),
             "claims_per_second": round(claims / elapsed, 1), "rows_per_second": round(rows / elapsed, 1)}
 
