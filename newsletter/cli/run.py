@@ -44,6 +44,7 @@ def run_worker(app: App, poll, stop_timeout):
     'newsletter run' on the same database: they share the deliveries and the
     limits (rate, quotas, domain limits, provider throttles). On SIGTERM the
     chunk being sent is finished and the rest of the claims are released at once.
+    A worker reads config.toml at start only: restart it after a change.
     """
     from ..daemon import Daemon
 
@@ -76,7 +77,8 @@ def _workers(app: App, now) -> None:
               help="How many finished editions to show.")
 @pass_app
 def status(app: App, finished):
-    """The daemon, next scheduled runs, editions in progress and the last finished ones."""
+    """Workers (LOST when their heartbeat is older than their lease), the daemon, next
+    scheduled runs, editions in progress and the last finished ones."""
     now = utcnow()
     daemons = live_daemons(app)
     if daemons:
