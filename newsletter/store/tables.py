@@ -179,7 +179,10 @@ deliveries = Table(
     # Sent whole but never answered: retried once with the same Message-ID, no more.
     Column("unknown_outcomes", Integer, nullable=False, default=0, server_default="0"),
     UniqueConstraint("edition_id", "subscriber_id", name="uq_deliveries_edition_subscriber"),
-    Index("ix_deliveries_edition_status", "edition_id", "status"),
+    # The claim walks this index in id order and stops after the chunk: without ``id``
+    # in it, every claim sorted all of an edition's pending rows (192 ms a claim at
+    # 49,000 pending on PostgreSQL, growing with the edition).
+    Index("ix_deliveries_edition_status_id", "edition_id", "status", "id"),
     Index("ix_deliveries_status_updated_at", "status", "updated_at"),
 )
 
