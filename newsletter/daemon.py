@@ -11,7 +11,8 @@ Threads:
   it).  Editions become ``sending`` only through ``editions/state.py``, which
   checks the approval;
 - ``delivery``: sends every edition that has due work (``store.schedules.due_editions``),
-  one at a time, through :func:`newsletter.delivery.deliver`, then sleeps until
+  one at a time (several due: FAIR_SLICE seconds each, in turn), through
+  :func:`newsletter.delivery.deliver`, then sleeps until
   woken (a new edition) or ``poll`` seconds pass.  ``edition pause/cancel`` reach
   a running send through ``deliver``'s own status check (every second); a resumed
   edition is picked up on the next poll.
@@ -33,6 +34,15 @@ SIGTERM/SIGINT: no new claims, no new ticks; what is in flight is sent and
 recorded (bounded by ``stop_timeout``), then exit 0.  If the timeout passes, exit
 1: the unrecorded rows are still leased and will be sent again after a restart.
 A second signal exits at once (same guarantee).
+
+Several processes (newsletter/workers.py): every daemon registers in ``workers``
+and beats every ``lease_seconds / 3`` (at most 5 s) from the main thread.  Role
+``run`` ticks the schedule only while it holds the ``scheduler`` lease (taken or
+renewed at each beat; on taking it, a catch-up tick at once); role ``worker``
+(``newsletter worker``) never schedules, it only delivers.  Limits are the
+shared ones (``deliver(shared=True)``).  On SIGTERM the process is shown as
+``draining``, releases the scheduler lease and, through the delivery run, the
+claims it had not begun sending.
 """
 
 from __future__ import annotations
@@ -55,10 +65,12 @@ from .store import editions as edition_q
 from .store import open_engine
 from .store import schedules as store
 from .store.tables import utcnow
+from .workers import Registry, SchedulerLease, heartbeat_every
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 10.0  # seconds between progress lines of a running send
+FAIR_SLICE = 10.0  # seconds one edition sends before the next sending edition's turn
 RETRY_AFTER_ERROR = timedelta(seconds=60)
 
 
@@ -70,6 +82,7 @@ class Daemon:
         poll_seconds: float = 10.0,
         stop_timeout: float = 60.0,
         clock: Callable[[], datetime] = utcnow,
+        role: str = "run",
     ):
         self.config_path = find_config_path(config_path).absolute()
         self.config: Config = load_config(self.config_path)
@@ -91,6 +104,13 @@ class Daemon:
         self.started_at = clock()
         self.host = socket.gethostname()
         self.id = f"{self.host}:{os.getpid()}:{int(self.started_at.timestamp())}"
+        # -- several processes (workers.py) --
+        self.role = role
+        self.registry = Registry(self.engine, role, self.config.delivery.lease_seconds, started_at=self.started_at)
+        self.scheduler = SchedulerLease(self.engine, self.registry.id, self.config.delivery.lease_seconds)
+        self._next_beat = float("-inf")
+        self.fair_slice = FAIR_SLICE
+        self._last_served = 0
 
     # -- config and schedule ---------------------------------------------------------
 
@@ -130,7 +150,7 @@ class Daemon:
 
     def tick(self, only: str | None = None) -> None:
         with self._tick_lock:
-            if self.stop.is_set():
+            if self.stop.is_set() or self.role != "run" or not self.scheduler.held:
                 return
             try:
                 self.core.tick(self.clock(), only=only)
@@ -143,6 +163,30 @@ class Daemon:
                 store.heartbeat(conn, self.id, self.host, os.getpid(), self.started_at, self.clock())
         except Exception:
             log.warning("heartbeat failed", exc_info=True)
+
+    def beat(self, *, catch_up: bool = True) -> None:
+        """The registry heartbeat and, for role ``run``, the scheduler lease; on taking
+        the lease, a catch-up tick in its own thread (the main thread keeps beating)."""
+        self._next_beat = time.monotonic() + heartbeat_every(self.config.delivery.lease_seconds)
+        try:
+            self.registry.beat()
+        except Exception:
+            log.warning("worker heartbeat failed", exc_info=True)
+        if self.role != "run" or self.stop.is_set():
+            return
+        had = self.scheduler.held
+        try:
+            holds = self.scheduler.hold()
+        except Exception:
+            log.warning("scheduler lease: the database did not answer", exc_info=True)
+            holds = self.scheduler.held
+        if holds and not had:
+            log.info("this process is the scheduler now", extra={"event": "scheduler.acquired"})
+            if catch_up:
+                threading.Thread(target=self.tick, name="catch-up", daemon=True).start()
+        elif had and not holds:
+            log.warning("another process holds the scheduler lease now; standing by",
+                        extra={"event": "scheduler.lost"})
 
     def sync(self) -> None:
         try:
@@ -160,16 +204,24 @@ class Daemon:
         with self.engine.connect() as conn:
             due = store.due_editions(conn, now)
         busy = False
+        # Fair sharing: with several editions due, each gets FAIR_SLICE seconds in turn
+        # (round-robin, starting after the one served last) instead of the first one
+        # starving the others until it is done.
+        slice_seconds = self.fair_slice if len(due) > 1 else None
+        if len(due) > 1:
+            later = [i for i in due if i > self._last_served]
+            due = later + [i for i in due if i <= self._last_served]
         for edition_id in due:
             if self.stop.is_set() or self._run_stop.is_set():
                 break
             not_before = self._not_before.get(edition_id)
             if not_before is not None and not_before > now:
                 continue
-            busy = self.deliver_one(edition_id) or busy
+            self._last_served = edition_id
+            busy = self.deliver_one(edition_id, slice_seconds) or busy
         return busy
 
-    def deliver_one(self, edition_id: int) -> bool:
+    def deliver_one(self, edition_id: int, slice_seconds: float | None = None) -> bool:
         config = self.config
         with self.engine.connect() as conn:
             row = edition_q.get_edition(conn, edition_id)
@@ -194,7 +246,7 @@ class Daemon:
 
         try:
             report = deliver(self.engine, config, edition_id, stop=self._run_stop, clock=self.clock,
-                             on_batch=on_batch)
+                             on_batch=on_batch, shared=True, slice_seconds=slice_seconds)
         except ConfigError as exc:
             log.error("%s: %s; trying again in a minute", label, exc, extra={"event": "delivery.error", **fields})
             self._not_before[edition_id] = self.clock() + RETRY_AFTER_ERROR
@@ -220,6 +272,8 @@ class Daemon:
             self._not_before[edition_id] = report.waiting_until
         elif self.stop.is_set():
             how, event = "stopped (daemon stopping)", "delivery.stopped"
+        elif slice_seconds and counts["pending"]:
+            how, event = "turn over (another edition is sending too)", "delivery.turn"
         elif counts["pending"] and retry:
             how, event = f"{counts['pending']} waiting to retry from {retry.isoformat()}", "delivery.deferred"
         else:
@@ -262,27 +316,35 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_signal)
         with self.engine.begin() as conn:
             store.prune_daemons(conn, self.clock() - timedelta(days=1))
-            store.heartbeat(conn, self.id, self.host, os.getpid(), self.started_at, self.clock())
+            if self.role == "run":
+                store.heartbeat(conn, self.id, self.host, os.getpid(), self.started_at, self.clock())
             unfinished = store.in_progress(conn)
             resumable = [(r, edition_q.pending_count(conn, r.id)) for r in unfinished if r.status == "sending"]
-        log.info("daemon started (pid %d, poll %gs): %d publications, %d editions to resume", os.getpid(),
-                 self.poll_seconds, len(self.config.publications), len(resumable),
-                 extra={"event": "daemon.started", "pid": os.getpid()})
+        self.beat(catch_up=False)  # the tick below is the catch-up
+        log.info("daemon started (pid %d, poll %gs, %s%s): %d publications, %d editions to resume", os.getpid(),
+                 self.poll_seconds, self.role, ", scheduler" if self.scheduler.held else "",
+                 len(self.config.publications), len(resumable),
+                 extra={"event": "daemon.started", "pid": os.getpid(), "role": self.role,
+                        "scheduler": self.scheduler.held})
         for row, pending in resumable:
             log.info("%s 第%d号: %d pending deliveries to resume", row.publication, row.number, pending,
                      extra={"event": "delivery.resume", "publication": row.publication, "edition": row.id,
                             "number": row.number, "counts": {"pending": pending}})
         self.tick()  # slots missed while the daemon was down
-        self.runner.start(self.config)
+        if self.role == "run":
+            self.runner.start(self.config)
         worker = threading.Thread(target=self._worker, name="delivery", daemon=True)
         worker.start()
         code = 0
         while not self.stop.wait(0.5):
+            if time.monotonic() >= self._next_beat:
+                self.beat()
             if not worker.is_alive():
                 log.error("the delivery worker stopped unexpectedly", extra={"event": "daemon.error"})
                 self.stop.set()
                 code = 1
         deadline = time.monotonic() + self.stop_timeout
+        self._draining()
         self.runner.shutdown()
         self._run_stop.set()
         self.wake.set()
@@ -295,10 +357,24 @@ class Daemon:
         try:
             with self.engine.begin() as conn:
                 store.forget_daemon(conn, self.id)
+            self.registry.forget()
         except Exception:
             log.warning("could not remove the heartbeat row", exc_info=True)
         log.info("daemon stopped", extra={"event": "daemon.stopped", "pid": os.getpid()})
         return code
+
+
+    def _draining(self) -> None:
+        """Stopping: shown as draining, and the scheduler role goes to a standby now."""
+        self.registry.state = "draining"
+        try:
+            self.registry.beat()
+            if self.scheduler.held:
+                # A tick still in progress is harmless: editions are unique per (publication, slot).
+                self.scheduler.release()
+                log.info("scheduler lease released", extra={"event": "scheduler.released"})
+        except Exception:
+            log.warning("could not release the scheduler lease; it lapses by itself", exc_info=True)
 
 
 def _counts_text(counts: dict[str, int]) -> str:

@@ -23,6 +23,11 @@ Rules that keep data safe (see DESIGN.md):
   one window left: after a forward step larger than the remaining lease, another
   run that claims before the next renewal (at most a tick later) can take the
   chunk that is at the provider at that moment;
+- **stopping** (``stop`` set: SIGTERM): no new claims; the chunk a sending
+  thread has begun is finished and recorded, the chunks still queued go back
+  unsent at once (``Report.released``), and a last fenced UPDATE by the run's
+  token releases anything it still holds: another process claims them now
+  instead of after the lease;
 - each chunk's results are written in their own transaction *immediately*
   after the provider answers, so a crash can duplicate at most the chunks in
   flight (``connections`` × 2 chunks) and never loses a subscriber;
@@ -68,6 +73,11 @@ when reached, stop the run with ``waiting_until`` set — the edition stays
 ``sending`` and resumes when the window reopens; ``domain_limits`` give groups of
 recipient domains their own buckets, and rows of a throttled group are simply
 not claimed while the others go on.
+
+With ``shared`` (the daemon, ``newsletter worker``, ``edition send``) ``rate`` and
+``domain_limits`` are token buckets in the database and a provider throttle pauses
+every process (newsletter/workers.py): the limits hold for the sum of all
+processes, on one host or many.
 """
 
 from __future__ import annotations
@@ -215,6 +225,7 @@ class Report:
     throttled: int = 0  # put back unsent by a provider-wide throttle or server error (no attempt counted)
     lost_lease: int = 0  # results not written: the row was no longer this run's (cancelled, or re-claimed)
     given_back: int = 0  # claimed rows handed back unsent because their lease had lapsed
+    released: int = 0  # claimed rows handed back unsent because the run was stopping (SIGTERM)
     finished: bool = False
     paused: str | None = None  # why the run stopped with the edition paused
     waiting_until: datetime | None = None  # a quota is full, or the provider throttles, until then
@@ -280,6 +291,8 @@ class DeliveryRun:
         stop: threading.Event | None = None,
         batch_size: int | None = None,
         on_batch: Callable[[Report], None] | None = None,
+        shared: bool = False,
+        slice_seconds: float | None = None,
     ):
         self.engine = engine
         self.config = config
@@ -294,6 +307,9 @@ class DeliveryRun:
         max_batch = min(p.max_batch for p in providers)
         self.chunk_size = max(1, min(batch_size or self.settings.batch_size, max_batch))
         self.report = Report(edition_id)
+        # Fair sharing: after this long (monotonic) no new claims; what is in flight is
+        # sent and recorded as usual, and the caller turns to the next edition.
+        self.slice_end = self.monotonic() + slice_seconds if slice_seconds else float("inf")
         self.consecutive_errors = 0
         self.server_errors = 0  # whole-request server errors since the last accepted message
         self.token = secrets.token_hex(16)  # marks the rows this run claims (store.editions: fencing)
@@ -301,8 +317,19 @@ class DeliveryRun:
         # How long the recording thread may block before it looks at the leases again.
         self.tick = min(1.0, self.settings.lease_seconds / 4)
         mono = self.monotonic()
-        self.bucket = TokenBucket(self.settings.rate, mono) if self.settings.rate else None
-        self.domain_buckets = [(lim.domains, TokenBucket(lim.rate, mono)) for lim in self.settings.domain_limits]
+        # shared: limits kept in the database for every sending process (workers.py);
+        # else this process's own buckets, on the injectable monotonic clock.
+        self.shared = shared
+        if shared:
+            from .workers import SharedBucket, domain_key
+
+            self.bucket = SharedBucket(engine, "rate", self.settings.rate, mono) if self.settings.rate else None
+            self.domain_buckets = [(lim.domains, SharedBucket(engine, domain_key(lim.domains), lim.rate, mono))
+                                   for lim in self.settings.domain_limits]
+        else:
+            self.bucket = TokenBucket(self.settings.rate, mono) if self.settings.rate else None
+            self.domain_buckets = [(lim.domains, TokenBucket(lim.rate, mono))
+                                   for lim in self.settings.domain_limits]
         self.limited_domains = [d for lim in self.settings.domain_limits for d in lim.domains]
         self.inbox: queue.Queue = queue.Queue(maxsize=len(providers) * 2)
         self.outbox: queue.Queue = queue.Queue()
@@ -360,6 +387,7 @@ class DeliveryRun:
                 self.inbox.put(_STOP)
             for w in workers:
                 w.join()
+            self._release_all()
         if error is not None:
             raise error
         with self.engine.begin() as conn:
@@ -373,7 +401,7 @@ class DeliveryRun:
 
     def _loop(self) -> None:
         last_status_check = float("-inf")
-        while not self.stop.is_set():
+        while not self.stop.is_set() and self.monotonic() < self.slice_end:
             self._drain(block=False)
             if self.report.paused or self.report.waiting_until:
                 return
@@ -383,6 +411,8 @@ class DeliveryRun:
                 last_status_check = mono
                 if not self._still_sending():
                     return
+                if self.shared and mono >= self.pause_until:
+                    self._shared_pause(mono)
             if self.in_flight >= len(self.providers) * 2:
                 self._drain(block=True)
                 continue
@@ -414,6 +444,30 @@ class DeliveryRun:
                     continue
                 return
             self._dispatch(rows, lease_until)
+
+    def _shared_pause(self, mono: float) -> None:
+        """A throttle another process met holds this one back too (workers.py)."""
+        from .workers import pause_left
+
+        left, reason = pause_left(self.engine)
+        if left > 0 and mono + left > self.pause_until:
+            with self.lock:
+                self.pause_until = max(self.pause_until, mono + left)
+            log.info("edition %s: another process met a provider throttle (%s): pausing %.1f s",
+                     self.edition_id, (reason or "")[:200], left)
+
+    def _release_all(self) -> None:
+        """Whatever this run still holds goes back at once (fenced by its token), so
+        another process need not wait for the lease to lapse."""
+        try:
+            with self.engine.begin() as conn:
+                n = q.release(conn, self.edition_id, self.token)
+        except Exception:  # noqa: BLE001 - the leases lapse anyway
+            log.warning("edition %s: could not release the claims of this run", self.edition_id, exc_info=True)
+            return
+        if n:
+            self.report.released += n
+            log.info("edition %s: %d claimed deliveries released unsent", self.edition_id, n)
 
     def _still_sending(self) -> bool:
         with self.engine.connect() as conn:
@@ -516,7 +570,9 @@ class DeliveryRun:
         the chunk's lease has lapsed by the clock (another run may hold those rows
         now: they go back unsent), never a row a renewal found no longer ours."""
         with self.lock:
-            if self.blocked or self.monotonic() < self.pause_until:
+            if self.stop.is_set():  # stopping (SIGTERM): what has not started goes back at once
+                chunk.unsent = "released"
+            elif self.blocked or self.monotonic() < self.pause_until:
                 chunk.unsent = "paused"
             elif self.clock() >= chunk.lease_until:
                 chunk.unsent = "lease lapsed"
@@ -574,7 +630,7 @@ class DeliveryRun:
         updates: list[tuple[dict[str, Any], str]] = []  # (columns, what it counts as)
         if chunk.unsent is not None:
             # Handed back unsent: not an attempt; due again at once (or when a long throttle ends).
-            kind = "throttled" if chunk.unsent == "paused" else "given_back"
+            kind = {"paused": "throttled", "released": "released"}.get(chunk.unsent, "given_back")
             until = self.resume_at if kind == "throttled" else None
             updates = [({"id": i, "next_attempt_at": until}, kind) for i in chunk.rows]
             if kind == "given_back":
@@ -608,7 +664,7 @@ class DeliveryRun:
             lost = []
             for update, kind in updates:
                 if update["id"] not in written:
-                    if kind not in ("throttled", "given_back"):  # unsent: nothing was lost
+                    if kind not in ("throttled", "given_back", "released"):  # unsent: nothing was lost
                         lost.append(update["id"])
                     continue
                 if kind == "bounce":
@@ -668,6 +724,10 @@ class DeliveryRun:
         reply = items[0][1].reply
         with self.lock:
             self.pause_until = max(self.pause_until, self.monotonic() + wait)
+        if self.shared and throttles:  # the provider throttles us all, not this process
+            from .workers import pause_everyone
+
+            pause_everyone(self.engine, wait, reply)
         if wait > self.settings.max_throttle_wait_seconds:
             until = now + timedelta(seconds=wait)
             if self.resume_at is None or until > self.resume_at:
@@ -738,11 +798,16 @@ def deliver(
     stop: threading.Event | None = None,
     batch_size: int | None = None,
     on_batch: Callable[[Report], None] | None = None,
+    shared: bool = False,
+    slice_seconds: float | None = None,
 ) -> Report:
     """Send every due delivery of the edition; returns what happened.
 
     ``provider`` is used for the first connection (the caller closes it); the
-    engine opens and closes the other ``connections - 1`` itself.
+    engine opens and closes the other ``connections - 1`` itself.  ``shared``: the
+    limits are kept in the database for every sending process (workers.py).
+    ``slice_seconds``: claim no more after this long (the daemon's turn between
+    editions sending at once); the edition stays ``sending``.
     """
     own: list[Provider] = []
     providers: list[Provider] = []
@@ -755,7 +820,7 @@ def deliver(
             providers.append(p)
         return DeliveryRun(
             engine, config, edition_id, providers, clock=clock, sleep=sleep, monotonic=monotonic, stop=stop,
-            batch_size=batch_size, on_batch=on_batch,
+            batch_size=batch_size, on_batch=on_batch, shared=shared, slice_seconds=slice_seconds,
         ).run()
     finally:
         for p in own:

@@ -55,3 +55,19 @@ def test_tracking_benchmark_small():
     sqlite = result["sqlite"]
     assert sqlite["lost"] == 0 and sqlite["events_stored"] == sqlite["requests"] > 0
     assert sqlite["redirect_per_s"] > 0 and sqlite["static_302_per_s"] > 0
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not HAVE_SINK and os.environ.get("CI") != "true",
+                    reason="Postfix's smtp-sink is not installed (apt-get install postfix)")
+def test_scale_benchmark_small():
+    from tests.conftest import PG_AVAILABLE
+
+    if not PG_AVAILABLE and os.environ.get("NEWSLETTER_REQUIRE_POSTGRES") != "1":
+        pytest.skip("PostgreSQL not reachable")
+    result = run("bench/scale.py", "--subscribers", "300", "--workers", "1,2", "--targets", "smtp",
+                 "--claims", "2")
+    runs = result["runs"]["smtp"]
+    assert [r["workers"] for r in runs] == [1, 2] and all(r["sent"] == 300 for r in runs)
+    assert runs[0]["speedup"] == 1.0 and all(len(r["cpu_seconds_per_worker"]) == r["workers"] for r in runs)
+    assert result["claims"]["rows"] == 300 and result["delivery_rows"] == 300

@@ -87,7 +87,7 @@ def _send(app: App, edition_row, provider) -> int:
                      report.deferred, total - done_before)
 
     try:
-        report = deliver(app.engine, app.config, edition_row.id, provider, on_batch=on_batch)
+        report = deliver(app.engine, app.config, edition_row.id, provider, on_batch=on_batch, shared=True)
     finally:
         if progress is not None:
             progress.stop()
@@ -138,13 +138,17 @@ def report_failures(report, number: int) -> bool:
 @click.option("--fields", help="With --test-to: the variant's fields (default: all of the publication's).")
 @click.option("--format", "fmt", type=click.Choice(["html", "text"]), default="html", help="With --test-to.")
 @click.option("--force", is_flag=True, help="Send even when the preflight check ('edition check') finds errors.")
+@click.option("--detach", is_flag=True,
+              help="Create (or resume) the edition and return at once: the running workers deliver it.")
 @pass_app
-def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt, force):
+def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt, force, detach):
     """Deliver PUBLICATION: resume its unfinished edition, else create the next one and send it.
 
     Sending twice never mails anyone twice: every delivery is logged, and only
     pending ones are sent. The checks of 'edition check' run first; an error
-    stops the send unless --force.
+    stops the send unless --force. With --detach the edition is left to the
+    running 'newsletter run' / 'newsletter worker' processes; without it, this
+    process sends too, sharing the deliveries and the limits with them.
     """
     if test_to:
         return _test_send(app, publication or pub_opt, number, test_to, fields, fmt)
@@ -160,7 +164,8 @@ def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt, f
             click.echo(f"{row.publication} 第{row.number}号 is {row.status}; nothing to send")
             return
         _preflight(app, app.config.publication(row.publication), force)
-        raise SystemExit(_send(app, row, _provider(app)))
+        provider = _provider(app)
+        raise SystemExit(_detach(app, row, provider) if detach else _send(app, row, provider))
     if not publication:
         if len(app.config.publications) != 1:
             raise click.UsageError("name the publication: newsletter edition send PUB")
@@ -193,7 +198,25 @@ def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt, f
                    f"{created.pending} to send, {created.skipped} skipped (nothing in their fields)")
         with app.engine.connect() as conn:
             row = q.get_edition(conn, created.edition_id)
-    raise SystemExit(_send(app, row, provider))
+    raise SystemExit(_detach(app, row, provider) if detach else _send(app, row, provider))
+
+
+def _detach(app: App, row, provider) -> int:
+    """--detach: the edition is sending; the workers registered in the database deliver it."""
+    from ..workers import list_workers
+
+    provider.close()
+    live = [w for w in list_workers(app.engine) if not w.lost and w.state == "running"]
+    with app.engine.connect() as conn:
+        pending = q.pending_count(conn, row.id)
+    label = f"{row.publication} 第{row.number}号"
+    if live:
+        click.echo(f"{label}: {pending} pending, handed to {len(live)} running worker process(es); "
+                   "'newsletter status' shows the progress")
+    else:
+        click.echo(f"{label}: {pending} pending, left for the workers — none is running now: start "
+                   "'newsletter worker' or 'newsletter run'", err=True)
+    return 0
 
 
 def _start(app: App, row, provider):

@@ -32,9 +32,45 @@ def run_daemon(app: App, poll, stop_timeout):
     raise SystemExit(daemon.run())
 
 
+@main.command("worker")
+@click.option("--poll", type=click.FloatRange(0.2, 60), default=10.0, show_default=True,
+              help="Seconds between looks for due deliveries when idle.")
+@click.option("--stop-timeout", type=click.FloatRange(0, 3600), default=60.0, show_default=True,
+              help="On SIGTERM/SIGINT, how long the chunk being sent may take to finish.")
+@pass_app
+def run_worker(app: App, poll, stop_timeout):
+    """Deliver editions that are sending, with no scheduler, until SIGTERM or SIGINT.
+
+    Run any number of these, on this host or others, next to one or more
+    'newsletter run' on the same database: they share the deliveries and the
+    limits (rate, quotas, domain limits, provider throttles). On SIGTERM the
+    chunk being sent is finished and the rest of the claims are released at once.
+    A worker reads config.toml at start only: restart it after a change.
+    """
+    from ..daemon import Daemon
+
+    daemon = Daemon(app.config_path, poll_seconds=poll, stop_timeout=stop_timeout, role="worker")
+    raise SystemExit(daemon.run())
+
+
 def _counts(counts: dict[str, int]) -> str:
     return " ".join(f"{k}={counts[k]}" for k in ("sent", "pending", "failed", "skipped", "cancelled")
                     if counts[k] or k != "cancelled")
+
+
+def _workers(app: App, now) -> None:
+    from ..workers import list_workers
+
+    rows = list_workers(app.engine, now)
+    if not rows:
+        return
+    click.echo("workers:")
+    for w in rows:
+        ago = int((now - w.seen_at).total_seconds())
+        state = "LOST" if w.lost else w.state
+        role = w.role + (" (scheduler)" if w.scheduler else "")
+        click.echo(f"  {w.host}\tpid {w.pid}\t{role}\t{state}\tv{w.version}\t"
+                   f"since {app.local_time(w.started_at)}\tseen {ago}s ago")
 
 
 @main.command("status")
@@ -42,7 +78,8 @@ def _counts(counts: dict[str, int]) -> str:
               help="How many finished editions to show.")
 @pass_app
 def status(app: App, finished):
-    """The daemon, next scheduled runs, editions in progress and the last finished ones."""
+    """Workers (LOST when their heartbeat is older than their lease), the daemon, next
+    scheduled runs, editions in progress and the last finished ones."""
     now = utcnow()
     daemons = live_daemons(app)
     if daemons:
@@ -52,6 +89,7 @@ def status(app: App, finished):
                        f"seen {ago}s ago")
     else:
         click.echo("daemon:   not running")
+    _workers(app, now)
     with app.engine.connect() as conn:
         states = store.all_states(conn)
         progress = [(row, edition_q.counts(conn, row.id)) for row in store.in_progress(conn)]

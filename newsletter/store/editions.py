@@ -212,6 +212,16 @@ def renew(conn: Connection, ids: Sequence[int], token: str, lease_until: datetim
     ).scalars())
 
 
+def release(conn: Connection, edition_id: int, token: str) -> int:
+    """Give back every row a run still holds, unsent (a stopping worker): one fenced
+    UPDATE by its token, so another run may claim them now, not after the lease."""
+    return conn.execute(
+        update(deliveries).where(deliveries.c.edition_id == edition_id, deliveries.c.status == "pending",
+                                 deliveries.c.claim_token == token)
+        .values(lease_until=None, claim_token=None)
+    ).rowcount
+
+
 def cancel_pending(conn: Connection, edition_id: int, reason: str) -> int:
     return conn.execute(
         update(deliveries)
