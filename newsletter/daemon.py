@@ -47,7 +47,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from .config import Config, find_config_path, load_config
-from .delivery import Report, deliver, edition_eta
+from .delivery import RunReport, deliver, edition_eta
 from .errors import ConfigError
 from .providers import check_provider
 from .scheduling import SchedulerCore, ScheduleRunner
@@ -181,7 +181,7 @@ class Daemon:
                  extra={"event": "delivery.started", **fields, "counts": counts})
         last = [time.monotonic()]
 
-        def on_batch(report: Report) -> None:
+        def on_batch(report: RunReport) -> None:
             if time.monotonic() - last[0] < PROGRESS_EVERY:
                 return
             last[0] = time.monotonic()

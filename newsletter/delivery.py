@@ -10,7 +10,7 @@ Rules that keep data safe (see DESIGN.md):
   cancelled while its message was in flight (unsubscribe by CLI, one-click or
   webhook, a bounce, ``edition cancel``) stays ``cancelled``: it is never marked
   ``sent`` nor revived to ``pending`` by a temporary failure.  Such results are
-  counted (``Report.lost_lease``) and logged.  Why a token and not the exact
+  counted (``RunReport.lost_lease``) and logged.  Why a token and not the exact
   ``lease_until`` claimed: renewal moves ``lease_until``, and two runs reading the
   same clock can compute the same value; a random token per run cannot collide;
 - **renewal**: while chunks are in flight (queued for a sending thread or at the
@@ -19,7 +19,7 @@ Rules that keep data safe (see DESIGN.md):
   renewal finds no longer ours are not sent;
 - **no lapsed claim goes out**: just before a chunk is handed to the provider its
   lease is checked against the clock; if it has lapsed (a forward clock step, a
-  stalled process) the rows are given back unsent (``Report.given_back``).  The
+  stalled process) the rows are given back unsent (``RunReport.given_back``).  The
   one window left: after a forward step larger than the remaining lease, another
   run that claims before the next renewal (at most a tick later) can take the
   chunk that is at the provider at that moment;
@@ -47,7 +47,7 @@ providers; the engine never reads reply text for this) are not delivery attempts
   it names none) and the run carries on; the rows go back with ``attempts``
   unchanged.  A window longer than ``max_throttle_wait`` (default 60 s) stops the
   run instead: the rows wait with ``next_attempt_at`` at the window's end, and
-  ``Report.waiting_until``/``waiting_for`` say when and why;
+  ``RunReport.waiting_until``/``waiting_for`` say when and why;
 - a whole-request **server error** (HTTP 5xx, no answer before the request was
   read) pauses 1, 2, then 4 s (SERVER_ERROR_BACKOFF) and tries again; after that
   the rows are deferred like any temporary failure.
@@ -199,7 +199,9 @@ class TokenBucket:
 
 
 @dataclass
-class Report:
+class RunReport:
+    """What one delivery run of an edition did (:func:`deliver` returns it)."""
+
     edition_id: int
     sent: int = 0
     failed: int = 0
@@ -275,7 +277,7 @@ class DeliveryRun:
         monotonic: Callable[[], float] = time.monotonic,
         stop: threading.Event | None = None,
         batch_size: int | None = None,
-        on_batch: Callable[[Report], None] | None = None,
+        on_batch: Callable[[RunReport], None] | None = None,
     ):
         self.engine = engine
         self.config = config
@@ -289,7 +291,7 @@ class DeliveryRun:
         self.on_batch = on_batch
         max_batch = min(p.max_batch for p in providers)
         self.chunk_size = max(1, min(batch_size or self.settings.batch_size, max_batch))
-        self.report = Report(edition_id)
+        self.report = RunReport(edition_id)
         self.consecutive_errors = 0
         self.server_errors = 0  # whole-request server errors since the last accepted message
         self.token = secrets.token_hex(16)  # marks the rows this run claims (store.editions: fencing)
@@ -311,7 +313,7 @@ class DeliveryRun:
 
     # -- the run --------------------------------------------------------------------
 
-    def run(self) -> Report:
+    def run(self) -> RunReport:
         with self.engine.connect() as conn:
             edition = q.get_edition(conn, self.edition_id)
         if edition is None:
@@ -730,8 +732,8 @@ def deliver(
     monotonic: Callable[[], float] = time.monotonic,
     stop: threading.Event | None = None,
     batch_size: int | None = None,
-    on_batch: Callable[[Report], None] | None = None,
-) -> Report:
+    on_batch: Callable[[RunReport], None] | None = None,
+) -> RunReport:
     """Send every due delivery of the edition; returns what happened.
 
     ``provider`` is used for the first connection (the caller closes it); the
