@@ -88,6 +88,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from .config import Config, DeliverySettings, Rate
+from .editions import state
 from .editions.assemble import VariantKey
 from .editions.compose import Recipient, Sending, compose
 from .editions.render import Rendered, render_variant
@@ -99,6 +100,7 @@ from .replies import enhanced_status, is_bad_address_code
 from .store import editions as q
 from .store.tables import utcnow
 from .subscribers import count_bad_addresses
+from .users import Actor
 
 log = logging.getLogger(__name__)
 
@@ -357,12 +359,9 @@ class DeliveryRun:
                 w.join()
         if error is not None:
             raise error
-        with self.engine.begin() as conn:
-            if q.pending_count(conn, self.edition_id) == 0 and not self.report.paused:
-                current = q.get_edition(conn, self.edition_id)
-                if current.status == "sending":
-                    q.set_status(conn, self.edition_id, "done", finished=self.clock())
-                    self.report.finished = True
+        if not self.report.paused:
+            with self.engine.begin() as conn:
+                self.report.finished = state.finish(conn, self.edition_id, self.clock())
         self.report.renders = self.variants.renders
         return self.report
 
@@ -623,9 +622,9 @@ class DeliveryRun:
                 reason = (f"paused after {self.consecutive_errors} permanent failures in a row "
                           f"(last: {last[:200]}); check the provider, then "
                           f"'newsletter edition resume'")
-                q.set_status(conn, self.edition_id, "paused", note=reason)
-                self.report.paused = reason
-                log.error("edition %s %s", self.edition_id, reason)
+                if state.pause_for_errors(conn, self.edition_id, reason, now):
+                    self.report.paused = reason
+                    log.error("edition %s %s", self.edition_id, reason)
             if self.report.waiting_for and self.report.waiting_until and self.resume_at:
                 q.set_note(conn, self.edition_id, f"{self.report.waiting_for}; resumes after "
                                                   f"{self.report.waiting_until.isoformat(timespec='seconds')}")
@@ -805,10 +804,11 @@ class Requeue:
 
 
 def retry_failed(engine: Engine, edition_id: int, *, dry_run: bool = False,
-                 now: datetime | None = None) -> Requeue:
+                 now: datetime | None = None, actor: Actor | None = None) -> Requeue:
     """Put the edition's retryable failed deliveries (:func:`not_retryable`) back to
-    pending, due at once; a ``done`` edition becomes ``sending`` again so that
-    ``edition send --edition N`` or the daemon delivers them.  One transaction."""
+    pending, due at once; a ``done`` edition becomes ``sending`` again
+    (:func:`editions.state.reopen`, by ``actor``) so that ``edition send --edition N``
+    or the daemon delivers them.  One transaction."""
     from .errors import InputError
 
     now = now or utcnow()
@@ -830,8 +830,5 @@ def retry_failed(engine: Engine, edition_id: int, *, dry_run: bool = False,
             return out
         out.requeued = q.requeue_failed(conn, ids, now)
         if out.requeued and edition.status == "done":
-            # TODO(editions/state.py): this transition belongs with the others once that module exists.
-            q.set_status(conn, edition_id, "sending",
-                         note=f"{out.requeued} failed deliveries put back to pending by an operator")
-            out.reopened = True
+            out.reopened = state.reopen(conn, edition_id, out.requeued, actor or Actor(None, "cli"), now)
     return out

@@ -433,6 +433,24 @@ def test_max_errors_pauses_the_edition_and_resume_continues(make, smtp_server):
     assert report.finished and report.sent == counts["pending"]
 
 
+def test_the_engines_state_changes_go_through_state_py_with_audit_rows(make, smtp_server):
+    s = make("max_errors = 3")
+    s.subscribe(*addresses(12))
+    for a in addresses(12):
+        smtp_server.reply_to_rcpt(a, "554 5.7.1 Relay access denied")
+    edition = s.edition()
+    assert s.send(edition).paused
+    history = s.cli("edition", "history", "1").stdout.splitlines()
+    last = history[-1].split("\t")
+    assert last[1:3] == ["-", "delivery"] and last[3].startswith("paused  paused after 5 permanent failures")
+    smtp_server.clear()
+    s.cli("edition", "resume", "1")
+    assert s.send(edition).finished
+    rows = [line.split("\t") for line in s.cli("edition", "history", "1").stdout.splitlines()]
+    [finished] = [r for r in rows if r[3].startswith("finished")]  # (the engine runs on a fake clock)
+    assert finished[1:3] == ["-", "delivery"] and finished[3].startswith("finished  sent=")
+
+
 def test_pause_from_another_process_stops_a_running_send(make, smtp_server):
     s = make()
     s.subscribe(*addresses(30))

@@ -614,7 +614,7 @@ def edition_retry(app: App, number, failed, publication, dry_run):
     if not failed:
         raise click.UsageError("say what to retry: --failed")
     row = publish.resolve_edition(app.engine, app.config, number, publication)
-    done = retry_failed(app.engine, row.id, dry_run=dry_run)
+    done = retry_failed(app.engine, row.id, dry_run=dry_run, actor=app.actor)
     label = f"{row.publication} 第{row.number}号"
     kept = "; ".join(f"{n} {why}" for why, n in sorted(done.kept.items()))
     kept = f" (kept failed: {kept})" if kept else ""

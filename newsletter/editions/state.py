@@ -14,8 +14,10 @@ Rules this module keeps (the CLI, the daemon and the console only call it):
 
 - **One function per transition**, each with its checks and one audit row (who,
   when, what, from which interface: :mod:`store.audit`).  Nothing else writes
-  ``editions.status`` — except the delivery engine marking a finished run
-  ``done`` or pausing after ``max_errors`` (delivery.py).
+  ``editions.status``: the delivery engine marks a finished run ``done``
+  (:func:`finish`) and pauses after ``max_errors`` (:func:`pause_for_errors`)
+  through this module too, inside its own transaction and with its own audit
+  rows (interface ``delivery``).
 - **Compare-and-set.**  Every change is ``UPDATE … WHERE status = :expected``
   (and, for content, ``AND revision = :seen``): two people approving or
   scheduling the same edition at once, the database lets one in and the other
@@ -571,6 +573,48 @@ def _operate(engine: Engine, config: Config, edition_id: int, actor: Actor, allo
                row.publication, row.id, now, f"was {row.status}" + (f"; {cancelled} pending dropped"
                                                                     if cancelled else ""))
         return _get(conn, row.id), cancelled
+
+
+# -- the delivery engine's transitions (called inside its transaction) ---------------
+
+ENGINE = Actor(None, "delivery")
+
+
+def finish(conn: Connection, edition_id: int, now: datetime) -> bool:
+    """``sending`` → ``done`` when no delivery is pending; True when this call did it.
+    Compare-and-set: an edition paused or cancelled meanwhile stays so."""
+    if q.pending_count(conn, edition_id):
+        return False
+    if not q.compare_and_set(conn, edition_id, ("sending",), {"status": "done", "finished_at": now, "note": None}):
+        return False
+    row = _get(conn, edition_id)
+    counts = q.counts(conn, edition_id)
+    record(conn, ENGINE, "finished", row.publication, edition_id, now,
+           " ".join(f"{k}={v}" for k, v in counts.items() if v))
+    return True
+
+
+def pause_for_errors(conn: Connection, edition_id: int, reason: str, now: datetime) -> bool:
+    """``sending`` → ``paused`` after ``max_errors`` permanent failures in a row, with
+    ``reason`` as the note; True when this call did it (an edition cancelled or
+    paused by an operator meanwhile keeps that state)."""
+    if not q.compare_and_set(conn, edition_id, ("sending",), {"status": "paused", "note": reason}):
+        return False
+    row = _get(conn, edition_id)
+    record(conn, ENGINE, "paused", row.publication, edition_id, now, reason)
+    return True
+
+
+def reopen(conn: Connection, edition_id: int, requeued: int, actor: Actor, now: datetime) -> bool:
+    """``done`` → ``sending`` because ``requeued`` failed deliveries went back to
+    pending (``edition retry --failed``); True when this call did it."""
+    note = f"{requeued} failed deliveries put back to pending by {actor}"
+    if not q.compare_and_set(conn, edition_id, ("done",), {"status": "sending", "note": note,
+                                                           "finished_at": None}):
+        return False
+    row = _get(conn, edition_id)
+    record(conn, actor, "reopened", row.publication, edition_id, now, note)
+    return True
 
 
 # -- reading -------------------------------------------------------------------------
