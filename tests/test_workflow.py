@@ -414,7 +414,8 @@ def test_scheduled_edition_goes_out_at_its_time_and_a_slot_without_approval_is_s
     assert o.row().status == "sending" and o.row().scheduled_for == utc(2026, 12, 3, 1)
     assert deliver(o.engine, o.config, draft_id, clock=lambda: utc(2026, 12, 3, 1, 1)).sent == 2
     history = o.cli("edition", "history", "1").stdout.splitlines()
-    assert history[-1].split("\t")[1:3] == ["-", "daemon"] and "sending" in history[-1]
+    assert history[-2].split("\t")[1:3] == ["-", "daemon"] and "sending" in history[-2]
+    assert history[-1].split("\t")[1:4:2] == ["-", "finished  sent=2"]
 
     # An approved edition without a time of its own goes out at the next slot.
     add_articles(o.cli, 1, start=3)
