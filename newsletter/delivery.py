@@ -119,10 +119,16 @@ def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
 
 
 def sending_for(config: Config, edition) -> Sending:
-    pub = config.publication(edition.publication)
+    """What every mail of the edition row shares (sender, site, signed-link key)."""
+    return sending(config, edition.publication, edition.id, edition.created_at)
+
+
+def sending(config: Config, publication: str, edition_id: int, created_at: datetime) -> Sending:
+    """The same from plain values (a test send of an edition not created yet: id 0)."""
+    pub = config.publication(publication)
     return Sending(
-        edition_id=edition.id,
-        edition_stamp=int(edition.created_at.timestamp()),
+        edition_id=edition_id,
+        edition_stamp=int(created_at.timestamp()),
         publication_slug=pub.slug,
         publication_title=pub.title,
         timezone=pub.timezone,
@@ -138,7 +144,11 @@ def sending_for(config: Config, edition) -> Sending:
 
 
 class Variants:
-    """Renders each variant the first time it is needed and keeps it for the run."""
+    """Renders each variant the first time it is needed and keeps it for the run.
+
+    Preflight renders through one of these (``preflight.Plan.renders``) and
+    ``edition send`` hands it to the engine, which uses it when it is for the
+    edition's content and time (:meth:`serves`): a checked send renders once."""
 
     def __init__(self, config: Config, content: dict[str, Any], when: datetime):
         self.config = config
@@ -147,6 +157,9 @@ class Variants:
         self._cache: dict[tuple[tuple[str, ...], str], Rendered] = {}
         self._text_only: dict[tuple, Rendered] = {}
         self.renders = 0
+
+    def serves(self, content: dict[str, Any], when: datetime) -> bool:
+        return self.content == content and self.when == when
 
     def get(self, key: VariantKey) -> Rendered:
         html = key.format == "html"
@@ -211,7 +224,7 @@ class RunReport:
     unknown: int = 0
     bounced: int = 0
     batches: int = 0
-    renders: int = 0
+    renders: int = 0  # variants rendered for this send (preflight's renders included when it made them)
     throttled: int = 0  # put back unsent by a provider-wide throttle or server error (no attempt counted)
     lost_lease: int = 0  # results not written: the row was no longer this run's (cancelled, or re-claimed)
     given_back: int = 0  # claimed rows handed back unsent because their lease had lapsed
@@ -280,7 +293,9 @@ class DeliveryRun:
         stop: threading.Event | None = None,
         batch_size: int | None = None,
         on_batch: Callable[[RunReport], None] | None = None,
+        variants: Variants | None = None,
     ):
+        self.seed = variants
         self.engine = engine
         self.config = config
         self.settings: DeliverySettings = config.delivery
@@ -322,7 +337,9 @@ class DeliveryRun:
             raise ValueError(f"no edition {self.edition_id}")
         if edition.status != "sending":
             return self.report
-        self.variants = Variants(self.config, load_content(edition), edition.scheduled_for or edition.created_at)
+        content, when = load_content(edition), edition.scheduled_for or edition.created_at
+        seeded = self.seed is not None and self.seed.serves(content, when)
+        self.variants = self.seed if seeded else Variants(self.config, content, when)
         self.sending = sending_for(self.config, edition)
         self.eight_bit = all(bool(getattr(p, "accepts_8bit", False)) for p in self.providers)
         workers = [_Worker(p, self.inbox, self.outbox, f"send-{i}", self._gate, self._sent)
@@ -724,8 +741,9 @@ def deliver(
     engine: Engine,
     config: Config,
     edition_id: int,
-    provider: Provider | None = None,
     *,
+    opener: Callable[[], Provider] | None = None,
+    variants: Variants | None = None,
     clock: Callable[[], datetime] = utcnow,
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
@@ -735,28 +753,54 @@ def deliver(
 ) -> RunReport:
     """Send every due delivery of the edition; returns what happened.
 
-    ``provider`` is used for the first connection (the caller closes it); the
-    engine opens and closes the other ``connections - 1`` itself.
+    The engine opens its ``connections`` providers (``opener``, default
+    :func:`open_provider` of ``config``) and closes every one of them: whoever
+    opens a provider closes it.  ``variants``: renders made already (preflight's,
+    ``preflight.Plan.renders``), used when they are for this edition's content.
     """
-    own: list[Provider] = []
+    opener = opener or (lambda: open_provider(config))
     providers: list[Provider] = []
-    if provider is not None:
-        providers.append(provider)
     try:
         while len(providers) < config.delivery.connections:
-            p = open_provider(config)
-            own.append(p)
-            providers.append(p)
+            providers.append(opener())
         return DeliveryRun(
             engine, config, edition_id, providers, clock=clock, sleep=sleep, monotonic=monotonic, stop=stop,
-            batch_size=batch_size, on_batch=on_batch,
+            batch_size=batch_size, on_batch=on_batch, variants=variants,
         ).run()
     finally:
-        for p in own:
+        for p in providers:
             try:
                 p.close()
             except Exception:  # noqa: BLE001 - closing must not hide the run's own outcome
                 log.warning("closing a provider failed", exc_info=True)
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """``pending=3 sent=10 failed=0 skipped=0 …``: the four always, the rest when not 0."""
+    return " ".join(f"{k}={v}" for k, v in counts.items() if v or k in ("pending", "sent", "failed", "skipped"))
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """After a run: the edition's counts, status and next retry, and the words the
+    CLI prints and the daemon logs (``label``: 第N号 of which publication; ``text``:
+    what this run did and the totals)."""
+
+    counts: dict[str, int]
+    status: str
+    next_retry: datetime | None
+    label: str
+    text: str
+
+
+def summarize(engine: Engine, edition_id: int, report: RunReport) -> RunSummary:
+    with engine.connect() as conn:
+        counts = q.counts(conn, edition_id)
+        retry = q.next_retry(conn, edition_id)
+        row = q.get_edition(conn, edition_id)
+    text = (f"this run sent {report.sent}, failed {report.failed}, deferred {report.deferred + report.unknown}; "
+            f"total {counts_text(counts)}")
+    return RunSummary(counts, row.status, retry, f"{row.publication} 第{row.number}号", text)
 
 
 def edition_eta(engine: Engine, edition_id: int, now: datetime | None = None) -> tuple[float, datetime | None]:

@@ -85,12 +85,8 @@ class Setup:
         return created.edition_id
 
     def send(self, edition_id: int, **kw):
-        provider = load_provider(self.config.provider.kind, self.config.provider.options, self.config.base_dir)
-        try:
-            return deliver(self.engine, self.config, edition_id, provider, clock=self.clock,
-                           sleep=self.clock.sleep, monotonic=self.clock.monotonic, **kw)
-        finally:
-            provider.close()
+        return deliver(self.engine, self.config, edition_id, clock=self.clock,
+                       sleep=self.clock.sleep, monotonic=self.clock.monotonic, **kw)
 
     def rows(self) -> dict[str, object]:
         with self.engine.connect() as conn:
@@ -379,10 +375,9 @@ def test_domain_limit_throttles_only_that_domain(make, smtp_server):
         provider.send = send
         return provider
 
-    provider = spy_send(load_provider(s.config.provider.kind, s.config.provider.options, s.config.base_dir))
-    report = deliver(s.engine, s.config, s.edition(), provider, clock=s.clock, sleep=s.clock.sleep,
-                     monotonic=s.clock.monotonic)
-    provider.close()
+    report = deliver(s.engine, s.config, s.edition(), clock=s.clock, sleep=s.clock.sleep, monotonic=s.clock.monotonic,
+                     opener=lambda: spy_send(load_provider(s.config.provider.kind, s.config.provider.options,
+                                                           s.config.base_dir)))
     assert report.sent == 30
     start = min(sent_at.values())
     # Every other address went out at the start, not held back by the throttled domain ...

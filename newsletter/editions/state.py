@@ -495,10 +495,12 @@ class Started:
 
 
 def start_sending(engine: Engine, config: Config, edition_id: int, actor: Actor, *, now: datetime | None = None,
-                  slot: datetime | None = None) -> Started:
+                  slot: datetime | None = None, checked: Mapping[str, Any] | None = None) -> Started:
     """The gate to subscribers: an approved or scheduled edition (or, with ``approval =
     "none"``, a draft) becomes ``sending`` and gets its delivery rows.  ``slot``: the
-    cron slot it goes out for (kept as ``scheduled_for``, one edition per slot)."""
+    cron slot it goes out for (kept as ``scheduled_for``, one edition per slot).
+    ``checked``: the content preflight checked; a draft refreshed since (an article
+    it carries edited) is refused rather than sent unchecked."""
     now = now or utcnow()
     with engine.connect() as conn:
         row = _get(conn, edition_id)
@@ -512,6 +514,8 @@ def start_sending(engine: Engine, config: Config, edition_id: int, actor: Actor,
     if pub.approval == "required" and (not content_json or row.approved_hash != hash_of(row)):
         raise InputError(f"{label(row)}: the approved content is not the current content; approve it again")
     content = json.loads(content_json)
+    if checked is not None and content != checked:
+        raise publish.changed_since_check(label(row), checked, content)
     if not content["articles"]:
         raise InputError(f"{label(row)} has no articles; nothing to send")
     values: dict[str, Any] = {"status": "sending", "note": None}

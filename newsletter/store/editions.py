@@ -303,6 +303,13 @@ def set_note(conn: Connection, edition_id: int, note: str | None) -> None:
     conn.execute(update(editions).where(editions.c.id == edition_id).values(note=note))
 
 
+def pending_variants(conn: Connection, edition_id: int) -> Iterable[tuple[int | None, str]]:
+    """(subscriber id, variant key) of each pending delivery of the edition, streamed."""
+    q = (select(deliveries.c.subscriber_id, deliveries.c.variant)
+         .where(deliveries.c.edition_id == edition_id, deliveries.c.status == "pending"))
+    return conn.execute(q.execution_options(yield_per=CHUNK))
+
+
 def pending_count(conn: Connection, edition_id: int) -> int:
     return conn.execute(
         select(func.count()).where(and_(deliveries.c.edition_id == edition_id, deliveries.c.status == "pending"))
