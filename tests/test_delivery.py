@@ -335,6 +335,35 @@ def test_hard_bounce_classification(reply, hard):
     assert smtp_outcome(code, reply)[1] is hard
 
 
+def test_the_engine_closes_every_provider_it_opens(make, smtp_server):
+    """Whoever opens a provider closes it: deliver() opens all ``connections`` of
+    them, and closes all, whether the run ends well or not."""
+    s = make("connections = 3")
+    s.subscribe(*addresses(12))
+    opened: list = []
+
+    def opener():
+        provider = load_provider(s.config.provider.kind, s.config.provider.options, s.config.base_dir)
+        inner = provider.close
+        provider.closed = 0
+
+        def close():
+            provider.closed += 1
+            inner()
+
+        provider.close = close
+        opened.append(provider)
+        return provider
+
+    assert s.send(s.edition(), opener=opener).sent == 12
+    assert len(opened) == 3 and [p.closed for p in opened] == [1, 1, 1]
+    opened.clear()
+    edition = s.edition()
+    with pytest.raises(ZeroDivisionError):
+        s.send(edition, opener=opener, on_batch=lambda report: 1 / 0)
+    assert len(opened) == 3 and [p.closed for p in opened] == [1, 1, 1]
+
+
 def test_parallel_connections_each_reused(make, smtp_server):
     s = make("connections = 3")
     s.subscribe(*addresses(60))

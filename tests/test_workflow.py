@@ -270,6 +270,22 @@ def test_without_approval_create_then_send_works_as_before(open_office):
         == ["created", "finished"]  # the engine's own transition is audited too
 
 
+def test_a_draft_changed_between_check_and_start_is_not_sent_unchecked(open_office):
+    from newsletter import preflight
+
+    o = open_office
+    add_articles(o.cli, 1)
+    o.cli("edition", "create", "weekly")
+    pub = o.config.publication("weekly")
+    plan = preflight.plan_send(o.engine, o.config, pub, edition=o.row())
+    state.set_texts(o.engine, o.config, o.row().id, Actor(None), subject="差し替えた件名（未確認）")
+    with pytest.raises(InputError, match="changed since the check \\(subject changed\\)"):
+        state.start_sending(o.engine, o.config, o.row().id, Actor(None), checked=plan.content)
+    assert o.row().status == "draft" and o.delivered() == 0
+    fresh = preflight.plan_send(o.engine, o.config, pub, edition=o.row())
+    assert state.start_sending(o.engine, o.config, o.row().id, Actor(None), checked=fresh.content).pending == 2
+
+
 def test_lead_and_afterword_appear_in_both_parts(open_office, tmp_path):
     o = open_office
     add_articles(o.cli, 1)
