@@ -176,6 +176,7 @@ def test_unusable_keys_are_config_errors_naming_the_key(tmp_path, monkeypatch, k
     monkeypatch.delenv("NL_TEST_DKIM_RSA")
     res = cli("demo", ok=False)
     assert res.exit_code == 1 and "dkim.private_key_env: environment variable NL_TEST_DKIM_RSA is not set" in res.output
+    cli("init")  # the demo refused before creating the database; 'edition send' needs one to get to the provider
     monkeypatch.setenv("NL_TEST_DKIM_RSA", "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
     res = cli("edition", "send", "weekly", ok=False)
     assert res.exit_code == 1 and "dkim.private_key: not a PEM private key" in res.output

@@ -544,9 +544,13 @@ def edition_with_pending(cli, *emails: str) -> tuple:
         cli("subscriber", "add", address, "--fields", "education", "--name", "山田 花子")
     cli("article", "add", "--field", "education", "--title", "県立高校の再編計画、来年度から",
         "--url", "https://news.example.jp/e/saihen", "--summary", "再編の概要です。")
-    assert "2 deliveries planned" in cli("edition", "create", "weekly").stdout
     config = load_config(cli.config_path)
-    return config, make_engine(config.storage_url)
+    engine = make_engine(config.storage_url)
+    # Created with its delivery rows pending, not sent ('edition create' makes a draft now).
+    from newsletter import publish
+
+    assert publish.create_edition(engine, config, config.publication("weekly")).pending == 2
+    return config, engine
 
 
 def deliveries_by_email(engine) -> dict:
