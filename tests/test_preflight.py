@@ -18,7 +18,7 @@ from newsletter.preflight import GMAIL_CLIP_BYTES, Plan, check_edition, check_pl
 from newsletter.preflight import plan_send as preflight_plan
 from newsletter.store import open_engine
 from newsletter.store.tables import articles, deliveries, editions
-from tests.test_render import ADMIN, EDU, LG, WHEN, fixed_articles, fixed_config, fixed_content
+from tests.test_render import ADMIN, EDU, LG, WHEN, fixed_articles, fixed_config, fixed_content, premailer_runs
 
 ALL = (LG, ADMIN, EDU)
 
@@ -338,22 +338,13 @@ def test_a_checked_send_renders_each_variant_once(project, tmp_path, monkeypatch
     """Preflight's renders are the ones sent: premailer runs once per HTML field set
     and charset for the whole ``edition send``, not once for the check and again
     for the engine."""
-    from newsletter.editions import render
-
     cli = project
     _queue(cli, tmp_path, SEND_ITEMS)
     cli("subscriber", "add", "sato@example.jp", "--fields", "local-government", "--name", "佐藤 花子")
     cli("subscriber", "add", "suzuki@example.jp", "--fields", "education", "--name", "鈴木 一郎")
     cli("subscriber", "add", "tanaka@example.jp", "--fields", "education", "--format", "text")
     cli("subscriber", "add", "ito@example.jp", "--fields", "education", "--charset", "iso-2022-jp")
-    calls: list[str] = []
-    real = render.inline_css
-
-    def counting(source: str) -> str:
-        calls.append(source)
-        return real(source)
-
-    monkeypatch.setattr(render, "inline_css", counting)
+    calls = premailer_runs(monkeypatch)
     out = cli("edition", "send", "weekly").stdout
     assert "this run sent 4, failed 0" in out
     # HTML variants: local-government|utf-8, education|utf-8, education|iso-2022-jp (the text reader shares one).
