@@ -178,20 +178,23 @@ def send_phase(config_path: str, edition_id: int) -> dict:
 
     config = load_config(config_path)
     engine = open_engine(config.storage_url)
-    provider = open_provider(config)  # wrapped in the DKIM signer when [dkim] is set
     sizes: list[int] = []
-    original = provider.send
 
-    def measuring_send(batch):
-        if len(sizes) < 2000:
-            sizes.extend(len(m.data) for m in batch)
-        return original(batch)
+    def measuring():  # each connection's provider, wrapped in the DKIM signer when [dkim] is set
+        provider = open_provider(config)
+        original = provider.send
 
-    provider.send = measuring_send  # type: ignore[method-assign]
+        def measuring_send(batch):
+            if len(sizes) < 2000:
+                sizes.extend(len(m.data) for m in batch)
+            return original(batch)
+
+        provider.send = measuring_send  # type: ignore[method-assign]
+        return provider
+
     t = time.perf_counter()
-    report = deliver(engine, config, edition_id, provider)
+    report = deliver(engine, config, edition_id, opener=measuring)
     seconds = time.perf_counter() - t
-    provider.close()
     return {"sent": report.sent, "failed": report.failed, "send_seconds": seconds,
             "avg_message_bytes": int(sum(sizes) / max(len(sizes), 1)),
             "peak_rss_mb": peak_rss_mb()}

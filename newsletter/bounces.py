@@ -94,7 +94,9 @@ class MailEvent:
 
 
 @dataclass
-class Report:
+class BounceReport:
+    """What applying provider events (bounces, complaints, unsubscribes) did, by kind."""
+
     hard: int = 0
     soft: int = 0
     complaint: int = 0
@@ -105,7 +107,7 @@ class Report:
     suppressed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
-    def add(self, other: Report) -> None:
+    def add(self, other: BounceReport) -> None:
         for name in ("hard", "soft", "complaint", "unsubscribe", "ignored", "duplicate", "unknown"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.suppressed += other.suppressed
@@ -120,12 +122,12 @@ class Report:
 _SUPPRESS = {"complaint": "complained", "unsubscribe": "unsubscribed"}
 
 
-def apply_events(engine: Engine, config: Config, events: Iterable[MailEvent], *, dry_run: bool = False) -> Report:
+def apply_events(engine: Engine, config: Config, events: Iterable[MailEvent], *, dry_run: bool = False) -> BounceReport:
     """Record each event once and change the subscribers it names (see module doc).
 
     One transaction per event: a webhook batch that fails half-way has still
     recorded the events before it, and a retry skips those."""
-    report = Report()
+    report = BounceReport()
     for ev in events:
         if ev.kind not in KINDS:
             raise ValueError(f"unknown event kind {ev.kind!r}")
@@ -139,7 +141,7 @@ def apply_events(engine: Engine, config: Config, events: Iterable[MailEvent], *,
     return report
 
 
-def _apply_one(conn, config: Config, ev: MailEvent, report: Report) -> None:
+def _apply_one(conn, config: Config, ev: MailEvent, report: BounceReport) -> None:
     if ev.kind == "ignored":
         # Deliveries, opens, delays...: counted, not stored (they would fill the table).
         report.ignored += 1
@@ -332,12 +334,12 @@ def events_from_mail(raw: bytes, config: Config, keys: list[bytes]) -> list[Mail
     return parse_report(msg)
 
 
-def process_path(engine: Engine, config: Config, path: Path, *, dry_run: bool = False) -> tuple[int, Report]:
+def process_path(engine: Engine, config: Config, path: Path, *, dry_run: bool = False) -> tuple[int, BounceReport]:
     """``newsletter bounces process PATH``: every message in PATH; returns
     (messages read, report).  Messages that are neither reports nor unsubscribe
     requests are counted in ``ignored`` and left alone."""
     keys = signing_keys(config)
-    total = Report()
+    total = BounceReport()
     n = 0
     for where, raw in read_messages(path):
         n += 1

@@ -57,7 +57,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from .config import Config, find_config_path, load_config
-from .delivery import Report, deliver, edition_eta
+from .delivery import RunReport, counts_text, deliver, edition_eta, summarize
 from .errors import ConfigError
 from .providers import check_provider
 from .scheduling import SchedulerCore, ScheduleRunner
@@ -233,14 +233,14 @@ class Daemon:
                  extra={"event": "delivery.started", **fields, "counts": counts})
         last = [time.monotonic()]
 
-        def on_batch(report: Report) -> None:
+        def on_batch(report: RunReport) -> None:
             if time.monotonic() - last[0] < PROGRESS_EVERY:
                 return
             last[0] = time.monotonic()
             rate, eta = edition_eta(self.engine, edition_id, self.clock())
             with self.engine.connect() as c:
                 now_counts = edition_q.counts(c, edition_id)
-            log.info("%s: %s, %.1f/s", label, _counts_text(now_counts), rate,
+            log.info("%s: %s, %.1f/s", label, counts_text(now_counts), rate,
                      extra={"event": "delivery.progress", **fields, "counts": now_counts, "rate": round(rate, 1),
                             "eta": eta.isoformat() if eta else None})
 
@@ -256,10 +256,8 @@ class Daemon:
                           extra={"event": "delivery.error", **fields})
             self._not_before[edition_id] = self.clock() + RETRY_AFTER_ERROR
             return False
-        with self.engine.connect() as conn:
-            counts = edition_q.counts(conn, edition_id)
-            retry = edition_q.next_retry(conn, edition_id)
-            status = edition_q.get_edition(conn, edition_id).status
+        done = summarize(self.engine, edition_id, report)
+        counts, retry, status = done.counts, done.next_retry, done.status
         if report.finished:
             how, event = "finished", "delivery.finished"
         elif report.paused:
@@ -278,9 +276,7 @@ class Daemon:
             how, event = f"{counts['pending']} waiting to retry from {retry.isoformat()}", "delivery.deferred"
         else:
             how, event = "run ended", "delivery.ended"
-        log.info("%s: %s; this run sent %d, failed %d, deferred %d; total %s", label, how, report.sent,
-                 report.failed, report.deferred + report.unknown, _counts_text(counts),
-                 extra={"event": event, **fields, "counts": counts})
+        log.info("%s: %s; %s", label, how, done.text, extra={"event": event, **fields, "counts": counts})
         return bool(report.sent or report.failed or report.deferred or report.unknown or report.finished)
 
     def _worker(self) -> None:
@@ -375,10 +371,6 @@ class Daemon:
                 log.info("scheduler lease released", extra={"event": "scheduler.released"})
         except Exception:
             log.warning("could not release the scheduler lease; it lapses by itself", exc_info=True)
-
-
-def _counts_text(counts: dict[str, int]) -> str:
-    return " ".join(f"{k}={v}" for k, v in counts.items() if v or k in ("pending", "sent", "failed", "skipped"))
 
 
 def _replace_storage(config: Config, url: str) -> Config:

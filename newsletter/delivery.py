@@ -10,7 +10,7 @@ Rules that keep data safe (see DESIGN.md):
   cancelled while its message was in flight (unsubscribe by CLI, one-click or
   webhook, a bounce, ``edition cancel``) stays ``cancelled``: it is never marked
   ``sent`` nor revived to ``pending`` by a temporary failure.  Such results are
-  counted (``Report.lost_lease``) and logged.  Why a token and not the exact
+  counted (``RunReport.lost_lease``) and logged.  Why a token and not the exact
   ``lease_until`` claimed: renewal moves ``lease_until``, and two runs reading the
   same clock can compute the same value; a random token per run cannot collide;
 - **renewal**: while chunks are in flight (queued for a sending thread or at the
@@ -19,7 +19,7 @@ Rules that keep data safe (see DESIGN.md):
   renewal finds no longer ours are not sent;
 - **no lapsed claim goes out**: just before a chunk is handed to the provider its
   lease is checked against the clock; if it has lapsed (a forward clock step, a
-  stalled process) the rows are given back unsent (``Report.given_back``).  The
+  stalled process) the rows are given back unsent (``RunReport.given_back``).  The
   one window left: after a forward step larger than the remaining lease, another
   run that claims before the next renewal (at most a tick later) can take the
   chunk that is at the provider at that moment;
@@ -52,7 +52,7 @@ providers; the engine never reads reply text for this) are not delivery attempts
   it names none) and the run carries on; the rows go back with ``attempts``
   unchanged.  A window longer than ``max_throttle_wait`` (default 60 s) stops the
   run instead: the rows wait with ``next_attempt_at`` at the window's end, and
-  ``Report.waiting_until``/``waiting_for`` say when and why;
+  ``RunReport.waiting_until``/``waiting_for`` say when and why;
 - a whole-request **server error** (HTTP 5xx, no answer before the request was
   read) pauses 1, 2, then 4 s (SERVER_ERROR_BACKOFF) and tries again; after that
   the rows are deferred like any temporary failure.
@@ -98,6 +98,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from .config import Config, DeliverySettings, Rate
+from .editions import state
 from .editions.assemble import VariantKey
 from .editions.compose import Recipient, Sending, compose
 from .editions.render import Rendered, render_variant
@@ -110,6 +111,7 @@ from .replies import enhanced_status, is_bad_address_code
 from .store import editions as q
 from .store.tables import utcnow
 from .subscribers import count_bad_addresses
+from .users import Actor
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +130,16 @@ def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
 
 
 def sending_for(config: Config, edition) -> Sending:
-    pub = config.publication(edition.publication)
+    """What every mail of the edition row shares (sender, site, signed-link key)."""
+    return sending(config, edition.publication, edition.id, edition.created_at)
+
+
+def sending(config: Config, publication: str, edition_id: int, created_at: datetime) -> Sending:
+    """The same from plain values (a test send of an edition not created yet: id 0)."""
+    pub = config.publication(publication)
     return Sending(
-        edition_id=edition.id,
-        edition_stamp=int(edition.created_at.timestamp()),
+        edition_id=edition_id,
+        edition_stamp=int(created_at.timestamp()),
         publication_slug=pub.slug,
         publication_title=pub.title,
         timezone=pub.timezone,
@@ -148,7 +156,11 @@ def sending_for(config: Config, edition) -> Sending:
 
 
 class Variants:
-    """Renders each variant the first time it is needed and keeps it for the run."""
+    """Renders each variant the first time it is needed and keeps it for the run.
+
+    Preflight renders through one of these (``preflight.Plan.renders``) and
+    ``edition send`` hands it to the engine, which uses it when it is for the
+    edition's content and time (:meth:`serves`): a checked send renders once."""
 
     def __init__(self, config: Config, content: dict[str, Any], when: datetime, *,
                  tracking: Tracking | None = None):
@@ -159,6 +171,9 @@ class Variants:
         self._cache: dict[tuple[tuple[str, ...], str], Rendered] = {}
         self._text_only: dict[tuple, Rendered] = {}
         self.renders = 0
+
+    def serves(self, content: dict[str, Any], when: datetime) -> bool:
+        return self.content == content and self.when == when
 
     def get(self, key: VariantKey) -> Rendered:
         html = key.format == "html"
@@ -213,7 +228,9 @@ class TokenBucket:
 
 
 @dataclass
-class Report:
+class RunReport:
+    """What one delivery run of an edition did (:func:`deliver` returns it)."""
+
     edition_id: int
     sent: int = 0
     failed: int = 0
@@ -221,7 +238,7 @@ class Report:
     unknown: int = 0
     bounced: int = 0
     batches: int = 0
-    renders: int = 0
+    renders: int = 0  # variants rendered for this send (preflight's renders included when it made them)
     throttled: int = 0  # put back unsent by a provider-wide throttle or server error (no attempt counted)
     lost_lease: int = 0  # results not written: the row was no longer this run's (cancelled, or re-claimed)
     given_back: int = 0  # claimed rows handed back unsent because their lease had lapsed
@@ -290,10 +307,12 @@ class DeliveryRun:
         monotonic: Callable[[], float] = time.monotonic,
         stop: threading.Event | None = None,
         batch_size: int | None = None,
-        on_batch: Callable[[Report], None] | None = None,
+        on_batch: Callable[[RunReport], None] | None = None,
+        variants: Variants | None = None,
         shared: bool = False,
         slice_seconds: float | None = None,
     ):
+        self.seed = variants
         self.engine = engine
         self.config = config
         self.settings: DeliverySettings = config.delivery
@@ -306,7 +325,7 @@ class DeliveryRun:
         self.on_batch = on_batch
         max_batch = min(p.max_batch for p in providers)
         self.chunk_size = max(1, min(batch_size or self.settings.batch_size, max_batch))
-        self.report = Report(edition_id)
+        self.report = RunReport(edition_id)
         # Fair sharing: after this long (monotonic) no new claims; what is in flight is
         # sent and recorded as usual, and the caller turns to the next edition.
         self.slice_end = self.monotonic() + slice_seconds if slice_seconds else float("inf")
@@ -342,13 +361,16 @@ class DeliveryRun:
 
     # -- the run --------------------------------------------------------------------
 
-    def run(self) -> Report:
+    def run(self) -> RunReport:
         with self.engine.connect() as conn:
             edition = q.get_edition(conn, self.edition_id)
         if edition is None:
             raise ValueError(f"no edition {self.edition_id}")
         if edition.status != "sending":
             return self.report
+        content, when = load_content(edition), edition.scheduled_for or edition.created_at
+        seeded = self.seed is not None and self.seed.serves(content, when)
+        self.variants = self.seed if seeded else Variants(self.config, content, when)
         self.sending = sending_for(self.config, edition)
         tracking = (Tracking(self.config.site.base_url, self.sending.key, edition.id)
                     if self.sending.tracking != "off" else None)
@@ -390,12 +412,9 @@ class DeliveryRun:
             self._release_all()
         if error is not None:
             raise error
-        with self.engine.begin() as conn:
-            if q.pending_count(conn, self.edition_id) == 0 and not self.report.paused:
-                current = q.get_edition(conn, self.edition_id)
-                if current.status == "sending":
-                    q.set_status(conn, self.edition_id, "done", finished=self.clock())
-                    self.report.finished = True
+        if not self.report.paused:
+            with self.engine.begin() as conn:
+                self.report.finished = state.finish(conn, self.edition_id, self.clock())
         self.report.renders = self.variants.renders
         return self.report
 
@@ -684,9 +703,9 @@ class DeliveryRun:
                 reason = (f"paused after {self.consecutive_errors} permanent failures in a row "
                           f"(last: {last[:200]}); check the provider, then "
                           f"'newsletter edition resume'")
-                q.set_status(conn, self.edition_id, "paused", note=reason)
-                self.report.paused = reason
-                log.error("edition %s %s", self.edition_id, reason)
+                if state.pause_for_errors(conn, self.edition_id, reason, now):
+                    self.report.paused = reason
+                    log.error("edition %s %s", self.edition_id, reason)
             if self.report.waiting_for and self.report.waiting_until and self.resume_at:
                 q.set_note(conn, self.edition_id, f"{self.report.waiting_for}; resumes after "
                                                   f"{self.report.waiting_until.isoformat(timespec='seconds')}")
@@ -790,44 +809,72 @@ def deliver(
     engine: Engine,
     config: Config,
     edition_id: int,
-    provider: Provider | None = None,
     *,
+    opener: Callable[[], Provider] | None = None,
+    variants: Variants | None = None,
     clock: Callable[[], datetime] = utcnow,
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
     stop: threading.Event | None = None,
     batch_size: int | None = None,
-    on_batch: Callable[[Report], None] | None = None,
+    on_batch: Callable[[RunReport], None] | None = None,
     shared: bool = False,
     slice_seconds: float | None = None,
-) -> Report:
+) -> RunReport:
     """Send every due delivery of the edition; returns what happened.
 
-    ``provider`` is used for the first connection (the caller closes it); the
-    engine opens and closes the other ``connections - 1`` itself.  ``shared``: the
-    limits are kept in the database for every sending process (workers.py).
-    ``slice_seconds``: claim no more after this long (the daemon's turn between
-    editions sending at once); the edition stays ``sending``.
+    The engine opens its ``connections`` providers (``opener``, default
+    :func:`open_provider` of ``config``) and closes every one of them: whoever
+    opens a provider closes it.  ``variants``: renders made already (preflight's,
+    ``preflight.Plan.renders``), used when they are for this edition's content.
+    ``shared``: the limits are kept in the database for every sending process
+    (workers.py).  ``slice_seconds``: claim no more after this long (the daemon's
+    turn between editions sending at once); the edition stays ``sending``.
     """
-    own: list[Provider] = []
+    opener = opener or (lambda: open_provider(config))
     providers: list[Provider] = []
-    if provider is not None:
-        providers.append(provider)
     try:
         while len(providers) < config.delivery.connections:
-            p = open_provider(config)
-            own.append(p)
-            providers.append(p)
+            providers.append(opener())
         return DeliveryRun(
             engine, config, edition_id, providers, clock=clock, sleep=sleep, monotonic=monotonic, stop=stop,
-            batch_size=batch_size, on_batch=on_batch, shared=shared, slice_seconds=slice_seconds,
+            batch_size=batch_size, on_batch=on_batch, variants=variants, shared=shared,
+            slice_seconds=slice_seconds,
         ).run()
     finally:
-        for p in own:
+        for p in providers:
             try:
                 p.close()
             except Exception:  # noqa: BLE001 - closing must not hide the run's own outcome
                 log.warning("closing a provider failed", exc_info=True)
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """``pending=3 sent=10 failed=0 skipped=0 …``: the four always, the rest when not 0."""
+    return " ".join(f"{k}={v}" for k, v in counts.items() if v or k in ("pending", "sent", "failed", "skipped"))
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """After a run: the edition's counts, status and next retry, and the words the
+    CLI prints and the daemon logs (``label``: 第N号 of which publication; ``text``:
+    what this run did and the totals)."""
+
+    counts: dict[str, int]
+    status: str
+    next_retry: datetime | None
+    label: str
+    text: str
+
+
+def summarize(engine: Engine, edition_id: int, report: RunReport) -> RunSummary:
+    with engine.connect() as conn:
+        counts = q.counts(conn, edition_id)
+        retry = q.next_retry(conn, edition_id)
+        row = q.get_edition(conn, edition_id)
+    text = (f"this run sent {report.sent}, failed {report.failed}, deferred {report.deferred + report.unknown}; "
+            f"total {counts_text(counts)}")
+    return RunSummary(counts, row.status, retry, f"{row.publication} 第{row.number}号", text)
 
 
 def edition_eta(engine: Engine, edition_id: int, now: datetime | None = None) -> tuple[float, datetime | None]:
@@ -875,10 +922,11 @@ class Requeue:
 
 
 def retry_failed(engine: Engine, edition_id: int, *, dry_run: bool = False,
-                 now: datetime | None = None) -> Requeue:
+                 now: datetime | None = None, actor: Actor | None = None) -> Requeue:
     """Put the edition's retryable failed deliveries (:func:`not_retryable`) back to
-    pending, due at once; a ``done`` edition becomes ``sending`` again so that
-    ``edition send --edition N`` or the daemon delivers them.  One transaction."""
+    pending, due at once; a ``done`` edition becomes ``sending`` again
+    (:func:`editions.state.reopen`, by ``actor``) so that ``edition send --edition N``
+    or the daemon delivers them.  One transaction."""
     from .errors import InputError
 
     now = now or utcnow()
@@ -900,8 +948,5 @@ def retry_failed(engine: Engine, edition_id: int, *, dry_run: bool = False,
             return out
         out.requeued = q.requeue_failed(conn, ids, now)
         if out.requeued and edition.status == "done":
-            # TODO(editions/state.py): this transition belongs with the others once that module exists.
-            q.set_status(conn, edition_id, "sending",
-                         note=f"{out.requeued} failed deliveries put back to pending by an operator")
-            out.reopened = True
+            out.reopened = state.reopen(conn, edition_id, out.requeued, actor or Actor(None, "cli"), now)
     return out

@@ -5,8 +5,11 @@ publication's unfinished edition if there is one (its pending deliveries),
 else the edition it would start (approved, scheduled, or with ``approval =
 "none"`` a draft: editions/state.py ``next_to_send``), else the next edition
 as it would be created (the distinct variants of the active subscribers,
-exactly as :func:`publish.plan` would key them) — renders every variant once
-and checks it.  It writes nothing.
+keyed by :func:`publish.readers`, the one function :func:`publish.plan` keys
+them with) — renders every variant once, as the engine will, and checks it.  It
+writes nothing.  The :class:`Plan` keeps the content and the renders: ``edition
+send`` freezes that content (or refuses if the queue changed since) and the
+engine sends those renders, so what was checked is what is sent.
 
 Severities (``error`` stops ``edition send`` unless ``--force``; ``edition check``
 exits 1):
@@ -53,20 +56,21 @@ from urllib.parse import urlsplit
 
 import lxml.etree
 import lxml.html
-from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from . import japanese
 from .articles import render_problem
 from .config import Config, Publication
-from .editions.assemble import VariantKey, sections, variant_fields
+from .delivery import Variants
+from .editions.assemble import VariantKey, sections
 from .editions.compose import PYTHON_CODECS
-from .editions.render import Rendered, render_variant
+from .editions.render import Rendered
 from .errors import NewsletterError
 from .links import fill, greeting, preferences_url, unsubscribe_url
-from .publish import load_content, next_content, receives
+from .publish import load_content, next_content, readers
 from .store import editions as q
-from .store.tables import deliveries, subscribers, utcnow
+from .store import subscribers as sq
+from .store.tables import utcnow
 
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" past about 102 KB of HTML
 HTML_WARN_BYTES = 90 * 1024
@@ -107,7 +111,11 @@ def summary(findings: Iterable[Finding]) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """What ``edition send`` would send: the content and readers per variant."""
+    """What ``edition send`` would send: the content and readers per variant, and the
+    renders of that content (filled by :func:`check_plan`).  ``edition send`` creates
+    or starts exactly this content (``publish.create_edition(checked=…)``,
+    ``state.start_sending(checked=…)``) and hands ``renders`` to the engine, so what
+    was checked is what is sent, rendered once."""
 
     content: dict[str, Any]
     when: datetime
@@ -117,16 +125,12 @@ class Plan:
     # Display names of ISO-2022-JP readers that cannot be written in it (their mail goes as UTF-8).
     names_not_in_jis: tuple[str, ...] = ()
     unsent_status: str | None = None  # an edition not yet sending: draft, approved, scheduled
+    renders: Variants | None = None  # the renders of ``content`` at ``when``, for check and send
 
 
 def _names_not_in_jis(conn, ids: list[int]) -> tuple[str, ...]:
-    out: list[str] = []
-    for start in range(0, len(ids), q.CHUNK):
-        chunk = ids[start : start + q.CHUNK]
-        for (name,) in conn.execute(select(subscribers.c.name).where(subscribers.c.id.in_(chunk))):
-            if name and japanese.unmappable(japanese.map_for_jis(name, names=True)[0]):
-                out.append(name)
-    return tuple(out)
+    return tuple(name for name in sq.names(conn, ids, q.CHUNK)
+                 if japanese.unmappable(japanese.map_for_jis(name, names=True)[0]))
 
 
 def plan_send(engine: Engine, config: Config, pub: Publication, *, now: datetime | None = None,
@@ -139,19 +143,20 @@ def plan_send(engine: Engine, config: Config, pub: Publication, *, now: datetime
     with engine.connect() as conn:
         row = q.unfinished(conn, pub.slug) if edition is None else None
         unsent = edition if edition is not None else (next_to_send(conn, pub) if row is None else None)
+        counts: Counter[VariantKey] = Counter()
+        jis_ids: list[int] = []
+
+        def count(subscriber_id: int | None, key: VariantKey) -> None:
+            counts[key] += 1
+            if key.charset == "iso-2022-jp" and subscriber_id is not None:
+                jis_ids.append(subscriber_id)
+
         if row is not None:
-            pending = conn.execute(
-                select(deliveries.c.variant, func.count())
-                .where(deliveries.c.edition_id == row.id, deliveries.c.status == "pending")
-                .group_by(deliveries.c.variant)
-            )
-            variants = {VariantKey.decode(v): n for v, n in pending}
-            jis_ids = [i for (i,) in conn.execute(
-                select(deliveries.c.subscriber_id).where(
-                    deliveries.c.edition_id == row.id, deliveries.c.status == "pending",
-                    deliveries.c.variant.like("%|iso-2022-jp"), deliveries.c.subscriber_id.is_not(None)))]
-            return Plan(load_content(row), row.scheduled_for or row.created_at, row.number, True, variants,
-                        _names_not_in_jis(conn, jis_ids))
+            for subscriber_id, variant in q.pending_variants(conn, row.id):
+                count(subscriber_id, VariantKey.decode(variant))
+            content, when = load_content(row), row.scheduled_for or row.created_at
+            return Plan(content, when, row.number, True, dict(counts), _names_not_in_jis(conn, jis_ids),
+                        renders=Variants(config, content, when))
         when = now
         if unsent is not None:
             content = load_content(unsent) if unsent.status == "draft" else json.loads(unsent.approved_content)
@@ -160,38 +165,37 @@ def plan_send(engine: Engine, config: Config, pub: Publication, *, now: datetime
             content = next_content(conn, config, pub, now)
         if not content["articles"]:
             return None
-        counts: Counter[VariantKey] = Counter()
-        jis_ids = []
-        for sub in q.subscribers_for(conn, pub.fields):
-            if not receives(pub, sub):
-                continue
-            fields = variant_fields(content, sub.fields.split(","))
-            if fields:
-                key = VariantKey(fields, sub.format, sub.charset or pub.charset)
-                counts[key] += 1
-                if key.charset == "iso-2022-jp":
-                    jis_ids.append(sub.id)
+        for sub, key in readers(conn, pub, content):
+            if key.fields:
+                count(sub.id, key)
         names = _names_not_in_jis(conn, jis_ids)
     return Plan(content, when, content["number"], False, dict(counts), names,
-                unsent.status if unsent is not None else None)
+                unsent.status if unsent is not None else None, Variants(config, content, when))
+
+
+def check(engine: Engine, config: Config, pub: Publication, *, now: datetime | None = None,
+          edition=None) -> tuple[Plan | None, list[Finding]]:
+    """The plan of what ``edition send PUB`` would send now (None: nothing new) and
+    every finding on it.  Changes nothing; the plan carries the renders it checked."""
+    plan = plan_send(engine, config, pub, now=now, edition=edition)
+    if plan is None:
+        return None, [Finding("info", "nothing",
+                              f"{pub.slug}: nothing new to send (no queued articles past their embargo)")]
+    return plan, check_plan(config, pub, plan) + deliverability(engine, config)
 
 
 def check_edition(engine: Engine, config: Config, pub: Publication, *, now: datetime | None = None,
                   edition=None) -> list[Finding]:
     """Every finding for what ``edition send PUB`` would send now (changes nothing).
 
-    ``edition send`` calls this first and refuses to start when
+    ``edition send`` calls :func:`check` first and refuses to start when
     :func:`has_errors` is true, unless ``--force``."""
-    plan = plan_send(engine, config, pub, now=now, edition=edition)
-    if plan is None:
-        return [Finding("info", "nothing", f"{pub.slug}: nothing new to send (no queued articles past their embargo)")]
-    return check_plan(config, pub, plan) + deliverability(engine, config)
+    return check(engine, config, pub, now=now, edition=edition)[1]
 
 
 def deliverability(engine: Engine, config: Config) -> list[Finding]:
     """``newsletter doctor``'s failing checks, when DNS answers (see :func:`doctor.preflight_findings`)."""
     from . import doctor
-    from .store import subscribers as sq
 
     with engine.connect() as conn:
         big = sq.count_active_at(conn, doctor.BULK_RULE_DOMAINS)
@@ -225,21 +229,21 @@ def check_plan(config: Config, pub: Publication, plan: Plan) -> list[Finding]:
             title = title if title.isprintable() else repr(title)[1:-1]
             findings.append(Finding("error", "article", f"article {art.get('id')} '{title}': {problem}: "
                                     "it cannot render (fix it with 'article edit' or withdraw it)"))
-    rendered: dict[tuple[tuple[str, ...], str], Rendered] = {}
+    # Rendered as the engine renders (the content's own text width, HTML only for HTML
+    # readers; html sorts before text, so each field set is rendered once) and kept for it.
+    renders = plan.renders if plan.renders is not None else Variants(config, plan.content, plan.when)
+    width = plan.content.get("text_width") or pub.text_width
     for key in sorted(plan.variants, key=VariantKey.encode):
         label = key.encode()
         readers = plan.variants[key]
         findings.append(Finding("info", "readers", f"{readers} reader(s)", label))
-        base = (key.fields, key.charset)
-        if base not in rendered:
-            try:
-                rendered[base] = render_variant(plan.content, key.fields, config.templates_dir, when=plan.when,
-                                                html=True, charset=key.charset, width=pub.text_width)
-            except (NewsletterError, ValueError) as exc:  # ValueError: lxml refusing a character
-                findings.append(Finding("error", "render", f"does not render: {exc}", label))
-                continue
+        try:
+            rendered = renders.get(key)
+        except (NewsletterError, ValueError) as exc:  # ValueError: lxml refusing a character
+            findings.append(Finding("error", "render", f"does not render: {exc}", label))
+            continue
         findings += [Finding(f.severity, f.code, f.message, label)
-                     for f in check_variant(rendered[base], key, readers, plan.content, config, pub.text_width)]
+                     for f in check_variant(rendered, key, readers, plan.content, config, width)]
     return findings
 
 

@@ -5,18 +5,27 @@ the articles it carries (marked published), and one delivery row per active
 subscriber of the publication — ``pending`` with its variant key, or
 ``skipped`` when nothing in the edition is in that subscriber's fields.  The
 delivery rows are the outbox: sending only ever works through them.
+
+Rules it keeps:
+
+- a subscriber is keyed to a variant in one place, :func:`readers`
+  (preflight counts the same keys this module writes);
+- checked = sent: given the content preflight checked (``checked``),
+  :func:`create_edition` freezes exactly that, or refuses when the queue
+  changed since the check (:func:`changed_since_check`); nothing unchecked
+  goes out silently.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
 from .config import Config, Publication
@@ -84,18 +93,24 @@ def receives(pub: Publication, row) -> bool:
     return row.publications is None or pub.slug in row.publications.split(",")
 
 
+def readers(conn: Connection, pub: Publication, content: Mapping[str, Any]) -> Iterator[tuple[Row, VariantKey]]:
+    """Every active subscriber of ``pub`` with the variant of ``content`` they get
+    (``key.fields`` empty: nothing in it is in their fields), streamed.  The one place
+    that keys a subscriber to a variant: :func:`plan` and preflight both read it."""
+    for row in q.subscribers_for(conn, pub.fields):
+        if receives(pub, row):
+            yield row, VariantKey(variant_fields(content, row.fields.split(",")), row.format,
+                                  row.charset or pub.charset)
+
+
 def plan(
     conn: Connection, pub: Publication, content: dict[str, Any], edition_id: int, now: datetime
 ) -> tuple[int, int]:
     """Create the delivery rows; returns (pending, skipped)."""
     pending = skipped = 0
     batch: list[dict[str, Any]] = []
-    for row in q.subscribers_for(conn, pub.fields):
-        if not receives(pub, row):
-            continue
-        fields = variant_fields(content, row.fields.split(","))
-        key = VariantKey(fields, row.format, row.charset or pub.charset)
-        if fields:
+    for row, key in readers(conn, pub, content):
+        if key.fields:
             status, reply = "pending", None
             pending += 1
         else:
@@ -112,11 +127,16 @@ def plan(
 
 def create_edition(
     engine: Engine, config: Config, pub: Publication, *, now: datetime | None = None,
-    scheduled_for: datetime | None = None, actor: Actor | None = None,
+    scheduled_for: datetime | None = None, actor: Actor | None = None, checked: Mapping[str, Any] | None = None,
 ) -> Created | None:
     """The next edition of ``pub``, created and ready to send in one step, or None when
     there is nothing new to carry.  Only for ``approval = "none"``: with ``"required"``
-    an edition is a draft first (:func:`newsletter.editions.state.create_draft`)."""
+    an edition is a draft first (:func:`newsletter.editions.state.create_draft`).
+
+    ``checked``: the content preflight checked (``preflight.Plan.content``, with
+    ``now`` its ``when``).  What is frozen is exactly that content; if the queue
+    changed since the check (an article added, edited or withdrawn, another edition
+    created) nothing is created and an :class:`InputError` says what changed."""
     from .editions import state
 
     now = now or utcnow()
@@ -125,6 +145,8 @@ def create_edition(
     try:
         with engine.begin() as conn:
             content = next_content(conn, config, pub, now)
+            if checked is not None and content != checked:
+                raise changed_since_check(pub.slug, checked, content)
             if not content["articles"]:
                 return None
             edition_id = q.insert_edition(
@@ -141,6 +163,42 @@ def create_edition(
     log.info("edition %s 第%d号 created: %d articles, %d to send, %d skipped",
              pub.slug, content["number"], len(content["articles"]), pending, skipped)
     return Created(edition_id, content["number"], len(content["articles"]), pending, skipped)
+
+
+def changed_since_check(what: str, checked: Mapping[str, Any], now: Mapping[str, Any]) -> InputError:
+    """The refusal when what would be sent is not what preflight checked."""
+    from .editions.state import changes
+
+    if checked.get("number") != now.get("number"):
+        why = f"another edition was created meanwhile (第{checked.get('number')}号 → 第{now.get('number')}号)"
+    else:
+        why = changes(checked, now)
+    return InputError(f"{what}: the content changed since the check ({why}); nothing was sent — run "
+                      "'edition send' again to check what would go out now")
+
+
+def send_test(config: Config, content: Mapping[str, Any], when: datetime, key: VariantKey, address: str, *,
+              edition=None, opener=None):
+    """One mail of ``content`` as variant ``key`` to ``address`` (``edition --test-to``):
+    nothing is logged and nothing changes.  ``edition``: its row when it exists (else
+    id 0, created ``when``).  Opens its provider (``opener``, default the config's)
+    and closes it; returns the provider's :class:`SendResult`."""
+    from .delivery import Variants, sending
+    from .editions.compose import Recipient, compose
+    from .providers import open_provider
+
+    # content["test"]: 【テスト】 in the subject and a banner in both parts (render.py).
+    rendered = Variants(config, {**content, "test": True}, when).get(key)
+    slug = content["publication"]["slug"]
+    shared = sending(config, slug, edition.id if edition is not None else 0,
+                     edition.created_at if edition is not None else when)
+    message = compose(rendered, Recipient(0, 0, address, ""), shared, charset=key.charset, now=utcnow())
+    provider = (opener or (lambda: open_provider(config)))()
+    try:
+        [result] = provider.send([message])
+    finally:
+        provider.close()
+    return result
 
 
 def load_content(row) -> dict[str, Any]:

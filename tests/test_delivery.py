@@ -85,12 +85,8 @@ class Setup:
         return created.edition_id
 
     def send(self, edition_id: int, **kw):
-        provider = load_provider(self.config.provider.kind, self.config.provider.options, self.config.base_dir)
-        try:
-            return deliver(self.engine, self.config, edition_id, provider, clock=self.clock,
-                           sleep=self.clock.sleep, monotonic=self.clock.monotonic, **kw)
-        finally:
-            provider.close()
+        return deliver(self.engine, self.config, edition_id, clock=self.clock,
+                       sleep=self.clock.sleep, monotonic=self.clock.monotonic, **kw)
 
     def rows(self) -> dict[str, object]:
         with self.engine.connect() as conn:
@@ -339,6 +335,35 @@ def test_hard_bounce_classification(reply, hard):
     assert smtp_outcome(code, reply)[1] is hard
 
 
+def test_the_engine_closes_every_provider_it_opens(make, smtp_server):
+    """Whoever opens a provider closes it: deliver() opens all ``connections`` of
+    them, and closes all, whether the run ends well or not."""
+    s = make("connections = 3")
+    s.subscribe(*addresses(12))
+    opened: list = []
+
+    def opener():
+        provider = load_provider(s.config.provider.kind, s.config.provider.options, s.config.base_dir)
+        inner = provider.close
+        provider.closed = 0
+
+        def close():
+            provider.closed += 1
+            inner()
+
+        provider.close = close
+        opened.append(provider)
+        return provider
+
+    assert s.send(s.edition(), opener=opener).sent == 12
+    assert len(opened) == 3 and [p.closed for p in opened] == [1, 1, 1]
+    opened.clear()
+    edition = s.edition()
+    with pytest.raises(ZeroDivisionError):
+        s.send(edition, opener=opener, on_batch=lambda report: 1 / 0)
+    assert len(opened) == 3 and [p.closed for p in opened] == [1, 1, 1]
+
+
 def test_parallel_connections_each_reused(make, smtp_server):
     s = make("connections = 3")
     s.subscribe(*addresses(60))
@@ -379,10 +404,9 @@ def test_domain_limit_throttles_only_that_domain(make, smtp_server):
         provider.send = send
         return provider
 
-    provider = spy_send(load_provider(s.config.provider.kind, s.config.provider.options, s.config.base_dir))
-    report = deliver(s.engine, s.config, s.edition(), provider, clock=s.clock, sleep=s.clock.sleep,
-                     monotonic=s.clock.monotonic)
-    provider.close()
+    report = deliver(s.engine, s.config, s.edition(), clock=s.clock, sleep=s.clock.sleep, monotonic=s.clock.monotonic,
+                     opener=lambda: spy_send(load_provider(s.config.provider.kind, s.config.provider.options,
+                                                           s.config.base_dir)))
     assert report.sent == 30
     start = min(sent_at.values())
     # Every other address went out at the start, not held back by the throttled domain ...
@@ -426,11 +450,17 @@ def test_max_errors_pauses_the_edition_and_resume_continues(make, smtp_server):
         counts[r.status] = counts.get(r.status, 0) + 1
     # At most the chunks in flight (2 per connection) were burnt; the rest of the list waits.
     assert counts["failed"] <= 10 and counts["pending"] >= 20
+    # The engine's transitions are editions/state.py's, with audit rows from "delivery".
+    last = s.cli("edition", "history", "1").stdout.splitlines()[-1].split("\t")
+    assert last[1:3] == ["-", "delivery"] and last[3].startswith("paused  paused after 5 permanent failures")
     smtp_server.clear()
     out = s.cli("edition", "resume", "1").stdout
     assert "resumed" in out
     report = s.send(edition)
     assert report.finished and report.sent == counts["pending"]
+    rows = [line.split("\t") for line in s.cli("edition", "history", "1").stdout.splitlines()]
+    [finished] = [r for r in rows if r[3].startswith("finished")]  # (the engine runs on a fake clock)
+    assert finished[1:3] == ["-", "delivery"] and finished[3].startswith("finished  sent=")
 
 
 def test_pause_from_another_process_stops_a_running_send(make, smtp_server):

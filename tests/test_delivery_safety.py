@@ -70,13 +70,11 @@ def run_in_thread(target, *args, **kw):
 def send_with(s: Setup, edition: int, clock=None, **kw):
     """A second, independent run: its own engine (connections) and provider."""
     engine = open_engine(s.config.storage_url)
-    provider = load_provider(s.config.provider.kind, s.config.provider.options, s.config.base_dir)
     try:
         if clock is not None:
             kw.update(clock=clock, sleep=clock.sleep, monotonic=clock.monotonic)
-        return deliver(engine, s.config, edition, provider, **kw)
+        return deliver(engine, s.config, edition, **kw)
     finally:
-        provider.close()
         engine.dispose()
 
 
@@ -175,9 +173,8 @@ def test_a_forward_clock_step_never_hands_over_a_lapsed_claim(setup, smtp_server
         return results
 
     provider.send = send
-    report = deliver(s.engine, s.config, edition, provider, clock=s.clock, sleep=s.clock.sleep,
-                     monotonic=s.clock.monotonic)
-    provider.close()
+    report = deliver(s.engine, s.config, edition, opener=lambda: provider, clock=s.clock, sleep=s.clock.sleep,
+                     monotonic=s.clock.monotonic)  # one connection: the engine opens (and closes) this one
     assert lapsed == []
     assert report.finished and sorted(s.received()) == sorted(addresses(15))
 
@@ -275,10 +272,8 @@ def test_http_429s_with_a_short_window_pause_and_the_edition_finishes_in_one_run
             kit.server.fail_next(4, 429, after=1)
         else:
             kit.server.fail_next(4, 429, retry_after=2, after=1)
-        provider = kit.provider()
-        report = deliver(s.engine, s.config, edition, provider, clock=s.clock, sleep=s.clock.sleep,
+        report = deliver(s.engine, s.config, edition, opener=kit.provider, clock=s.clock, sleep=s.clock.sleep,
                          monotonic=s.clock.monotonic)
-        provider.close()
         assert kit.server.failures_left() == 0
         assert report.finished and report.sent == 300 and report.deferred == 0 and report.throttled > 0
         assert 4 <= s.clock.slept < 60
@@ -293,10 +288,8 @@ def test_http_5xx_twice_then_ok_is_sent_in_the_same_run(kind, tmp_path, monkeypa
         s = _http_setup(kit, tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", 20, 10)
         edition = s.edition()
         kit.server.fail_next(2, 503)
-        provider = kit.provider()
-        report = deliver(s.engine, s.config, edition, provider, clock=s.clock, sleep=s.clock.sleep,
+        report = deliver(s.engine, s.config, edition, opener=kit.provider, clock=s.clock, sleep=s.clock.sleep,
                          monotonic=s.clock.monotonic)
-        provider.close()
         assert report.finished and report.sent == 20 and report.deferred == 0
         assert 3 <= s.clock.slept < 10  # 1 s, then 2 s
         assert {r.attempts for r in s.rows().values()} == {1}

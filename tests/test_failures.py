@@ -135,6 +135,8 @@ def test_retry_failed_sends_only_the_retryable_ones_again(failed_edition, smtp_s
     out = cli("edition", "retry", "1", "--failed").stdout
     assert "1 failed deliveries back to pending" in out
     assert rows(cli, editions)[0].status == "sending"
+    reopened = cli("edition", "history", "1").stdout.splitlines()[-1].split("\t")
+    assert reopened[2] == "cli" and reopened[3].startswith("reopened  1 failed deliveries put back to pending")
     sent = cli("edition", "send", "--edition", "1").stdout
     assert "this run sent 1, failed 0" in sent
     assert [list(m.rcpt_tos) for m in smtp_server.messages] == [["kato.hiroshi@example.jp"]]

@@ -520,11 +520,7 @@ def test_a_postmark_inactive_recipient_bounces_the_subscriber_by_the_typed_field
             "--url", "https://news.example.jp/e/kominkan", "--summary", "改修の概要です。")
         created = publish.create_edition(engine, config, config.publication("weekly"))
         kit.server.reject("kyuu@example.jp")
-        provider = load_provider(config.provider.kind, config.provider.options, config.base_dir)
-        try:
-            report = deliver(engine, config, created.edition_id, provider)
-        finally:
-            provider.close()
+        report = deliver(engine, config, created.edition_id)
         assert (report.sent, report.failed, report.bounced) == (1, 1, 1)
         assert kit.server.recipients() == ["genki@example.jp"]
         with engine.connect() as conn:
@@ -810,10 +806,8 @@ def _edition_run(kit: Kit, tmp_path: Path) -> None:
         paused.append(seconds)
         pause_clock[0] += seconds
 
-    provider = load_provider(config.provider.kind, config.provider.options, config.base_dir)
-    report = deliver(engine, config, created.edition_id, provider, sleep=sleep,
+    report = deliver(engine, config, created.edition_id, sleep=sleep,
                      monotonic=lambda: time.monotonic() + pause_clock[0])
-    provider.close()
     assert server.failures_left() == 0  # the storm and the 500 both fell in this run
     # A throttle pauses the run and a server error is tried again: one run, nothing deferred.
     assert report.finished and report.failed == 0 and report.deferred == 0 and report.throttled > 0

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from newsletter import publish
 from newsletter.config import load_config
 from newsletter.editions.assemble import VariantKey
+from newsletter.errors import InputError
 from newsletter.preflight import (
     GMAIL_CLIP_BYTES,
     Plan,
@@ -22,9 +23,10 @@ from newsletter.preflight import (
     has_errors,
     link_problem,
 )
+from newsletter.preflight import plan_send as preflight_plan
 from newsletter.store import open_engine
 from newsletter.store.tables import articles, deliveries, editions
-from tests.test_render import ADMIN, EDU, LG, WHEN, fixed_articles, fixed_config, fixed_content
+from tests.test_render import ADMIN, EDU, LG, WHEN, fixed_articles, fixed_config, fixed_content, premailer_runs
 
 ALL = (LG, ADMIN, EDU)
 
@@ -155,7 +157,9 @@ def test_missing_unsubscribe_link_is_an_error(tmp_path):
 def test_text_width_comes_from_the_publication():
     config = fixed_config()
     pub = dataclasses.replace(config.publication("weekly"), text_width=40)
-    findings = check_plan(config, pub, plan_for(fixed_content(config)))
+    # Frozen into the content at creation, which is what the engine wraps with: the
+    # check renders and measures exactly that.
+    findings = check_plan(config, pub, plan_for(fixed_content(config, text_width=40)))
     assert any("text lines within 40 columns" in f.message for f in findings)
 
 
@@ -319,3 +323,91 @@ def test_default_subject_is_the_first_headline_and_its_jis_losses_are_warned():
     from newsletter.japanese import display_width
 
     assert display_width(rendered.subject) <= 80
+
+
+# --------------------------------------------------------------------------- checked = sent
+
+
+def _queue(cli, tmp_path, items) -> None:
+    (tmp_path / "queue.json").write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+    cli("article", "import", tmp_path / "queue.json")
+
+
+SEND_ITEMS = [
+    {"title": "東雲県が子育て支援策の素案を公表", "url": "https://news.example.jp/a/1", "summary": "素案の概要。",
+     "fields": ["local-government"], "guid": "cs-1"},
+    {"title": "県立高校の入試日程が決定", "url": "https://news.example.jp/a/2", "summary": "日程の概要。",
+     "fields": ["education"], "guid": "cs-2"},
+]
+
+
+def _outbox(cli) -> list[str]:
+    box = cli.folder / "var" / "outbox"
+    return sorted(p.read_bytes().decode("ascii", "replace") for p in box.glob("*.eml")) if box.exists() else []
+
+
+def test_an_article_edited_between_check_and_creation_is_not_sent_unchecked(project, tmp_path, monkeypatch):
+    """``edition send`` checks, then creates: an editor saving an article in between
+    must not put text nobody checked into readers' mailboxes."""
+    from newsletter import preflight
+
+    cli = project
+    _queue(cli, tmp_path, SEND_ITEMS)
+    cli("subscriber", "add", "sato@example.jp", "--name", "佐藤 花子")
+    config = load_config(cli.config_path)
+    engine = open_engine(config.storage_url)
+    real = preflight.deliverability
+
+    def edited_meanwhile(*args):
+        with engine.begin() as conn:  # another editor saves article 1 right after the check
+            conn.execute(articles.update().where(articles.c.id == 1).values(title="未確認の差し替え見出し"))
+        return real(*args)
+
+    monkeypatch.setattr(preflight, "deliverability", edited_meanwhile)
+    res = cli("edition", "send", "weekly", ok=False)
+    assert res.exit_code == 1
+    assert "changed since the check (articles edited: 1)" in res.stderr and "nothing was sent" in res.stderr
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(editions)).scalar() == 0
+        assert conn.execute(select(func.count()).select_from(deliveries)).scalar() == 0
+    assert _outbox(cli) == []
+    # Sent again, the new title is checked, then sent.
+    monkeypatch.setattr(preflight, "deliverability", real)
+    assert "this run sent 1, failed 0" in cli("edition", "send", "weekly").stdout
+    engine.dispose()
+
+
+def test_creation_refuses_content_other_than_the_checked(project, tmp_path):
+    cli = project
+    _queue(cli, tmp_path, SEND_ITEMS[:1])
+    cli("subscriber", "add", "sato@example.jp")
+    config = load_config(cli.config_path)
+    engine = open_engine(config.storage_url)
+    pub = config.publication("weekly")
+    plan = preflight_plan(engine, config, pub)
+    _queue(cli, tmp_path, SEND_ITEMS[1:])  # added after the check
+    with pytest.raises(InputError, match=r"articles added: 2 「県立高校の入試日程が決定」"):
+        publish.create_edition(engine, config, pub, now=plan.when, checked=plan.content)
+    created = publish.create_edition(engine, config, pub, now=plan.when,
+                                     checked=preflight_plan(engine, config, pub, now=plan.when).content)
+    assert created.articles == 2
+    engine.dispose()
+
+
+def test_a_checked_send_renders_each_variant_once(project, tmp_path, monkeypatch):
+    """Preflight's renders are the ones sent: premailer runs once per HTML field set
+    and charset for the whole ``edition send``, not once for the check and again
+    for the engine."""
+    cli = project
+    _queue(cli, tmp_path, SEND_ITEMS)
+    cli("subscriber", "add", "sato@example.jp", "--fields", "local-government", "--name", "佐藤 花子")
+    cli("subscriber", "add", "suzuki@example.jp", "--fields", "education", "--name", "鈴木 一郎")
+    cli("subscriber", "add", "tanaka@example.jp", "--fields", "education", "--format", "text")
+    cli("subscriber", "add", "ito@example.jp", "--fields", "education", "--charset", "iso-2022-jp")
+    calls = premailer_runs(monkeypatch)
+    out = cli("edition", "send", "weekly").stdout
+    assert "this run sent 4, failed 0" in out
+    # HTML variants: local-government|utf-8, education|utf-8, education|iso-2022-jp (the text reader shares one).
+    assert len(calls) == 3
+    mails = _outbox(cli)
+    assert len(mails) == 4 and sum("Content-Type: text/html" in m for m in mails) == 3

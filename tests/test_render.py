@@ -412,7 +412,8 @@ def test_full_text_publication_carries_the_sanitized_body():
 # --------------------------------------------------------------------------- one render per variant
 
 
-def test_premailer_runs_once_per_distinct_field_set(monkeypatch):
+def premailer_runs(monkeypatch) -> list[str]:
+    """The HTML each premailer run inlined, from now on (a real run each time)."""
     calls: list[str] = []
     real = render.inline_css
 
@@ -421,6 +422,11 @@ def test_premailer_runs_once_per_distinct_field_set(monkeypatch):
         return real(source)
 
     monkeypatch.setattr(render, "inline_css", counting)
+    return calls
+
+
+def test_premailer_runs_once_per_distinct_field_set(monkeypatch):
+    calls = premailer_runs(monkeypatch)
     config = fixed_config()
     content = fixed_content(config)
     variants = Variants(config, content, WHEN)

@@ -267,7 +267,23 @@ def test_without_approval_create_then_send_works_as_before(open_office):
     assert "created weekly 第2号: 1 articles, 2 to send" in o.cli("edition", "send", "weekly").stdout
     assert o.delivered() == 4
     assert [line.split("\t")[3].split("  ")[0] for line in o.cli("edition", "history", "2").stdout.splitlines()] \
-        == ["created"]
+        == ["created", "finished"]  # the engine's own transition is audited too
+
+
+def test_a_draft_changed_between_check_and_start_is_not_sent_unchecked(open_office):
+    from newsletter import preflight
+
+    o = open_office
+    add_articles(o.cli, 1)
+    o.cli("edition", "create", "weekly")
+    pub = o.config.publication("weekly")
+    plan = preflight.plan_send(o.engine, o.config, pub, edition=o.row())
+    state.set_texts(o.engine, o.config, o.row().id, Actor(None), subject="差し替えた件名（未確認）")
+    with pytest.raises(InputError, match="changed since the check \\(subject changed\\)"):
+        state.start_sending(o.engine, o.config, o.row().id, Actor(None), checked=plan.content)
+    assert o.row().status == "draft" and o.delivered() == 0
+    fresh = preflight.plan_send(o.engine, o.config, pub, edition=o.row())
+    assert state.start_sending(o.engine, o.config, o.row().id, Actor(None), checked=fresh.content).pending == 2
 
 
 def test_lead_and_afterword_appear_in_both_parts(open_office, tmp_path):
@@ -414,7 +430,8 @@ def test_scheduled_edition_goes_out_at_its_time_and_a_slot_without_approval_is_s
     assert o.row().status == "sending" and o.row().scheduled_for == utc(2026, 12, 3, 1)
     assert deliver(o.engine, o.config, draft_id, clock=lambda: utc(2026, 12, 3, 1, 1)).sent == 2
     history = o.cli("edition", "history", "1").stdout.splitlines()
-    assert history[-1].split("\t")[1:3] == ["-", "daemon"] and "sending" in history[-1]
+    assert history[-2].split("\t")[1:3] == ["-", "daemon"] and "sending" in history[-2]
+    assert history[-1].split("\t")[1:4:2] == ["-", "finished  sent=2"]
 
     # An approved edition without a time of its own goes out at the next slot.
     add_articles(o.cli, 1, start=3)

@@ -64,23 +64,18 @@ def demo(app: App, publication):
         click.echo(f"  error: {problem}", err=True)
 
     pub = config.publication(publication) if publication else config.publications[0]
-    _preflight(app, pub, force=False)
-    provider = open_provider(config)
+    plan = _preflight(app, pub, force=False)
     with engine.connect() as conn:
         row = q.unfinished(conn, pub.slug)
     if row is None:
-        created = publish.create_edition(engine, config, pub)
-        if created is None:
-            provider.close()
+        created = plan and publish.create_edition(engine, config, pub, now=plan.when, checked=plan.content)
+        if not created:
             click.echo(f"edition:     {pub.slug}: nothing new to send — every sample article is already in an "
                        "earlier edition. Add one with 'newsletter article add' and run 'newsletter edition send'.")
             return
         with engine.connect() as conn:
             row = q.get_edition(conn, created.edition_id)
-    try:
-        result = deliver(engine, config, row.id, provider)
-    finally:
-        provider.close()
+    result = deliver(engine, config, row.id, variants=plan.renders if plan is not None else None)
     with engine.connect() as conn:
         counts = q.counts(conn, row.id)
     content = publish.load_content(row)

@@ -9,11 +9,11 @@ import click
 
 from .. import publish
 from ..config import load_notice
-from ..delivery import deliver, edition_eta
+from ..delivery import counts_text, deliver, edition_eta, summarize
 from ..editions import preview, state
 from ..editions.assemble import VariantKey
 from ..errors import InputError
-from ..providers import open_provider
+from ..providers import check_provider
 from ..store import editions as q
 from ..store.tables import utcnow
 from ..subscribers import normalize_email, parse_fields
@@ -25,14 +25,6 @@ HASH_SHOWN = 16  # hex digits of a content hash shown and accepted by --hash
 @main.group()
 def edition() -> None:
     """Create, preview, send and inspect editions (第N号)."""
-
-
-def _provider(app: App):
-    return open_provider(app.config)
-
-
-def _counts_line(counts: dict[str, int]) -> str:
-    return " ".join(f"{k}={v}" for k, v in counts.items() if v or k in ("pending", "sent", "failed", "skipped"))
 
 
 @edition.command("create")
@@ -53,8 +45,9 @@ def edition_create(app: App, publication):
     click.echo(f"  preview: newsletter edition preview {pub.slug} --edition {draft.number}")
 
 
-def _send(app: App, edition_row, provider) -> int:
-    """Deliver one edition with a progress bar on a terminal, log lines otherwise."""
+def _send(app: App, edition_row, plan=None) -> int:
+    """Deliver one edition with a progress bar on a terminal, log lines otherwise.
+    ``plan``: what preflight checked; the engine sends its renders."""
     import logging
     import time
 
@@ -87,16 +80,14 @@ def _send(app: App, edition_row, provider) -> int:
                      report.deferred, total - done_before)
 
     try:
-        report = deliver(app.engine, app.config, edition_row.id, provider, on_batch=on_batch, shared=True)
+        report = deliver(app.engine, app.config, edition_row.id, on_batch=on_batch, shared=True,
+                         variants=plan.renders if plan is not None else None)
     finally:
         if progress is not None:
             progress.stop()
-        provider.close()
-    with app.engine.connect() as conn:
-        counts = q.counts(conn, edition_row.id)
-        retry = q.next_retry(conn, edition_row.id)
-    click.echo(f"{label}: this run sent {report.sent}, failed {report.failed}, "
-               f"deferred {report.deferred + report.unknown}; total {_counts_line(counts)}")
+    done = summarize(app.engine, edition_row.id, report)
+    counts, retry = done.counts, done.next_retry
+    click.echo(f"{done.label}: {done.text}")
     report_failures(report, edition_row.number)
     code = 1 if report.failed else 0  # a failed message is something to look at, not a success
     if report.bounced:
@@ -156,16 +147,16 @@ def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt, f
         row = publish.resolve_edition(app.engine, app.config, number, publication or pub_opt)
         if row.status in state.UNSENT:
             pub = app.config.publication(row.publication)
-            _preflight(app, pub, force, edition=row)
-            provider = _provider(app)
-            row = _start(app, row, provider)
-            raise SystemExit(_send(app, row, provider))
+            check_provider(app.config)  # a bad provider config fails before anything starts
+            plan = _preflight(app, pub, force, edition=row)
+            row = _start(app, row, plan)
+            raise SystemExit(_send(app, row, plan))
         if row.status != "sending":
             click.echo(f"{row.publication} 第{row.number}号 is {row.status}; nothing to send")
             return
-        _preflight(app, app.config.publication(row.publication), force)
-        provider = _provider(app)
-        raise SystemExit(_detach(app, row, provider) if detach else _send(app, row, provider))
+        check_provider(app.config)
+        plan = _preflight(app, app.config.publication(row.publication), force)
+        raise SystemExit(_detach(app, row) if detach else _send(app, row, plan))
     if not publication:
         if len(app.config.publications) != 1:
             raise click.UsageError("name the publication: newsletter edition send PUB")
@@ -177,35 +168,31 @@ def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt, f
     if row is None and ready is None and pub.approval == "required":
         raise InputError(f"{pub.slug}: nothing approved to send (approval = \"required\"): "
                          "edition create, preview, then edition approve")
-    provider = _provider(app)  # a bad provider config fails before anything is created
-    try:
-        _preflight(app, pub, force)
-        if ready is not None:
-            row = _start(app, ready, provider)
-    except BaseException:
-        provider.close()
-        raise
+    check_provider(app.config)  # a bad provider config fails before anything is created
+    plan = _preflight(app, pub, force)
+    if ready is not None:
+        row = _start(app, ready, plan)
     if row is not None:
         if ready is None:
             click.echo(f"resuming {pub.slug} 第{row.number}号")
     else:
-        created = publish.create_edition(app.engine, app.config, pub, actor=app.actor)
-        if created is None:
-            provider.close()
+        # Exactly the content preflight checked, or a refusal if the queue changed since.
+        created = plan and publish.create_edition(app.engine, app.config, pub, actor=app.actor, now=plan.when,
+                                                  checked=plan.content)
+        if not created:
             click.echo(f"{pub.slug}: nothing new to send (no queued articles past their embargo)")
             return
         click.echo(f"created {pub.slug} 第{created.number}号: {created.articles} articles, "
                    f"{created.pending} to send, {created.skipped} skipped (nothing in their fields)")
         with app.engine.connect() as conn:
             row = q.get_edition(conn, created.edition_id)
-    raise SystemExit(_detach(app, row, provider) if detach else _send(app, row, provider))
+    raise SystemExit(_detach(app, row) if detach else _send(app, row, plan))
 
 
-def _detach(app: App, row, provider) -> int:
+def _detach(app: App, row) -> int:
     """--detach: the edition is sending; the workers registered in the database deliver it."""
     from ..workers import list_workers
 
-    provider.close()
     live = [w for w in list_workers(app.engine) if not w.lost and w.state == "running"]
     with app.engine.connect() as conn:
         pending = q.pending_count(conn, row.id)
@@ -219,31 +206,31 @@ def _detach(app: App, row, provider) -> int:
     return 0
 
 
-def _start(app: App, row, provider):
-    """An unsent edition starts sending (editions/state.py checks the approval)."""
-    try:
-        started = state.start_sending(app.engine, app.config, row.id, app.actor)
-    except BaseException:
-        provider.close()
-        raise
+def _start(app: App, row, plan):
+    """An unsent edition starts sending (editions/state.py checks the approval and
+    that its content is still what preflight checked)."""
+    started = state.start_sending(app.engine, app.config, row.id, app.actor,
+                                  checked=plan.content if plan is not None else None)
     click.echo(f"sending {row.publication} 第{row.number}号 ({row.status}): {started.pending} to send, "
                f"{started.skipped} skipped (nothing in their fields)")
     with app.engine.connect() as conn:
         return q.get_edition(conn, row.id)
 
 
-def _preflight(app: App, pub, force: bool, edition=None) -> None:
-    """The checks of 'edition check' before anything is created or sent."""
-    from ..preflight import check_edition, format_findings, has_errors
+def _preflight(app: App, pub, force: bool, edition=None):
+    """The checks of 'edition check' before anything is created or sent; the plan they
+    checked (None: nothing new), whose content and renders the send then uses."""
+    from ..preflight import check, format_findings, has_errors
 
     app.config.secret()  # every mail carries signed links: without a key, refuse before creating anything
-    findings = check_edition(app.engine, app.config, pub, edition=edition)
+    plan, findings = check(app.engine, app.config, pub, edition=edition)
     errors = has_errors(findings)
     for line in format_findings([f for f in findings if f.severity in ("error", "warning")], verbose=False):
         click.echo(line, err=True)
     if errors and not force:
         raise InputError(f"{pub.slug}: the preflight check found errors (see above); fix them, "
                          "or send anyway with --force")
+    return plan
 
 
 def _content_for(app: App, publication: str | None, number: int | None):
@@ -284,7 +271,7 @@ def _test_send(app: App, publication, number, address, fields, fmt):
     slug = content["publication"]["slug"]
     pub = app.config.publication(slug)
     key = _variant(app, pub, fields, fmt)
-    result = preview.test_send(app.config, content, when, row, key, address)  # opens and closes its provider
+    result = publish.send_test(app.config, content, when, key, address, edition=row)
     click.echo(f"test message to {address}: {result.status} {result.reply}".rstrip())
     if result.status != "accepted":
         raise SystemExit(1)
@@ -534,7 +521,7 @@ def edition_list(app: App, publication):
     with app.engine.connect() as conn:
         for row in q.list_editions(conn, publication):
             counts = q.counts(conn, row.id)
-            click.echo(f"{row.publication}\t第{row.number}号\t{app.local_time(row.created_at)}\t{row.status}\t{_counts_line(counts)}")
+            click.echo(f"{row.publication}\t第{row.number}号\t{app.local_time(row.created_at)}\t{row.status}\t{counts_text(counts)}")
 
 
 @edition.command("status")
@@ -628,7 +615,7 @@ def edition_retry(app: App, number, failed, publication, dry_run):
     if not failed:
         raise click.UsageError("say what to retry: --failed")
     row = publish.resolve_edition(app.engine, app.config, number, publication)
-    done = retry_failed(app.engine, row.id, dry_run=dry_run)
+    done = retry_failed(app.engine, row.id, dry_run=dry_run, actor=app.actor)
     label = f"{row.publication} 第{row.number}号"
     kept = "; ".join(f"{n} {why}" for why, n in sorted(done.kept.items()))
     kept = f" (kept failed: {kept})" if kept else ""

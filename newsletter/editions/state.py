@@ -14,8 +14,10 @@ Rules this module keeps (the CLI, the daemon and the console only call it):
 
 - **One function per transition**, each with its checks and one audit row (who,
   when, what, from which interface: :mod:`store.audit`).  Nothing else writes
-  ``editions.status`` — except the delivery engine marking a finished run
-  ``done`` or pausing after ``max_errors`` (delivery.py).
+  ``editions.status``: the delivery engine marks a finished run ``done``
+  (:func:`finish`) and pauses after ``max_errors`` (:func:`pause_for_errors`)
+  through this module too, inside its own transaction and with its own audit
+  rows (interface ``delivery``).
 - **Compare-and-set.**  Every change is ``UPDATE … WHERE status = :expected``
   (and, for content, ``AND revision = :seen``): two people approving or
   scheduling the same edition at once, the database lets one in and the other
@@ -499,10 +501,12 @@ class Started:
 
 
 def start_sending(engine: Engine, config: Config, edition_id: int, actor: Actor, *, now: datetime | None = None,
-                  slot: datetime | None = None) -> Started:
+                  slot: datetime | None = None, checked: Mapping[str, Any] | None = None) -> Started:
     """The gate to subscribers: an approved or scheduled edition (or, with ``approval =
     "none"``, a draft) becomes ``sending`` and gets its delivery rows.  ``slot``: the
-    cron slot it goes out for (kept as ``scheduled_for``, one edition per slot)."""
+    cron slot it goes out for (kept as ``scheduled_for``, one edition per slot).
+    ``checked``: the content preflight checked; a draft refreshed since (an article
+    it carries edited) is refused rather than sent unchecked."""
     now = now or utcnow()
     with engine.connect() as conn:
         row = _get(conn, edition_id)
@@ -516,6 +520,8 @@ def start_sending(engine: Engine, config: Config, edition_id: int, actor: Actor,
     if pub.approval == "required" and (not content_json or row.approved_hash != hash_of(row)):
         raise InputError(f"{label(row)}: the approved content is not the current content; approve it again")
     content = json.loads(content_json)
+    if checked is not None and content != checked:
+        raise publish.changed_since_check(label(row), checked, content)
     if not content["articles"]:
         raise InputError(f"{label(row)} has no articles; nothing to send")
     values: dict[str, Any] = {"status": "sending", "note": None}
@@ -577,6 +583,48 @@ def _operate(engine: Engine, config: Config, edition_id: int, actor: Actor, allo
                row.publication, row.id, now, f"was {row.status}" + (f"; {cancelled} pending dropped"
                                                                     if cancelled else ""))
         return _get(conn, row.id), cancelled
+
+
+# -- the delivery engine's transitions (called inside its transaction) ---------------
+
+ENGINE = Actor(None, "delivery")
+
+
+def finish(conn: Connection, edition_id: int, now: datetime) -> bool:
+    """``sending`` → ``done`` when no delivery is pending; True when this call did it.
+    Compare-and-set: an edition paused or cancelled meanwhile stays so."""
+    if q.pending_count(conn, edition_id):
+        return False
+    if not q.compare_and_set(conn, edition_id, ("sending",), {"status": "done", "finished_at": now, "note": None}):
+        return False
+    row = _get(conn, edition_id)
+    counts = q.counts(conn, edition_id)
+    record(conn, ENGINE, "finished", row.publication, edition_id, now,
+           " ".join(f"{k}={v}" for k, v in counts.items() if v))
+    return True
+
+
+def pause_for_errors(conn: Connection, edition_id: int, reason: str, now: datetime) -> bool:
+    """``sending`` → ``paused`` after ``max_errors`` permanent failures in a row, with
+    ``reason`` as the note; True when this call did it (an edition cancelled or
+    paused by an operator meanwhile keeps that state)."""
+    if not q.compare_and_set(conn, edition_id, ("sending",), {"status": "paused", "note": reason}):
+        return False
+    row = _get(conn, edition_id)
+    record(conn, ENGINE, "paused", row.publication, edition_id, now, reason)
+    return True
+
+
+def reopen(conn: Connection, edition_id: int, requeued: int, actor: Actor, now: datetime) -> bool:
+    """``done`` → ``sending`` because ``requeued`` failed deliveries went back to
+    pending (``edition retry --failed``); True when this call did it."""
+    note = f"{requeued} failed deliveries put back to pending by {actor}"
+    if not q.compare_and_set(conn, edition_id, ("done",), {"status": "sending", "note": note,
+                                                           "finished_at": None}):
+        return False
+    row = _get(conn, edition_id)
+    record(conn, actor, "reopened", row.publication, edition_id, now, note)
+    return True
 
 
 # -- reading -------------------------------------------------------------------------

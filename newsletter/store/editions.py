@@ -313,13 +313,11 @@ def set_note(conn: Connection, edition_id: int, note: str | None) -> None:
     conn.execute(update(editions).where(editions.c.id == edition_id).values(note=note))
 
 
-def set_status(
-    conn: Connection, edition_id: int, status: str, *, finished: datetime | None = None, note: str | None = None
-) -> None:
-    values: dict[str, Any] = {"status": status, "note": note}
-    if finished is not None:
-        values["finished_at"] = finished
-    conn.execute(update(editions).where(editions.c.id == edition_id).values(**values))
+def pending_variants(conn: Connection, edition_id: int) -> Iterable[tuple[int | None, str]]:
+    """(subscriber id, variant key) of each pending delivery of the edition, streamed."""
+    q = (select(deliveries.c.subscriber_id, deliveries.c.variant)
+         .where(deliveries.c.edition_id == edition_id, deliveries.c.status == "pending"))
+    return conn.execute(q.execution_options(yield_per=CHUNK))
 
 
 def pending_count(conn: Connection, edition_id: int) -> int:

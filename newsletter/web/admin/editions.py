@@ -237,7 +237,7 @@ def _test(svc, session, row, form):
         address = normalize_email(session.email)
     except ValueError as exc:
         raise InputError(f"your address: {exc}") from None
-    result = preview.test_send(svc.config, publish.load_content(row), _when(row), row, key, address)
+    result = publish.send_test(svc.config, publish.load_content(row), _when(row), key, address, edition=row)
     if result.status != "accepted":
         raise InputError(f"test message to {address}: {result.status} {result.reply}".rstrip())
     return "test"
