@@ -369,13 +369,14 @@ class DeliveryRun:
         if edition.status != "sending":
             return self.report
         content, when = load_content(edition), edition.scheduled_for or edition.created_at
-        seeded = self.seed is not None and self.seed.serves(content, when)
-        self.variants = self.seed if seeded else Variants(self.config, content, when)
         self.sending = sending_for(self.config, edition)
         tracking = (Tracking(self.config.site.base_url, self.sending.key, edition.id)
                     if self.sending.tracking != "off" else None)
-        self.variants = Variants(self.config, load_content(edition), edition.scheduled_for or edition.created_at,
-                                 tracking=tracking)
+        # Preflight's renders are reused when they are this edition's content and time.  Not
+        # with tracking: tracked links name the edition's id, which the check did not have yet
+        # (the same content, rendered once more with its links rewritten).
+        seeded = tracking is None and self.seed is not None and self.seed.serves(content, when)
+        self.variants = self.seed if seeded else Variants(self.config, content, when, tracking=tracking)
         self.eight_bit = all(bool(getattr(p, "accepts_8bit", False)) for p in self.providers)
         workers = [_Worker(p, self.inbox, self.outbox, f"send-{i}", self._gate, self._sent)
                    for i, p in enumerate(self.providers)]
