@@ -382,7 +382,7 @@ def test_editor_builds_the_draft_and_the_approver_approves_and_schedules(tmp_pat
     res = editor.post(f"{page_path}/test", data={"csrf": csrf_of(page.text, f"{page_path}/test"),
                                                  "variant": variant.replace("&amp;", "&")})
     assert res.status_code == 303, res.text
-    assert site.last_mail("suzuki@example.jp")["Subject"] == "【教育だより】12月号"
+    assert site.last_mail("suzuki@example.jp")["Subject"] == "【テスト】【教育だより】12月号"  # a test send says so
     assert [m for m in site.mails() if m["To"].addresses[0].addr_spec == "reader@example.jp"] == []
 
     # The editor has no approve button, and a forged approval is 403 and changes nothing.

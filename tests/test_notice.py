@@ -65,13 +65,13 @@ def test_edition_notice_replaces_the_config_one_until_sending_starts(notice_proj
     notice = cli.folder / "notice.toml"
     notice.write_text('title = "年末年始の休刊のお知らせ"\ntext = "12月29日から1月3日まで休刊します。"\n',
                       encoding="utf-8")
-    assert "notice set" in cli("edition", "set", "1", "--notice-file", notice).stdout
+    assert "weekly 第1号: updated (content " in cli("edition", "set", "1", "--notice-file", notice).stdout
     preview = cli("edition", "preview", "weekly", "--edition", "1", "--format", "text").stdout
     assert "◆ 年末年始の休刊のお知らせ" in preview and "月刊「地方行政」" not in preview
     cli("edition", "send", "weekly")
     assert all("年末年始の休刊のお知らせ" in m.get_body(("plain",)).get_content() for m in _mails(cli))
     res = cli("edition", "set", "1", "--notice-file", notice, ok=False)
-    assert res.exit_code == 1 and "cannot change" in res.stderr
+    assert res.exit_code == 1 and "a sent edition cannot be changed" in res.stderr  # only a draft changes
 
 
 @pytest.mark.parametrize("body, where", [
