@@ -57,8 +57,8 @@ from .config import Config
 from .errors import InputError
 from .replies import bounce_kind
 from .store import editions as eq
+from .store import mail_events as mq
 from .store import subscribers as sq
-from .store import web as wq
 from .store.tables import utcnow
 from .subscribers import count_bad_addresses, normalize_email, suppress
 from .tokens import signing_keys, verify_token
@@ -159,7 +159,7 @@ def _apply_one(conn, config: Config, ev: MailEvent, report: BounceReport) -> Non
         except ValueError:
             row = None
     detail = ev.detail[:1000] if ev.detail else None
-    new = wq.insert_event(conn, {"source": ev.source, "event_id": ev.event_id[:300], "kind": ev.kind,
+    new = mq.insert_event(conn, {"source": ev.source, "event_id": ev.event_id[:300], "kind": ev.kind,
                                  "subscriber_id": row.id if row else None, "at": ev.at or now, "detail": detail})
     if not new:
         report.duplicate += 1
@@ -174,7 +174,7 @@ def _apply_one(conn, config: Config, ev: MailEvent, report: BounceReport) -> Non
         changed = count_bad_addresses(conn, {row.id: reason}, limit=config.delivery.hard_bounce_limit,
                                       source=ev.source)
     elif ev.kind == "soft":
-        n = wq.count_events(conn, row.id, "soft", now - window)
+        n = mq.count_events(conn, row.id, "soft", now - window)
         if n >= config.bounces.soft_limit:
             reason = f"{n} soft bounces in {_days(window)}: {detail or ''}".strip()
             changed = suppress(conn, [row.id], "bounced", ev.source, reason).changed

@@ -671,7 +671,7 @@ def request_signup(
 
 def _request_signup(engine: Engine, values: dict[str, Any], *, ip, user_agent, wording_version, now,
                     expires) -> SignupRequested:
-    from .store import web as wq
+    from .store import signups as signup_q
 
     with engine.begin() as conn:
         row = q.get_by_email(conn, values["email"])
@@ -682,7 +682,7 @@ def _request_signup(engine: Engine, values: dict[str, Any], *, ip, user_agent, w
             return SignupRequested(row.id, None, row.email, already=True)
         q.add_consent(conn, row.id, "signup", at=now, source="web", ip=ip, user_agent=user_agent,
                       wording_version=wording_version)
-        signup_id = wq.insert_signup(conn, {
+        signup_id = signup_q.insert_signup(conn, {
             "subscriber_id": row.id, "name": values.get("name") or "", "fields": values["fields"],
             "format": values["format"], "ip": ip, "user_agent": user_agent, "wording_version": wording_version,
             "created_at": now, "expires_at": expires,
@@ -701,13 +701,13 @@ class Confirmed:
 def confirm_signup(engine: Engine, signup_id: int, *, ip: str | None, user_agent: str | None, now) -> Confirmed | str:
     """Activate the subscriber of a sign-up; "used" if it was confirmed before,
     "gone" if the sign-up no longer exists (the subscriber was erased)."""
-    from .store import web as wq
+    from .store import signups as signup_q
 
     with engine.begin() as conn:
-        signup = wq.get_signup(conn, signup_id)
+        signup = signup_q.get_signup(conn, signup_id)
         if signup is None:
             return "gone"
-        if not wq.mark_confirmed(conn, signup_id, now):
+        if not signup_q.mark_confirmed(conn, signup_id, now):
             return "used"
         row = q.get_by_id(conn, signup.subscriber_id)
         changes = {"fields": signup.fields, "format": signup.format, "status": "active", "bounce_count": 0}

@@ -419,3 +419,21 @@ def find_version(conn: Connection, edition_id: int, digest_prefix: str) -> Row |
     return conn.execute(select(edition_versions).where(
         edition_versions.c.edition_id == edition_id, edition_versions.c.hash.like(f"{digest_prefix}%"))
         .order_by(edition_versions.c.id.desc()).limit(1)).first()
+
+
+# -- the public archive ------------------------------------------------------------
+
+def archived_editions(conn: Connection, publication: str | None = None, limit: int = 200) -> list[Row]:
+    """Finished editions, newest first."""
+    q = select(editions).where(editions.c.status == "done")
+    if publication:
+        q = q.where(editions.c.publication == publication)
+    return list(conn.execute(q.order_by(editions.c.created_at.desc(), editions.c.id.desc()).limit(limit)))
+
+
+def archived_edition(conn: Connection, publication: str, number: int) -> Row | None:
+    return conn.execute(
+        select(editions).where(
+            editions.c.publication == publication, editions.c.number == number, editions.c.status == "done"
+        )
+    ).first()

@@ -1,4 +1,4 @@
-"""The ASGI application: routes, the shared :class:`Service`, error pages.
+"""The ASGI application: routes, error pages; it builds the :class:`.service.Service` the handlers share.
 
 Every failure a client can cause ends as a 4xx page (or a one-line text for
 webhooks) that says what was wrong; a 500 would be a bug, and even then the
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,16 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from ..config import PACKAGED_TEMPLATES, Config
 from ..store.tables import utcnow
 from ..tokens import signing_keys
 from . import admin, archive, pages, tracking, webhooks
-from .messages import table
 from .security import CSRF, AccessLog, BodyLimit, ClientInfo, SecurityHeaders, default_headers
+from .service import Service
+from .words import table
 
 log = logging.getLogger(__name__)
 PACKAGE_TEMPLATES = PACKAGED_TEMPLATES / "web"  # inside the package: found in a wheel install too
@@ -45,47 +45,6 @@ def web_templates(config: Config) -> Path:
     from ..errors import ConfigError
 
     raise ConfigError(f"paths.templates: {own} not found (the web pages' templates)")
-
-
-@dataclass
-class Service:
-    """What the handlers share (on ``request.app.state.svc``)."""
-
-    config: Config
-    engine: Engine
-    keys: list[bytes]
-    templates: Path
-    env: jinja2.Environment
-    clients: ClientInfo
-    csrf: CSRF
-    clock: Callable[[], datetime] = utcnow
-    send_mail: Callable[..., Any] | None = None
-    cache: dict[Any, Any] = field(default_factory=dict)
-
-    @property
-    def lang(self) -> str:
-        return self.config.site.language
-
-    @property
-    def t(self) -> dict[str, str]:
-        return table(self.lang)
-
-    def page(self, name: str, status: int = 200, headers: dict[str, str] | None = None, **ctx: Any) -> HTMLResponse:
-        html = self.env.get_template(name).render(
-            t=self.t, lang=self.lang, site=self.config.site, sender=self.config.sender, **ctx)
-        return HTMLResponse(html, status_code=status, headers=headers)
-
-    def form_page(self, request: Request, name: str, actions: dict[str, str], status: int = 200,
-                  **ctx: Any) -> HTMLResponse:
-        """A page with forms (``actions``: name → path): each form's CSRF token
-        is ``csrf[name]``, and the CSRF cookie is set when the browser has none."""
-        tokens, new_cookie = self.csrf.tokens(request, *actions.values())
-        response = self.page(name, status, actions=actions, csrf=dict(zip(actions, tokens, strict=True)), **ctx)
-        self.csrf.set_cookie(request, response, new_cookie)
-        return response
-
-    def message(self, title: str, text: str, status: int = 200, **ctx: Any) -> HTMLResponse:
-        return self.page("message.html.j2", status, title=title, text=text, **ctx)
 
 
 def _environment(templates: Path) -> jinja2.Environment:

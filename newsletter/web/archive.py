@@ -32,11 +32,12 @@ from starlette.responses import HTMLResponse, Response
 from .. import links
 from ..editions.render import context, date_texts, environment, render_variant
 from ..sanitize import sanitize_html
-from ..store import web as wq
+from ..store import editions as eq
 from .security import ARCHIVE_CSP
+from .service import service
 
 if TYPE_CHECKING:
-    from .app import Service
+    from .service import Service
 
 CACHE_SECONDS = 300
 CACHE_ENTRIES = 500
@@ -49,10 +50,6 @@ def _remember(svc: Service, key: tuple, value: Any) -> Any:
         svc.cache.clear()
     svc.cache[key] = value
     return value
-
-
-def _svc(request: Request) -> Service:
-    return request.app.state.svc
 
 
 def _when(row) -> datetime:
@@ -104,11 +101,11 @@ def _publication(svc: Service, slug: str | None):
 
 def _rows(svc: Service, publication: str | None) -> list:
     with svc.engine.connect() as conn:
-        return wq.archived_editions(conn, publication)
+        return eq.archived_editions(conn, publication)
 
 
 async def index(request: Request) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     pub = _publication(svc, request.path_params.get("publication"))
     rows = await run_in_threadpool(_rows, svc, pub.slug if pub else None)
     sections = []
@@ -124,10 +121,10 @@ def _render_edition(svc: Service, publication: str, number: int) -> str | None:
     if key in svc.cache:
         return svc.cache[key]
     with svc.engine.connect() as conn:
-        row = wq.archived_edition(conn, publication, number)
+        row = eq.archived_edition(conn, publication, number)
         if row is None:
             return None
-        numbers = sorted(r.number for r in wq.archived_editions(conn, publication))
+        numbers = sorted(r.number for r in eq.archived_editions(conn, publication))
     content = _content(row)
     rendered = render_variant(content, _all_fields(content), svc.config.templates_dir, when=_when(row), html=True)
     everyone = rendered.placeholders.values(links.greeting("", content["language"]), "/#manage", "/#manage")
@@ -172,7 +169,7 @@ def _with_site(svc: Service, content: dict[str, Any], when: datetime, html: str,
 
 
 async def edition(request: Request) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     pub = _publication(svc, request.path_params["publication"])
     number = request.path_params["number"]
     if not 0 < number < 2**31:  # the column is a 32-bit integer on PostgreSQL
@@ -189,7 +186,7 @@ def _iso(dt: datetime) -> str:
 
 
 async def feed(request: Request) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     pub = _publication(svc, request.path_params.get("publication"))
     rows = await run_in_threadpool(_rows, svc, pub.slug if pub else None)
     entries = [_summary(svc, r) for r in rows[:50]]

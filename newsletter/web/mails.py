@@ -24,7 +24,7 @@ from ..config import Config
 from ..editions.compose import CRLF, ascii_address, encode_address, encode_text
 from ..interfaces import MessageContent, OutgoingMessage, SendResult
 from ..providers import open_provider
-from .messages import text
+from .words import text
 
 
 @dataclass(frozen=True)

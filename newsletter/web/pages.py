@@ -33,27 +33,25 @@ from starlette.responses import RedirectResponse, Response
 from .. import links
 from .. import subscribers as subs
 from ..sanitize import header_safe
+from ..store import rate_limits as lq
+from ..store import signups as signup_q
 from ..store import subscribers as sq
-from ..store import web as wq
 from ..tokens import verify_expiring_token, verify_token
 from . import mails
 from .security import CSRF_FIELD, user_agent
+from .service import service
 
 if TYPE_CHECKING:
-    from .app import Service
+    from .service import Service
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_FORM_FIELDS = 100
 
 
-def _svc(request: Request) -> Service:
-    return request.app.state.svc
-
-
 async def read_form(request: Request) -> FormData:
     """The POSTed form, or a 4xx: 415 for another content type, 400 for a body
     that cannot be parsed or carries files, 413 past the size limit."""
-    svc = _svc(request)
+    svc = service(request)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in FORM_TYPES:
         raise HTTPException(415, svc.t["err_content_type"])
@@ -79,7 +77,7 @@ def mask(email: str) -> str:
 
 
 def _check_csrf(request: Request, form: FormData) -> None:
-    svc = _svc(request)
+    svc = service(request)
     svc.csrf.check(request, form.get(CSRF_FIELD), request.url.path, svc.t["err_csrf"])
 
 
@@ -91,7 +89,7 @@ def _field_choices(svc: Service, selected: set[str]) -> list[dict[str, Any]]:
 
 def _signup_form(request: Request, status: int = 200, values: dict[str, Any] | None = None,
                  errors: dict[str, str] | None = None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     values = values or {}
     selected = set(values.get("fields") or ())
     return svc.form_page(
@@ -161,16 +159,16 @@ def _rate_limited(svc: Service, ip: str, email: str) -> tuple[str, float] | None
     address_key = "signup-address:" + hashlib.sha256(email.encode()).hexdigest()
     longest = max(web.signup_limit_ip.seconds, web.signup_limit_address.seconds)
     with svc.engine.begin() as conn:
-        wq.forget_old_limits(conn, now - timedelta(seconds=longest))
+        lq.forget_old_limits(conn, now - timedelta(seconds=longest))
         for key, limit, message in ((f"signup-ip:{ip}", web.signup_limit_ip, "err_rate_ip"),
                                     (address_key, web.signup_limit_address, "err_rate_address")):
-            if wq.hit(conn, key, now, limit.seconds) > limit.count:
-                return message, wq.window_left(conn, key, now, limit.seconds)
+            if lq.hit(conn, key, now, limit.seconds) > limit.count:
+                return message, lq.window_left(conn, key, now, limit.seconds)
     return None
 
 
 async def signup_submit(request: Request) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     form = await read_form(request)
     _check_csrf(request, form)
     values, errors = validate_signup(svc, form)
@@ -212,7 +210,7 @@ def _signup_for(svc: Service, token: str):
     if checked.expired:
         raise HTTPException(410, svc.t["err_link_expired"])
     with svc.engine.connect() as conn:
-        signup = wq.get_signup(conn, checked.ident)
+        signup = signup_q.get_signup(conn, checked.ident)
         if signup is None:
             raise HTTPException(410, svc.t["err_gone"])
         if signup.confirmed_at is not None:
@@ -221,7 +219,7 @@ def _signup_for(svc: Service, token: str):
 
 
 async def confirm_page(request: Request) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     token = request.path_params["token"]
     signup, row = await run_in_threadpool(_signup_for, svc, token)
     names = [f.name for f in svc.config.fields if f.slug in signup.fields.split(",")]
@@ -230,7 +228,7 @@ async def confirm_page(request: Request) -> Response:
 
 
 async def confirm_submit(request: Request) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     token = request.path_params["token"]
     form = await read_form(request)
     _check_csrf(request, form)
@@ -267,7 +265,7 @@ def _not_active(svc: Service, row, status: int = 200) -> Response:
 
 def _preferences_form(request: Request, row, status: int = 200, *, fields: set[str] | None = None,
                       fmt: str | None = None, error: str | None = None, saved: bool = False) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     unsubscribe = links.unsubscribe_url("", svc.keys[0], row.id)
     return svc.form_page(
         request, "preferences.html.j2", {"preferences": request.url.path, "unsubscribe": unsubscribe}, status,
@@ -278,7 +276,7 @@ def _preferences_form(request: Request, row, status: int = 200, *, fields: set[s
 
 
 async def preferences_page(request: Request) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     row = await run_in_threadpool(_subscriber_for, svc, "preferences", request.path_params["token"])
     if row.status in sq.SUPPRESSED:
         return _not_active(svc, row)
@@ -286,7 +284,7 @@ async def preferences_page(request: Request) -> Response:
 
 
 async def preferences_submit(request: Request) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     row = await run_in_threadpool(_subscriber_for, svc, "preferences", request.path_params["token"])
     form = await read_form(request)
     _check_csrf(request, form)
@@ -317,7 +315,7 @@ async def preferences_submit(request: Request) -> Response:
 # -- unsubscribe -----------------------------------------------------------------
 
 async def unsubscribe_page(request: Request) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     row = await run_in_threadpool(_subscriber_for, svc, "unsubscribe", request.path_params["token"])
     if row.status in sq.SUPPRESSED:
         return svc.message(svc.t["unsubscribe_title"], svc.t["already_unsubscribed"], link="/",
@@ -326,7 +324,7 @@ async def unsubscribe_page(request: Request) -> Response:
 
 
 async def unsubscribe_submit(request: Request) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     sid = verify_token(svc.keys, "unsubscribe", request.path_params["token"])
     if sid is None:
         raise HTTPException(400, svc.t["err_link_invalid"])
@@ -346,7 +344,7 @@ async def unsubscribe_submit(request: Request) -> Response:
 
 
 async def stylesheet(request: Request) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     css = svc.cache.get("css")
     if css is None:
         css = svc.cache["css"] = (svc.templates / "site.css").read_text(encoding="utf-8")

@@ -40,9 +40,10 @@ from ..publish import load_content
 from ..store import stats as sq
 from ..store.tables import editions
 from .security import user_agent
+from .service import service
 
 if TYPE_CHECKING:
-    from .app import Service
+    from .service import Service
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def _landing(svc: Service, text_key: str, status: int) -> Response:
 
 
 async def click(request: Request) -> Response:
-    svc: Service = request.app.state.svc
+    svc = service(request)
     # One route for everything under /r/, so that any path there gets this page.
     token, _, reader = request.path_params["rest"].partition("/")
     request.path_params["reader"] = reader
@@ -146,7 +147,7 @@ async def click(request: Request) -> Response:
 
 
 async def pixel(request: Request) -> Response:
-    svc: Service = request.app.state.svc
+    svc = service(request)
     got = read_open(svc.keys, request.path_params["token"])
     if got is None or read_reader(svc.keys, request.path_params["reader"]) is None:
         return Response(b"", status_code=404, headers=NO_STORE)

@@ -72,9 +72,10 @@ from ..config import WebhookSettings
 from ..replies import bounce_kind
 from ..stats import record_provider_events
 from ..tokens import equal
+from .service import service
 
 if TYPE_CHECKING:
-    from .app import Service
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -500,7 +501,7 @@ PROVIDERS: dict[str, Callable[[WebhookSettings, Mapping[str, str], bytes, float]
 
 
 async def receive(request: Request) -> Response:
-    svc: Service = request.app.state.svc
+    svc = service(request)
     parse = PROVIDERS.get(request.path_params["provider"])
     if parse is None:
         raise HTTPException(404, "no such webhook")

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..service import service
 from . import articles, audit, auth, editions, sending, subscribers, users
 from .console import PACKAGED_TEMPLATES
 
@@ -26,7 +27,7 @@ async def static(request: Request) -> Response:
         from starlette.exceptions import HTTPException
 
         raise HTTPException(404)
-    svc = request.app.state.svc
+    svc = service(request)
     cache_key = ("admin-static", name)
     body = svc.cache.get(cache_key)
     if body is None:

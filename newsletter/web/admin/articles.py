@@ -22,10 +22,11 @@ from ... import articles as arts
 from ...errors import InputError
 from ...sanitize import body_html
 from ...store import articles as q
+from ..service import service
 from .console import render, room, text
 
 if TYPE_CHECKING:
-    from ..app import Service
+    from ..service import Service
     from .auth import Session
 
 FORM_KEYS = ("title", "url", "summary", "body", "publish_at", "priority")
@@ -50,17 +51,13 @@ def _local(dt: datetime | None, tz: str) -> str:
     return "" if dt is None else dt.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
 
 
-def _svc(request: Request) -> Service:
-    return request.app.state.svc
-
-
 def _field_choices(svc: Service, selected: set[str]) -> list[dict[str, Any]]:
     return [{"slug": f.slug, "name": f.name, "checked": f.slug in selected} for f in svc.config.fields]
 
 
 @room("edit")
 async def index(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     status = request.query_params.get("status", "")
     field = request.query_params.get("field", "")
     embargo = request.query_params.get("embargo", "")
@@ -94,7 +91,7 @@ async def index(request: Request, session: Session, form: FormData | None) -> Re
 
 def _form_page(request: Request, session: Session, *, article_id: int | None, values: dict[str, Any],
                errors: dict[str, str], status: int = 200, notice: str = "", row=None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     action = "/admin/articles/new" if article_id is None else f"/admin/articles/{article_id}"
     forms = {"article": action}
     if article_id is not None and row is not None and row.status != "withdrawn":
@@ -132,7 +129,7 @@ async def new_page(request: Request, session: Session, form: FormData | None) ->
 
 @room("edit")
 async def create(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     values = _values_from(form)
     raw = {**_raw(values), "source": "console"}
     try:
@@ -160,7 +157,7 @@ def _values_of(svc: Service, row) -> dict[str, Any]:
 
 @room("edit")
 async def edit_page(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     row = await run_in_threadpool(_get, svc, request.path_params["id"])
     notice = ""
     if request.query_params.get("saved"):
@@ -173,7 +170,7 @@ async def edit_page(request: Request, session: Session, form: FormData | None) -
 
 @room("edit")
 async def update(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     row = await run_in_threadpool(_get, svc, request.path_params["id"])
     values = _values_from(form)
     change = _raw(values)
@@ -190,7 +187,7 @@ async def update(request: Request, session: Session, form: FormData | None) -> R
 
 @room("edit")
 async def withdraw(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     row = await run_in_threadpool(_get, svc, request.path_params["id"])
     await run_in_threadpool(arts.withdraw, svc.engine, svc.config, row.id, session.actor)
     return RedirectResponse(f"/admin/articles/{row.id}?withdrawn=1", status_code=303)

@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from ...store import audit as audit_q
 from ...users import INTERFACES
+from ..service import service
 from .console import render, room
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ SHOWN = 500
 
 @room("audit")
 async def index(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = request.app.state.svc
+    svc = service(request)
     p = request.query_params
     filters = {"actor": p.get("actor", "").strip()[:64], "action": p.get("action", "").strip()[:32],
                "interface": p.get("interface", "") if p.get("interface", "") in INTERFACES else "",

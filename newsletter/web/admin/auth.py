@@ -13,7 +13,7 @@ Rules kept here:
   sessions end at once (users.disable), and ``newsletter user logout-all NAME``
   ends all of a user's sessions.
 - **Throttled** per account and per client address (the rate-limit counters of
-  the sign-up form, store/web.py), counted before the password is checked; an
+  the sign-up form, store/rate_limits.py), counted before the password is checked; an
   unknown user and a wrong password get the same words and the same work
   (users.verify_password hashes either way).
 - Every sign-in and sign-out is an audit row (interface ``console``).
@@ -34,16 +34,17 @@ from starlette.responses import RedirectResponse, Response
 
 from ... import users
 from ...store import audit as audit_q
+from ...store import rate_limits as lq
 from ...store import sessions as q
 from ...store import users as users_q
-from ...store import web as wq
 from ...users import Actor
 from ..pages import read_form
 from ..security import CSRF_FIELD
+from ..service import service
 from .console import LOGIN, LOGOUT, render, room, text, words
 
 if TYPE_CHECKING:
-    from ..app import Service
+    from ..service import Service
 
 COOKIE = "nl_admin"
 IDLE = timedelta(minutes=30)
@@ -93,7 +94,7 @@ def _throttled(svc: Service, ip: str, name: str) -> bool:
     with svc.engine.begin() as conn:
         over = False
         for key, limit in ((f"console-login-ip:{ip}", LIMIT_IP), (account, LIMIT_ACCOUNT)):
-            if wq.hit(conn, key, now, WINDOW_SECONDS) > limit:
+            if lq.hit(conn, key, now, WINDOW_SECONDS) > limit:
                 over = True
     return over
 
@@ -128,7 +129,7 @@ async def login_page(request: Request) -> Response:
 
 
 async def login_submit(request: Request) -> Response:
-    svc: Service = request.app.state.svc
+    svc = service(request)
     t = words(svc.lang)
     form: FormData = await read_form(request)
     svc.csrf.check(request, form.get(CSRF_FIELD), LOGIN, t["err_csrf"])
@@ -146,7 +147,7 @@ async def login_submit(request: Request) -> Response:
 
 @room(None)
 async def logout(request: Request, session: Session, form: FormData | None) -> Response:
-    svc: Service = request.app.state.svc
+    svc = service(request)
 
     def end() -> None:
         now = svc.clock()

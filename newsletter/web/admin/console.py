@@ -33,9 +33,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from ...config import PACKAGED_TEMPLATES
 from ..pages import read_form
 from ..security import CSRF_FIELD
+from ..service import service
 
 if TYPE_CHECKING:
-    from ..app import Service
+    from ..service import Service
     from .auth import Session
 
 MAX_ID = 2**31 - 1  # row ids are 32-bit INTEGER columns on PostgreSQL
@@ -434,10 +435,6 @@ ROOMS = (
 )
 
 
-def _svc(request: Request) -> Service:
-    return request.app.state.svc
-
-
 def _localtime(dt: datetime | None, tz: str) -> str:
     return "" if dt is None else dt.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
 
@@ -458,7 +455,7 @@ def render(request: Request, template: str, *, session: Session | None, forms: d
            status: int = 200, **ctx: Any) -> HTMLResponse:
     """A console page.  ``forms``: form name → the path it posts to; the page gets
     ``csrf[name]`` for each (and the sign-out form's when signed in)."""
-    svc = _svc(request)
+    svc = service(request)
     forms = dict(forms or {})
     if session is not None:
         forms["logout"] = LOGOUT
@@ -485,7 +482,7 @@ def room(what: str | None, *, upload: bool = False) -> Callable[[Handler], Calla
 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            svc = _svc(request)
+            svc = service(request)
             session = await run_in_threadpool(auth.current_session, svc, request)
             if session is None:
                 return RedirectResponse(LOGIN, status_code=303)

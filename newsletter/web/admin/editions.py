@@ -35,10 +35,11 @@ from ...store import articles as article_q
 from ...store import editions as q
 from ...subscribers import normalize_email
 from ..security import CSP
+from ..service import service
 from .console import render, room, text, words
 
 if TYPE_CHECKING:
-    from ..app import Service
+    from ..service import Service
     from .auth import Session
 
 PAGE_CSP = CSP + "; frame-src 'self'"
@@ -46,13 +47,9 @@ PREVIEW_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' ht
                "frame-ancestors 'self'; base-uri 'none'; sandbox")
 
 
-def _svc(request: Request) -> Service:
-    return request.app.state.svc
-
-
 @room("edit")
 async def index(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
 
     def load():
         out = []
@@ -72,7 +69,7 @@ async def index(request: Request, session: Session, form: FormData | None) -> Re
 
 @room("edit")
 async def create(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     slug = text(form, "publication")
     if not any(p.slug == slug for p in svc.config.publications):
         raise HTTPException(400, words(svc.lang)["err_publication"])
@@ -124,7 +121,7 @@ def _page_data(svc: Service, row) -> dict[str, Any]:
 
 async def _page(request: Request, session: Session, row, *, errors: dict[str, str] | None = None,
                 status: int = 200, values: dict[str, str] | None = None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     data = await run_in_threadpool(_page_data, svc, row)
     base = f"/admin/editions/{row.id}"
     forms = {name: f"{base}/{name}" for name in ("texts", "add", "move", "remove", "test", "approve",
@@ -147,13 +144,13 @@ async def _page(request: Request, session: Session, row, *, errors: dict[str, st
 
 @room("edit")
 async def show(request: Request, session: Session, form: FormData | None) -> Response:
-    row = await run_in_threadpool(_row, _svc(request), request.path_params["id"])
+    row = await run_in_threadpool(_row, service(request), request.path_params["id"])
     return await _page(request, session, row)
 
 
 @room("edit")
 async def preview_variant(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     row = await run_in_threadpool(_row, svc, request.path_params["id"])
     try:
         key = VariantKey.decode(request.query_params.get("v", ""))
@@ -175,7 +172,7 @@ def _action(what: str, call):
     call; an InputError re-renders the page with the message beside ``what``."""
 
     async def handler(request: Request, session: Session, form: FormData | None) -> Response:
-        svc = _svc(request)
+        svc = service(request)
         row = await run_in_threadpool(_row, svc, request.path_params["id"])
         try:
             done = await run_in_threadpool(call, svc, session, row, form)

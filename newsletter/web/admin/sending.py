@@ -23,20 +23,17 @@ from ...editions import state
 from ...errors import InputError
 from ...store import audit as audit_q
 from ...store import editions as q
+from ..service import service
 from .console import render, room
 
 if TYPE_CHECKING:
-    from ..app import Service
+    from ..service import Service
     from .auth import Session
-
-
-def _svc(request: Request) -> Service:
-    return request.app.state.svc
 
 
 @room("operate")
 async def index(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
 
     def load():
         with svc.engine.connect() as conn:
@@ -57,7 +54,7 @@ def _row(svc: Service, edition_id: int):
 
 
 async def _page(request: Request, session: Session, row, *, error: str = "", status: int = 200) -> Response:
-    svc = _svc(request)
+    svc = service(request)
 
     def load():
         with svc.engine.connect() as conn:
@@ -80,13 +77,13 @@ async def _page(request: Request, session: Session, row, *, error: str = "", sta
 
 @room("operate")
 async def show(request: Request, session: Session, form: FormData | None) -> Response:
-    row = await run_in_threadpool(_row, _svc(request), request.path_params["id"])
+    row = await run_in_threadpool(_row, service(request), request.path_params["id"])
     return await _page(request, session, row)
 
 
 def _action(name: str, call):
     async def handler(request: Request, session: Session, form: FormData | None) -> Response:
-        svc = _svc(request)
+        svc = service(request)
         row = await run_in_threadpool(_row, svc, request.path_params["id"])
         try:
             await run_in_threadpool(call, svc, session, row)

@@ -34,23 +34,20 @@ from ... import subscribers as subs
 from ...errors import InputError
 from ...store import audit as audit_q
 from ...store import subscribers as q
+from ..service import service
 from .console import render, room, text, words
 
 if TYPE_CHECKING:
-    from ..app import Service
+    from ..service import Service
     from .auth import Session
 
 STATUSES = ("active", "pending", "unsubscribed", "bounced", "complained")
 SHOWN = 200
 
 
-def _svc(request: Request) -> Service:
-    return request.app.state.svc
-
-
 @room("subscribers")
 async def index(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     p = request.query_params
     status = p.get("status", "") if p.get("status", "") in STATUSES else ""
     field = p.get("field", "") if any(f.slug == p.get("field") for f in svc.config.fields) else ""
@@ -88,7 +85,7 @@ def _load(svc: Service, subscriber_id: int):
 
 async def _page(request: Request, session: Session, subscriber_id: int, *, error: str = "",
                 status: int = 200) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     row, consents = await run_in_threadpool(_load, svc, subscriber_id)
     names = {f.slug: f.name for f in svc.config.fields}
     return render(request, "subscriber.html.j2", session=session, status=status, row=row, consents=consents,
@@ -103,7 +100,7 @@ async def show(request: Request, session: Session, form: FormData | None) -> Res
 
 @room("subscribers")
 async def suppress(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     subscriber_id = request.path_params["id"]
     reason = " ".join(text(form, "reason").split())[:500]
     if not reason:
@@ -122,7 +119,7 @@ async def suppress(request: Request, session: Session, form: FormData | None) ->
 
 @room("subscribers")
 async def export(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     status = text(form, "status") if text(form, "status") in STATUSES else None
     handle = tempfile.NamedTemporaryFile(prefix="nl-export-", suffix=".csv", delete=False)
     handle.close()
@@ -185,7 +182,7 @@ async def import_page(request: Request, session: Session, form: FormData | None)
 
 @room("subscribers", upload=True)
 async def import_check(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     t = words(svc.lang)
     upload = form.get("file") if form is not None else None
     forms = {"check": "/admin/subscribers/import", "commit": "/admin/subscribers/import/commit"}
@@ -209,7 +206,7 @@ async def import_check(request: Request, session: Session, form: FormData | None
 
 @room("subscribers")
 async def import_commit(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = _svc(request)
+    svc = service(request)
     t = words(svc.lang)
     token = text(form, "upload")
     name = _display_name(text(form, "name"))

@@ -14,6 +14,7 @@ from starlette.responses import RedirectResponse, Response
 from ... import users
 from ...errors import InputError
 from ...store import audit as audit_q
+from ..service import service
 from .console import render, room, text
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def _field_of(message: str) -> str:
 
 
 async def _page(request: Request, session: Session, *, values=None, errors=None, status=200) -> Response:
-    svc = request.app.state.svc
+    svc = service(request)
     rows = await run_in_threadpool(users.list_users, svc.engine)
     forms = {"add": "/admin/users"}
     for r in rows:
@@ -54,7 +55,7 @@ def _audit(svc, session: Session, action: str, detail: str) -> None:
 
 @room("users")
 async def add(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = request.app.state.svc
+    svc = service(request)
     values = {"name": text(form, "name").strip(), "email": text(form, "email").strip(), "role": text(form, "role")}
     try:
         await run_in_threadpool(users.add_user, svc.engine, values["name"], values["email"], values["role"],
@@ -67,7 +68,7 @@ async def add(request: Request, session: Session, form: FormData | None) -> Resp
 
 @room("users")
 async def disable(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = request.app.state.svc
+    svc = service(request)
     name = request.path_params["name"]
     if name == session.actor.name:
         return await _page(request, session, errors={"table": f"user {name}: you cannot disable yourself"},
@@ -82,7 +83,7 @@ async def disable(request: Request, session: Session, form: FormData | None) -> 
 
 @room("users")
 async def logout(request: Request, session: Session, form: FormData | None) -> Response:
-    svc = request.app.state.svc
+    svc = service(request)
     name = request.path_params["name"]
     try:
         count = await run_in_threadpool(users.logout_all, svc.engine, name)
