@@ -129,7 +129,8 @@ def test_the_week_of_a_magazine_in_the_console(tmp_path, smtp_server):
             page.get_by_role("button", name="テスト送信").click()
             page.wait_for_selector("text=テストメールを送りました。")
             test_mail = [m for m in smtp_server.messages if m.rcpt_tos == ("suzuki@example.jp",)]
-            assert len(test_mail) == 1 and test_mail[0].message["Subject"] == "【県政だより】12月号 図書館と医療費助成"
+            assert len(test_mail) == 1  # and a test send says so in its subject
+            assert test_mail[0].message["Subject"] == "【テスト】【県政だより】12月号 図書館と医療費助成"
             assert not page.get_by_role("button", name="承認", exact=True).count()  # not an editor's button
             edition_url = page.url.split("?")[0]
             sign_out(page)
