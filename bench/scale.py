@@ -231,9 +231,9 @@ def main() -> None:
 
     from sqlalchemy import create_engine, text
 
-    from newsletter import publish
     from newsletter import subscribers as subs
     from newsletter.config import load_config
+    from newsletter.editions import creation
     from newsletter.store import make_engine, upgrade
 
     name = f"nl_bench_{uuid.uuid4().hex[:8]}"
@@ -259,7 +259,7 @@ def main() -> None:
         assert report.created == n, report
         queue_articles(engine, config)
         t = time.perf_counter()
-        created = publish.create_edition(engine, config, config.publication("weekly"))
+        created = creation.create_edition(engine, config, config.publication("weekly"))
         out["create_edition_seconds"] = round(time.perf_counter() - t, 1)
         out["delivery_rows"] = created.pending
         if args.claims:

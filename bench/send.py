@@ -135,13 +135,14 @@ def queue_articles(engine, config) -> None:
 
 
 def prepare(folder: Path, n: int, provider: str, port: int | None, connections: int, dkim: str = "") -> dict:
-    from newsletter import publish
     from newsletter import subscribers as subs
     from newsletter.config import load_config
     from newsletter.delivery import Variants
+    from newsletter.editions import creation
     from newsletter.editions.assemble import VariantKey
     from newsletter.store import editions as q
     from newsletter.store import make_engine, upgrade
+    from newsletter.store.editions import load_content
 
     config = load_config(write_project(folder, provider, port, connections, dkim))
     engine = make_engine(config.storage_url)
@@ -155,12 +156,12 @@ def prepare(folder: Path, n: int, provider: str, port: int | None, connections: 
     assert report.created == n, report
     queue_articles(engine, config)
     t = time.perf_counter()
-    created = publish.create_edition(engine, config, config.publication("weekly"))
+    created = creation.create_edition(engine, config, config.publication("weekly"))
     with engine.connect() as conn:
         edition = q.get_edition(conn, created.edition_id)
         keys = {VariantKey.decode(v) for (v,) in conn.exec_driver_sql(
             "SELECT DISTINCT variant FROM deliveries WHERE edition_id = ?", (created.edition_id,))}
-    variants = Variants(config, publish.load_content(edition), edition.created_at)
+    variants = Variants(config, load_content(edition), edition.created_at)
     for key in sorted(keys, key=lambda k: (k.fields, k.format != "html")):
         variants.get(key)
     assemble_render = time.perf_counter() - t
@@ -237,9 +238,9 @@ def naive_rate(config_path: str, edition_id: int, port: int, sample: int) -> flo
 
     from newsletter.config import load_config
     from newsletter.editions.render import context
-    from newsletter.publish import load_content
     from newsletter.store import editions as q
     from newsletter.store import open_engine
+    from newsletter.store.editions import load_content
     from newsletter.store.tables import deliveries
 
     config = load_config(config_path)

@@ -106,9 +106,9 @@ from .errors import NewsletterError
 from .interfaces import OutgoingMessage, Provider, SendResult
 from .links import Tracking
 from .providers import open_provider
-from .publish import load_content
 from .replies import enhanced_status, is_bad_address_code
 from .store import editions as q
+from .store.editions import load_content
 from .store.tables import utcnow
 from .subscribers import count_bad_addresses
 from .users import Actor

@@ -5,7 +5,7 @@ publication's unfinished edition if there is one (its pending deliveries),
 else the edition it would start (approved, scheduled, or with ``approval =
 "none"`` a draft: editions/state.py ``next_to_send``), else the next edition
 as it would be created (the distinct variants of the active subscribers,
-keyed by :func:`publish.readers`, the one function :func:`publish.plan` keys
+keyed by :func:`creation.readers`, the one function :func:`creation.plan` keys
 them with) — renders every variant once, as the engine will, and checks it.  It
 writes nothing.  The :class:`Plan` keeps the content and the renders: ``edition
 send`` freezes that content (or refuses if the queue changed since) and the
@@ -64,12 +64,13 @@ from .config import Config, Publication
 from .delivery import Variants
 from .editions.assemble import VariantKey, sections
 from .editions.compose import PYTHON_CODECS
+from .editions.creation import next_content, readers
 from .editions.render import Rendered
 from .errors import NewsletterError
 from .links import fill, greeting, preferences_url, unsubscribe_url
-from .publish import load_content, next_content, readers
 from .store import editions as q
 from .store import subscribers as sq
+from .store.editions import load_content
 from .store.tables import utcnow
 
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" past about 102 KB of HTML
@@ -113,7 +114,7 @@ def summary(findings: Iterable[Finding]) -> str:
 class Plan:
     """What ``edition send`` would send: the content and readers per variant, and the
     renders of that content (filled by :func:`check_plan`).  ``edition send`` creates
-    or starts exactly this content (``publish.create_edition(checked=…)``,
+    or starts exactly this content (``creation.create_edition(checked=…)``,
     ``state.start_sending(checked=…)``) and hands ``renders`` to the engine, so what
     was checked is what is sent, rendered once."""
 

@@ -68,11 +68,10 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import Engine
 
-from . import publish
 from .calendar_jp import closed_reason, first_day_that_can_shift_onto, next_business_day
 from .config import CalendarSettings, Config, Publication
 from .cron import cron_trigger
-from .editions import state
+from .editions import creation, state
 from .errors import InputError
 from .store import editions as edition_q
 from .store import schedules as store
@@ -277,12 +276,12 @@ class Run:
 class SchedulerCore:
     """``tick(now)``: fire what is due, by the rules of :func:`due_runs`, once per slot.
 
-    ``create`` is :func:`newsletter.publish.create_edition` (tests wrap it to line
+    ``create`` is :func:`newsletter.creation.create_edition` (tests wrap it to line
     two schedulers up on the same slot); ``on_created`` is called with each new
     edition's id (the daemon wakes its delivery worker).
     """
 
-    def __init__(self, engine: Engine, config: Config, *, create: Callable = publish.create_edition,
+    def __init__(self, engine: Engine, config: Config, *, create: Callable = creation.create_edition,
                  on_created: Callable[[int], None] | None = None):
         self.engine = engine
         self.config = config

@@ -211,8 +211,8 @@ def record_provider_events(engine, config, events: Iterable[Any], now: datetime)
 
     from .editions.assemble import VariantKey
     from .links import tracked_links
-    from .publish import load_content
     from .store import stats as sq
+    from .store.editions import load_content
     from .store.tables import deliveries, editions
 
     wanted = [ev for ev in events if getattr(ev, "reading", None) and ev.delivery_id is not None]

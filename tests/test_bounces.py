@@ -271,10 +271,10 @@ def deliveries_of(site: Site) -> dict[str, tuple[str, str | None]]:
 def edition_for_everyone(site: Site) -> None:
     site.cli("article", "add", "--field", "education", "--title", "学校給食の無償化、来春から",
              "--url", "https://news.example.jp/e/kyushoku", "--summary", "給食費の概要です。")
-    from newsletter import publish
+    from newsletter.editions import creation
 
     # Created and planned as the one-step send does it (``edition create`` makes a draft, with no deliveries yet).
-    assert publish.create_edition(site.engine, site.config, site.config.publication("weekly")).pending == 4
+    assert creation.create_edition(site.engine, site.config, site.config.publication("weekly")).pending == 4
 
 
 def test_the_delivery_log_says_why_a_delivery_was_cancelled(tmp_path, storage_url):

@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from newsletter import publish
 from newsletter import subscribers as subs
 from newsletter.config import load_config
 from newsletter.delivery import backoff, deliver
+from newsletter.editions import creation
 from newsletter.providers import load_provider
 from newsletter.replies import smtp_outcome
 from newsletter.store import open_engine
@@ -80,7 +80,7 @@ class Setup:
     def edition(self) -> int:
         self.cli("article", "add", "--field", "education", "--title", "教員の働き方改革、県が新指針",
                  "--url", f"https://news.example.jp/e/{datetime.now().timestamp()}", "--summary", "概要です。")
-        created = publish.create_edition(self.engine, self.config, self.config.publication("weekly"),
+        created = creation.create_edition(self.engine, self.config, self.config.publication("weekly"),
                                          now=self.clock())
         return created.edition_id
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from newsletter import publish
 from newsletter.config import load_config
 from newsletter.delivery import deliver
+from newsletter.editions import creation
 from newsletter.store import open_engine
 from newsletter.store.tables import articles, deliveries, editions
 from newsletter.tokens import verify_token
@@ -211,7 +211,7 @@ def test_assembly_rules(project):
                 created_at=datetime(2026, 11, 1, tzinfo=UTC) + timedelta(hours=i)))
     pub = config.publication("weekly")
     small = type(pub)(**{**pub.__dict__, "max_articles": 3})
-    created = publish.create_edition(engine, config, small)
+    created = creation.create_edition(engine, config, small)
     with engine.connect() as conn:
         content = json.loads(conn.execute(select(editions.c.content)).scalar())
         statuses = dict(conn.execute(select(articles.c.title, articles.c.status)).all())
@@ -221,12 +221,12 @@ def test_assembly_rules(project):
     assert statuses["解禁前"] == "queued" and statuses["下書き"] == "draft"
 
     # The next edition carries only what the first did not; the embargoed one once its time comes.
-    second = publish.create_edition(engine, config, pub, now=datetime.now(UTC) + timedelta(days=2))
+    second = creation.create_edition(engine, config, pub, now=datetime.now(UTC) + timedelta(days=2))
     with engine.connect() as conn:
         rows = conn.execute(select(editions.c.number, editions.c.content).order_by(editions.c.number)).all()
     assert second.number == 2
     assert [a["title"] for a in json.loads(rows[1].content)["articles"]] == ["解禁前", "古い記事"]
-    assert publish.create_edition(engine, config, pub, now=datetime.now(UTC) + timedelta(days=3)) is None
+    assert creation.create_edition(engine, config, pub, now=datetime.now(UTC) + timedelta(days=3)) is None
 
     # Frozen: changing the article row afterwards does not change what edition 1 says.
     with engine.begin() as conn:

@@ -31,9 +31,9 @@ import pytest
 import requests
 from sqlalchemy import insert, select
 
-from newsletter import publish
 from newsletter.config import load_config
 from newsletter.delivery import deliver
+from newsletter.editions import creation
 from newsletter.editions.compose import Recipient, Sending, compose
 from newsletter.editions.render import Rendered
 from newsletter.errors import ConfigError
@@ -518,7 +518,7 @@ def test_a_postmark_inactive_recipient_bounces_the_subscriber_by_the_typed_field
             subs.add(engine, config, {"email": address, "fields": "education", "name": "試験 次郎"})
         cli("article", "add", "--field", "education", "--title", "公民館の耐震改修が完了",
             "--url", "https://news.example.jp/e/kominkan", "--summary", "改修の概要です。")
-        created = publish.create_edition(engine, config, config.publication("weekly"))
+        created = creation.create_edition(engine, config, config.publication("weekly"))
         kit.server.reject("kyuu@example.jp")
         report = deliver(engine, config, created.edition_id)
         assert (report.sent, report.failed, report.bounced) == (1, 1, 1)
@@ -790,7 +790,7 @@ def _edition_run(kit: Kit, tmp_path: Path) -> None:
     people = _subscribers(E2E_SUBSCRIBERS)
     with engine.begin() as conn:
         conn.execute(insert(subscribers), people)
-    created = publish.create_edition(engine, config, config.publications[0])
+    created = creation.create_edition(engine, config, config.publications[0])
     assert created is not None and created.pending == E2E_SUBSCRIBERS
 
     # Mid-run: three requests in a row answered 429 (Retry-After 30 s), a little later one 500.

@@ -24,8 +24,8 @@ from newsletter.editions.compose import personal_urls
 from newsletter.editions.render import render_variant
 from newsletter.japanese import DEFAULT_WIDTH, display_width, fits_jis, map_for_jis
 from newsletter.links import fill
-from newsletter.publish import load_content
 from newsletter.store import open_engine
+from newsletter.store.editions import load_content
 from newsletter.store.tables import deliveries, editions
 from tests.conftest import CLI, write_config
 from tests.test_japanese import EMOJI, HALF_WIDTH, LONG_SENTENCE, LONG_URL, MACHINE_DEPENDENT, MIXED_ASCII, PUNCTUATION

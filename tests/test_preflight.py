@@ -10,8 +10,8 @@ import shutil
 import pytest
 from sqlalchemy import func, select
 
-from newsletter import publish
 from newsletter.config import load_config
+from newsletter.editions import creation
 from newsletter.editions.assemble import VariantKey
 from newsletter.errors import InputError
 from newsletter.preflight import (
@@ -239,7 +239,7 @@ def test_edition_check_looks_at_the_unfinished_edition(project, tmp_path):
     cli("edition", "cancel", "1")
     config = load_config(cli.config_path)
     engine = open_engine(config.storage_url)
-    publish.create_edition(engine, config, config.publication("weekly"))
+    creation.create_edition(engine, config, config.publication("weekly"))
     engine.dispose()
     out = cli("edition", "check", "weekly").stdout
     assert "weekly 第2号 (unfinished edition, resumed by 'edition send'): 1 articles, 1 variant(s), 1 reader(s)" \
@@ -387,8 +387,8 @@ def test_creation_refuses_content_other_than_the_checked(project, tmp_path):
     plan = preflight_plan(engine, config, pub)
     _queue(cli, tmp_path, SEND_ITEMS[1:])  # added after the check
     with pytest.raises(InputError, match=r"articles added: 2 「県立高校の入試日程が決定」"):
-        publish.create_edition(engine, config, pub, now=plan.when, checked=plan.content)
-    created = publish.create_edition(engine, config, pub, now=plan.when,
+        creation.create_edition(engine, config, pub, now=plan.when, checked=plan.content)
+    created = creation.create_edition(engine, config, pub, now=plan.when,
                                      checked=preflight_plan(engine, config, pub, now=plan.when).content)
     assert created.articles == 2
     engine.dispose()

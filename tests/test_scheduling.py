@@ -13,10 +13,10 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from newsletter import publish
 from newsletter.calendar_jp import closed_reason, is_business_day, next_business_day
 from newsletter.config import CalendarSettings, Publication, load_config
 from newsletter.daemon import Daemon
+from newsletter.editions import creation
 from newsletter.logs import JsonFormatter
 from newsletter.scheduling import (
     CalendarTrigger,
@@ -297,7 +297,7 @@ def test_a_crash_after_creating_before_recording_does_not_create_twice(bench):
     bench.core().tick(utc(2026, 5, 11))
     # the edition of the slot exists but the state was never advanced (killed in between)
     pub_ = bench.config.publications[0]
-    publish.create_edition(bench.engine, bench.config, pub_, now=utc(2026, 5, 12, 0, 0, 1),
+    creation.create_edition(bench.engine, bench.config, pub_, now=utc(2026, 5, 12, 0, 0, 1),
                            scheduled_for=utc(2026, 5, 12, 0))
     bench.add_article()
     [run] = bench.core().tick(utc(2026, 5, 12, 0, 5))
@@ -315,7 +315,7 @@ def test_schedulers_on_one_database_create_one_edition_per_slot(tmp_path, storag
 
     def lined_up(*args, **kw):  # every scheduler has checked "no edition yet" before any creates
         barrier.wait(timeout=30)
-        return publish.create_edition(*args, **kw)
+        return creation.create_edition(*args, **kw)
 
     engines = [open_engine(b.config.storage_url) for _ in range(n)]
     results: list = []
@@ -442,7 +442,7 @@ def test_daemon_reloads_a_changed_config_and_keeps_a_broken_one(bench, caplog):
 
 def test_due_editions_follow_leases_and_retries(bench):
     bench.add_article()
-    created = publish.create_edition(bench.engine, bench.config, bench.config.publications[0])
+    created = creation.create_edition(bench.engine, bench.config, bench.config.publications[0])
     now = utcnow()
     with bench.engine.begin() as conn:
         assert store.due_editions(conn, now) == [created.edition_id]

@@ -544,12 +544,12 @@ def edition_with_pending(cli, *emails: str) -> tuple:
         cli("subscriber", "add", address, "--fields", "education", "--name", "山田 花子")
     cli("article", "add", "--field", "education", "--title", "県立高校の再編計画、来年度から",
         "--url", "https://news.example.jp/e/saihen", "--summary", "再編の概要です。")
-    from newsletter import publish
+    from newsletter.editions import creation
 
     config = load_config(cli.config_path)
     engine = make_engine(config.storage_url)
     # Created and planned as the one-step send does it (``edition create`` makes a draft, with no deliveries yet).
-    assert publish.create_edition(engine, config, config.publication("weekly")).pending == len(emails)
+    assert creation.create_edition(engine, config, config.publication("weekly")).pending == len(emails)
     return config, engine
 
 

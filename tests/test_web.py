@@ -28,8 +28,8 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from newsletter import publish
 from newsletter.config import Config, load_config
+from newsletter.editions import creation
 from newsletter.store import open_engine
 from newsletter.store.tables import consents, deliveries, editions, metadata, signups, subscribers
 from newsletter.tokens import make_expiring_token, make_token
@@ -439,7 +439,7 @@ def pending_delivery(site: Site, address: str) -> None:
     site.cli("article", "add", "--field", "education", "--title", "県立高校の入試日程を公表",
              "--url", "https://news.example.jp/edu/1")
     # Created and ready to send ('edition send' without the send); 'edition create' makes a draft.
-    publish.create_edition(site.engine, site.config, site.config.publication("weekly"))
+    creation.create_edition(site.engine, site.config, site.config.publication("weekly"))
     with site.engine.connect() as conn:
         assert conn.execute(select(deliveries.c.status).where(deliveries.c.email == address)).scalar() == "pending"
 

@@ -20,14 +20,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, func, select, text, update
 
-from newsletter import publish
 from newsletter.config import load_config
 from newsletter.delivery import deliver
-from newsletter.editions import state
+from newsletter.editions import creation, state
 from newsletter.errors import InputError
 from newsletter.scheduling import SchedulerCore
 from newsletter.store import open_engine
 from newsletter.store import schedules as schedule_q
+from newsletter.store.editions import load_content
 from newsletter.store.tables import articles, audit_log, deliveries, editions
 from newsletter.users import DAEMON, Actor
 from tests.conftest import CLI, ROOT, write_config
@@ -129,7 +129,7 @@ def test_draft_approve_schedule_and_every_refusal(office, tmp_path):
     # The editor cannot approve (role), nor can an approver who made the last change (four-eyes).
     assert one_error_line(o.as_("sato", "edition", "approve", "1", "--hash", previewed, ok=False)) == \
         "error: user sato (editor) may not approve"
-    assert [a["id"] for a in publish.load_content(o.row())["articles"]] == [3, 2, 1]  # newest first
+    assert [a["id"] for a in load_content(o.row())["articles"]] == [3, 2, 1]  # newest first
     o.as_("kacho", "edition", "order", "1", "1,2,3")
     assert one_error_line(o.as_("kacho", "edition", "approve", "1", "--hash", content_of(o.cli), ok=False)) \
         .endswith("kacho made the last change; approval = \"required\" needs another approver (four-eyes)")
@@ -202,7 +202,7 @@ def test_nothing_unapproved_reaches_a_subscriber_but_test_sends_do(office, smtp_
     assert one_error_line(o.cli("edition", "send", "--edition", "1", ok=False)) == \
         "error: weekly 第1号 is not approved; approval = \"required\" (edition approve 1)"
     with pytest.raises(InputError, match="approval = \"required\""):
-        publish.create_edition(o.engine, o.config, o.config.publication("weekly"))
+        creation.create_edition(o.engine, o.config, o.config.publication("weekly"))
     report = deliver(o.engine, o.config, o.row().id)
     assert report.sent == 0 and o.outbox() == []
     # A test send to oneself works at any state and logs nothing.
@@ -237,7 +237,7 @@ def test_an_article_changed_after_approval_returns_the_edition_to_draft(office):
     # A withdrawn article leaves the draft.
     out = o.as_("sato", "article", "withdraw", "2").stdout
     assert "weekly 第1号: draft updated (article 2 withdrawn)" in out
-    assert len(publish.load_content(o.row())["articles"]) == 1
+    assert len(load_content(o.row())["articles"]) == 1
 
 
 def test_articles_reserved_by_a_draft_are_not_taken_by_another_edition(open_office):
@@ -247,12 +247,12 @@ def test_articles_reserved_by_a_draft_are_not_taken_by_another_edition(open_offi
     assert "nothing new to send" in o.cli("edition", "create", "weekly").stdout
     add_articles(o.cli, 1, start=3)
     o.cli("edition", "create", "weekly")
-    assert [a["id"] for a in publish.load_content(o.row(2))["articles"]] == [3]
+    assert [a["id"] for a in load_content(o.row(2))["articles"]] == [3]
     one_error_line(o.cli("edition", "add-article", "2", "1", ok=False))
     assert "already in another edition of weekly" in o.cli("edition", "add-article", "2", "1", ok=False).stderr
     o.cli("edition", "remove-article", "1", "1")
     o.cli("edition", "add-article", "2", "1")
-    assert [a["id"] for a in publish.load_content(o.row(2))["articles"]] == [3, 1]
+    assert [a["id"] for a in load_content(o.row(2))["articles"]] == [3, 1]
 
 
 def test_without_approval_create_then_send_works_as_before(open_office):
@@ -321,7 +321,7 @@ def test_draft_texts_are_sanitized_for_any_input(lead, subject):
     row = {"id": 1, "title": "東雲県が素案を公表", "url": "https://news.example.jp/a/1", "summary": "概要",
            "body": "", "body_format": "markdown", "author": "", "fields": "education", "priority": 0,
            "pinned": False, "created_at": utc(2026, 11, 27), "publish_at": None}
-    content = publish.draft_content(config, pub, 1, [row], utc(2026, 11, 27), {"lead": lead})
+    content = creation.draft_content(config, pub, 1, [row], utc(2026, 11, 27), {"lead": lead})
     assert "<script" not in content["lead_html"].lower() and "%%NL_" not in content["lead_html"]
     assert "javascript:" not in content["lead_html"].lower()
     try:
@@ -586,7 +586,7 @@ def test_a_database_at_0005_upgrades_and_its_editions_keep_working(tmp_path, sto
             "INSERT INTO subscribers (id, email, name, fields, format, status, created_at, updated_at, bounce_count) "
             "VALUES (1, 'hanako@example.jp', '佐藤 花子', 'education', 'html', 'active', :t, :t, 0), "
             "(2, 'taro@example.jp', '', 'education', 'text', 'active', :t, :t, 0)"), {"t": t})
-        old = publish.freeze(config, config.publication("weekly"), 1,
+        old = creation.freeze(config, config.publication("weekly"), 1,
                              [dict(conn.execute(text("SELECT * FROM articles WHERE id = 1")).first()._mapping)], t)
         for number, status in ((1, "done"), (2, "sending")):
             conn.execute(text(

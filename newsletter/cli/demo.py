@@ -19,12 +19,13 @@ from pathlib import Path
 import click
 
 from .. import articles as arts
-from .. import publish
 from .. import subscribers as subs
 from ..delivery import deliver
+from ..editions import creation
 from ..providers import open_provider
 from ..store import editions as q
 from ..store import ensure_database, make_engine, upgrade
+from ..store.editions import load_content
 from . import App, main, pass_app
 from .editions import _preflight, report_failures
 
@@ -68,7 +69,7 @@ def demo(app: App, publication):
     with engine.connect() as conn:
         row = q.unfinished(conn, pub.slug)
     if row is None:
-        created = plan and publish.create_edition(engine, config, pub, now=plan.when, checked=plan.content)
+        created = plan and creation.create_edition(engine, config, pub, now=plan.when, checked=plan.content)
         if not created:
             click.echo(f"edition:     {pub.slug}: nothing new to send — every sample article is already in an "
                        "earlier edition. Add one with 'newsletter article add' and run 'newsletter edition send'.")
@@ -78,7 +79,7 @@ def demo(app: App, publication):
     result = deliver(engine, config, row.id, variants=plan.renders if plan is not None else None)
     with engine.connect() as conn:
         counts = q.counts(conn, row.id)
-    content = publish.load_content(row)
+    content = load_content(row)
     click.echo(f"edition:     {content['publication']['title']} 第{row.number}号, {len(content['articles'])} articles, "
                f"{result.renders} variants rendered")
     click.echo(f"delivered:   {counts['sent']} mails sent, {counts['skipped']} skipped, {counts['failed']} failed, "

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 
-from .. import publish
 from ..config import load_notice
 from ..delivery import counts_text, deliver, edition_eta, summarize
-from ..editions import preview, state
+from ..editions import creation, preview, state
 from ..editions.assemble import VariantKey
 from ..errors import InputError
 from ..providers import check_provider
 from ..store import editions as q
+from ..store.editions import load_content, resolve_edition
 from ..store.tables import utcnow
 from ..subscribers import normalize_email, parse_fields
 from . import App, main, pass_app
@@ -144,7 +144,7 @@ def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt, f
     if test_to:
         return _test_send(app, publication or pub_opt, number, test_to, fields, fmt)
     if number is not None:
-        row = publish.resolve_edition(app.engine, app.config, number, publication or pub_opt)
+        row = resolve_edition(app.engine, app.config, number, publication or pub_opt)
         if row.status in state.UNSENT:
             pub = app.config.publication(row.publication)
             check_provider(app.config)  # a bad provider config fails before anything starts
@@ -177,7 +177,7 @@ def edition_send(app: App, publication, number, pub_opt, test_to, fields, fmt, f
             click.echo(f"resuming {pub.slug} 第{row.number}号")
     else:
         # Exactly the content preflight checked, or a refusal if the queue changed since.
-        created = plan and publish.create_edition(app.engine, app.config, pub, actor=app.actor, now=plan.when,
+        created = plan and creation.create_edition(app.engine, app.config, pub, actor=app.actor, now=plan.when,
                                                   checked=plan.content)
         if not created:
             click.echo(f"{pub.slug}: nothing new to send (no queued articles past their embargo)")
@@ -236,8 +236,8 @@ def _preflight(app: App, pub, force: bool, edition=None):
 def _content_for(app: App, publication: str | None, number: int | None):
     """(content, when, edition row or None): a stored edition, or the next one as it would be."""
     if number is not None:
-        row = publish.resolve_edition(app.engine, app.config, number, publication)
-        return publish.load_content(row), row.scheduled_for or row.created_at, row
+        row = resolve_edition(app.engine, app.config, number, publication)
+        return load_content(row), row.scheduled_for or row.created_at, row
     if not publication:
         if len(app.config.publications) != 1:
             raise click.UsageError("name the publication")
@@ -245,7 +245,7 @@ def _content_for(app: App, publication: str | None, number: int | None):
     pub = app.config.publication(publication)
     now = utcnow()
     with app.engine.connect() as conn:
-        content = publish.next_content(conn, app.config, pub, now)
+        content = creation.next_content(conn, app.config, pub, now)
     if not content["articles"]:
         raise InputError(f"{pub.slug}: nothing new to preview (no queued articles past their embargo); use --edition N")
     return content, now, None
@@ -271,14 +271,14 @@ def _test_send(app: App, publication, number, address, fields, fmt):
     slug = content["publication"]["slug"]
     pub = app.config.publication(slug)
     key = _variant(app, pub, fields, fmt)
-    result = publish.send_test(app.config, content, when, key, address, edition=row)
+    result = preview.send_test(app.config, content, when, key, address, edition=row)
     click.echo(f"test message to {address}: {result.status} {result.reply}".rstrip())
     if result.status != "accepted":
         raise SystemExit(1)
 
 
 def _row(app: App, number: int, publication: str | None):
-    return publish.resolve_edition(app.engine, app.config, number, publication)
+    return resolve_edition(app.engine, app.config, number, publication)
 
 
 publication_option = click.option("--publication", help="When several publications have an edition N.")
@@ -530,8 +530,8 @@ def edition_list(app: App, publication):
 @pass_app
 def edition_status(app: App, number, publication):
     """Delivery counts of edition NUMBER (pending/sent/failed/skipped)."""
-    row = publish.resolve_edition(app.engine, app.config, number, publication)
-    content = publish.load_content(row)
+    row = resolve_edition(app.engine, app.config, number, publication)
+    content = load_content(row)
     with app.engine.connect() as conn:
         counts = q.counts(conn, row.id)
         retry = q.next_retry(conn, row.id)
@@ -571,7 +571,7 @@ def edition_failures(app: App, number, publication, as_json):
     The last column says whether 'edition retry NUMBER --failed' would send it again."""
     from ..delivery import not_retryable
 
-    row = publish.resolve_edition(app.engine, app.config, number, publication)
+    row = resolve_edition(app.engine, app.config, number, publication)
     tz = app.config.publication(row.publication).timezone
     with app.engine.connect() as conn:
         failed = q.failed_deliveries(conn, row.id)
@@ -614,7 +614,7 @@ def edition_retry(app: App, number, failed, publication, dry_run):
 
     if not failed:
         raise click.UsageError("say what to retry: --failed")
-    row = publish.resolve_edition(app.engine, app.config, number, publication)
+    row = resolve_edition(app.engine, app.config, number, publication)
     done = retry_failed(app.engine, row.id, dry_run=dry_run, actor=app.actor)
     label = f"{row.publication} 第{row.number}号"
     kept = "; ".join(f"{n} {why}" for why, n in sorted(done.kept.items()))

@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 from sqlalchemy import func, select
 
-from .. import publish
 from ..csvio import write_csv
 from ..stats import CSV_HEADER, hours_svg, report_csv_rows
 from ..store import stats as sq
+from ..store.editions import load_content, resolve_edition
 from ..store.tables import editions, stats_events, utcnow
 from . import App, main, pass_app
 from .editions import edition
@@ -26,8 +26,8 @@ def _mode(app: App, publication: str) -> str:
 
 
 def report_for(app: App, number: int, publication: str | None) -> dict:
-    row = publish.resolve_edition(app.engine, app.config, number, publication)
-    content = publish.load_content(row)
+    row = resolve_edition(app.engine, app.config, number, publication)
+    content = load_content(row)
     with app.engine.connect() as conn:
         return sq.edition_report(conn, row, content, _mode(app, row.publication))
 

@@ -1,5 +1,5 @@
 """What an editor sees before approving: one variant of an edition rendered with
-sample personal parts (the test message of it is :func:`newsletter.publish.send_test`).
+sample personal parts (the test message of it is :func:`send_test`).
 
 Rules kept here (``edition preview``/``edition send --test-to`` and the console
 call these):
@@ -41,3 +41,28 @@ def sample(config: Config, content: Mapping[str, Any], when: datetime, key: Vari
                                           f"{base}/preferences/PREVIEW")
     html = fill(rendered.html, values, escape=True) if rendered.html else None
     return Sample(rendered, rendered.subject, html, fill(rendered.text, values))
+
+
+def send_test(config: Config, content: Mapping[str, Any], when: datetime, key: VariantKey, address: str, *,
+              edition=None, opener=None):
+    """One mail of ``content`` as variant ``key`` to ``address`` (``edition --test-to``):
+    nothing is logged and nothing changes.  ``edition``: its row when it exists (else
+    id 0, created ``when``).  Opens its provider (``opener``, default the config's)
+    and closes it; returns the provider's :class:`SendResult`."""
+    from ..delivery import Variants, sending
+    from ..providers import open_provider
+    from ..store.tables import utcnow
+    from .compose import Recipient, compose
+
+    # content["test"]: 【テスト】 in the subject and a banner in both parts (render.py).
+    rendered = Variants(config, {**content, "test": True}, when).get(key)
+    slug = content["publication"]["slug"]
+    shared = sending(config, slug, edition.id if edition is not None else 0,
+                     edition.created_at if edition is not None else when)
+    message = compose(rendered, Recipient(0, 0, address, ""), shared, charset=key.charset, now=utcnow())
+    provider = (opener or (lambda: open_provider(config)))()
+    try:
+        [result] = provider.send([message])
+    finally:
+        provider.close()
+    return result

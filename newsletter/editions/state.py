@@ -24,7 +24,7 @@ Rules this module keeps (the CLI, the daemon and the console only call it):
   gets :class:`Conflict` saying what happened instead.  No lock is held while a
   person thinks.
 - **Only drafts change content.**  A draft's content is rebuilt from the live
-  articles on every edit (:func:`publish.draft_content`), and its hash is kept in
+  articles on every edit (:func:`creation.draft_content`), and its hash is kept in
   ``content_hash``; every version is kept by hash (``edition_versions``), so
   approving with the hash of an older preview says what changed since.
 - **Approval freezes what was previewed**: the content JSON and its hash are
@@ -35,7 +35,7 @@ Rules this module keeps (the CLI, the daemon and the console only call it):
   first); an article it carries being edited or withdrawn elsewhere returns it
   to draft and drops the approval (:func:`articles_changed`).
 - **The one gate to subscribers** is :func:`start_sending` (and the one-step
-  :func:`publish.create_edition`, refused with ``approval = "required"``): the
+  :func:`creation.create_edition`, refused with ``approval = "required"``): the
   delivery engine sends only ``sending`` editions, so an unapproved edition is
   never delivered by any path.  ``--test-to`` sends deliver nothing from the
   log and stay possible in any state.
@@ -57,7 +57,6 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
-from .. import publish
 from ..config import Config, Publication
 from ..errors import InputError
 from ..sanitize import header_safe
@@ -66,6 +65,7 @@ from ..store import editions as q
 from ..store import schedules as schedule_q
 from ..store.tables import utcnow
 from ..users import Actor
+from . import creation
 
 UNSENT = ("draft", "approved", "scheduled")
 SUBJECT_MAX = 200
@@ -170,11 +170,11 @@ def create_draft(engine: Engine, config: Config, pub: Publication, actor: Actor,
     now = now or utcnow()
     try:
         with engine.begin() as conn:
-            chosen = publish.next_content(conn, config, pub, now)
+            chosen = creation.next_content(conn, config, pub, now)
             if not chosen["articles"]:
                 return None
             rows = q.articles_by_id(conn, [a["id"] for a in chosen["articles"]])
-            content = publish.draft_content(config, pub, chosen["number"],
+            content = creation.draft_content(config, pub, chosen["number"],
                                             [rows[a["id"]]._asdict() for a in chosen["articles"]], now, {})
             digest = content_hash(content)
             edition_id = q.insert_edition(
@@ -202,7 +202,7 @@ def _rebuild(conn: Connection, config: Config, pub: Publication, row: Row, ids: 
              texts: Mapping[str, Any]) -> dict[str, Any]:
     live = q.articles_by_id(conn, ids)
     chosen = [live[i]._asdict() for i in ids if i in live and live[i].status != "withdrawn"]
-    return publish.draft_content(config, pub, row.number, chosen, row.created_at, texts)
+    return creation.draft_content(config, pub, row.number, chosen, row.created_at, texts)
 
 
 def _write_content(conn: Connection, row: Row, content: dict[str, Any], actor: Actor, now: datetime,
@@ -521,7 +521,7 @@ def start_sending(engine: Engine, config: Config, edition_id: int, actor: Actor,
         raise InputError(f"{label(row)}: the approved content is not the current content; approve it again")
     content = json.loads(content_json)
     if checked is not None and content != checked:
-        raise publish.changed_since_check(label(row), checked, content)
+        raise creation.changed_since_check(label(row), checked, content)
     if not content["articles"]:
         raise InputError(f"{label(row)} has no articles; nothing to send")
     values: dict[str, Any] = {"status": "sending", "note": None}
@@ -532,7 +532,7 @@ def start_sending(engine: Engine, config: Config, edition_id: int, actor: Actor,
             if not q.compare_and_set(conn, row.id, (row.status,), values, revision=row.revision):
                 raise _lost(conn, row, "send it")
             q.mark_published(conn, [a["id"] for a in content["articles"]], now)
-            pending, skipped = publish.plan(conn, pub, content, row.id, now)
+            pending, skipped = creation.plan(conn, pub, content, row.id, now)
             how = {"draft": "draft sent without approval (approval = \"none\")",
                    "approved": f"approved by {row.approved_by or 'nobody named'}",
                    "scheduled": f"at its scheduled time {row.scheduled_for and row.scheduled_for.isoformat()}"}

@@ -18,13 +18,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, bindparam, func, or_, select, update
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection, Engine, Row
 
+from ..errors import InputError
 from .articles import field_filter
 from .tables import articles, deliveries, edition_articles, editions, subscribers, utcnow
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 EDITION_STATUSES = ("draft", "approved", "scheduled", "sending", "paused", "done", "cancelled")
 DELIVERY_STATUSES = ("pending", "sent", "failed", "skipped", "cancelled")
@@ -437,3 +441,24 @@ def archived_edition(conn: Connection, publication: str, number: int) -> Row | N
             editions.c.publication == publication, editions.c.number == number, editions.c.status == "done"
         )
     ).first()
+
+
+def load_content(row) -> dict[str, Any]:
+    return json.loads(row.content)
+
+
+def resolve_edition(engine: Engine, config: Config, number: int, publication: str | None):
+    """An edition row from its number (and publication, needed only when ambiguous)."""
+    if publication is None and len(config.publications) == 1:
+        publication = config.publications[0].slug
+    if publication:
+        config.publication(publication)
+    with engine.connect() as conn:
+        rows = find_edition(conn, publication, number)
+    if not rows:
+        where = f" of {publication}" if publication else ""
+        raise InputError(f"edition {number}{where}: no such edition")
+    if len(rows) > 1:
+        pubs = ", ".join(r.publication for r in rows)
+        raise InputError(f"edition {number} exists in {pubs}; name the publication with --publication")
+    return rows[0]

@@ -36,8 +36,8 @@ from starlette.routing import Route
 
 from .. import stats
 from ..links import archive_url, decode_variant, read_click, read_open, read_reader, tracked_links
-from ..publish import load_content
 from ..store import stats as sq
+from ..store.editions import load_content
 from ..store.tables import editions
 from .security import user_agent
 from .service import service

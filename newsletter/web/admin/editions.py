@@ -25,7 +25,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
-from ... import publish
 from ...articles import parse_time
 from ...editions import preview, state
 from ...editions.assemble import VariantKey
@@ -33,6 +32,7 @@ from ...errors import InputError
 from ...preflight import check_plan, plan_send
 from ...store import articles as article_q
 from ...store import editions as q
+from ...store.editions import load_content
 from ...subscribers import normalize_email
 from ..security import CSP
 from ..service import service
@@ -58,7 +58,7 @@ async def index(request: Request, session: Session, form: FormData | None) -> Re
                 rows = [r for r in q.list_editions(conn, pub.slug, limit=20) if r.status in state.UNSENT]
                 out.append({"slug": pub.slug, "title": pub.title,
                             "editions": [{"id": r.id, "number": r.number, "status": r.status,
-                                          "articles": len(publish.load_content(r)["articles"])} for r in rows]})
+                                          "articles": len(load_content(r)["articles"])} for r in rows]})
         return out
 
     pubs = await run_in_threadpool(load)
@@ -98,7 +98,7 @@ def _when(row):
 
 def _page_data(svc: Service, row) -> dict[str, Any]:
     pub = svc.config.publication(row.publication)
-    content = publish.load_content(row)
+    content = load_content(row)
     plan = plan_send(svc.engine, svc.config, pub, edition=row)
     findings = check_plan(svc.config, pub, plan) if plan else []
     variants = dict(plan.variants) if plan else {}
@@ -160,7 +160,7 @@ async def preview_variant(request: Request, session: Session, form: FormData | N
     if (not key.fields or not set(key.fields) <= set(pub.fields) or key.format not in ("html", "text")
             or key.charset not in ("utf-8", "iso-2022-jp")):
         raise HTTPException(400)
-    shown = await run_in_threadpool(preview.sample, svc.config, publish.load_content(row), _when(row), key)
+    shown = await run_in_threadpool(preview.sample, svc.config, load_content(row), _when(row), key)
     headers = {"Content-Security-Policy": PREVIEW_CSP, "X-Frame-Options": "SAMEORIGIN"}
     if key.format == "text" or not shown.html:
         return PlainTextResponse(shown.text, headers=headers)
@@ -211,7 +211,7 @@ def _remove(svc, session, row, form):
 
 def _move(svc, session, row, form):
     article_id = _article_id(form)
-    ids = [a["id"] for a in publish.load_content(row)["articles"]]
+    ids = [a["id"] for a in load_content(row)["articles"]]
     if article_id not in ids:
         raise InputError(f"{state.label(row)}: article {article_id} is not in it")
     i = ids.index(article_id)
@@ -234,7 +234,7 @@ def _test(svc, session, row, form):
         address = normalize_email(session.email)
     except ValueError as exc:
         raise InputError(f"your address: {exc}") from None
-    result = publish.send_test(svc.config, publish.load_content(row), _when(row), key, address, edition=row)
+    result = preview.send_test(svc.config, load_content(row), _when(row), key, address, edition=row)
     if result.status != "accepted":
         raise InputError(f"test message to {address}: {result.status} {result.reply}".rstrip())
     return "test"

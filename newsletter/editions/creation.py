@@ -1,4 +1,4 @@
-"""Create an edition from the queue and plan its deliveries (store + assemble).
+"""Creating an edition: its content (from the queue, or a draft's) and its delivery rows.
 
 Everything happens in one transaction: the edition row with its frozen content,
 the articles it carries (marked published), and one delivery row per active
@@ -18,7 +18,6 @@ Rules it keeps:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,14 +27,14 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
-from .config import Config, Publication
-from .editions.assemble import VariantKey, freeze, select_articles, variant_fields
-from .errors import InputError
-from .sanitize import markdown_to_html
-from .store import articles as article_q
-from .store import editions as q
-from .store.tables import utcnow
-from .users import Actor
+from ..config import Config, Publication
+from ..errors import InputError
+from ..sanitize import markdown_to_html
+from ..store import articles as article_q
+from ..store import editions as q
+from ..store.tables import utcnow
+from ..users import Actor
+from .assemble import VariantKey, freeze, select_articles, variant_fields
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def next_content(
 def default_subject(content: Mapping[str, Any]) -> str:
     """The edition's default subject: :func:`editions.render.subject_line` on its top
     headline, the same rule a variant's template subject follows."""
-    from .editions.render import subject_line, subject_prefix
+    from .render import subject_line, subject_prefix
 
     return subject_line(subject_prefix(content), content["articles"][0]["title"] if content["articles"] else "")
 
@@ -137,7 +136,7 @@ def create_edition(
     ``now`` its ``when``).  What is frozen is exactly that content; if the queue
     changed since the check (an article added, edited or withdrawn, another edition
     created) nothing is created and an :class:`InputError` says what changed."""
-    from .editions import state
+    from . import state
 
     now = now or utcnow()
     actor = actor or Actor(None)
@@ -167,7 +166,7 @@ def create_edition(
 
 def changed_since_check(what: str, checked: Mapping[str, Any], now: Mapping[str, Any]) -> InputError:
     """The refusal when what would be sent is not what preflight checked."""
-    from .editions.state import changes
+    from .state import changes
 
     if checked.get("number") != now.get("number"):
         why = f"another edition was created meanwhile (第{checked.get('number')}号 → 第{now.get('number')}号)"
@@ -175,48 +174,3 @@ def changed_since_check(what: str, checked: Mapping[str, Any], now: Mapping[str,
         why = changes(checked, now)
     return InputError(f"{what}: the content changed since the check ({why}); nothing was sent — run "
                       "'edition send' again to check what would go out now")
-
-
-def send_test(config: Config, content: Mapping[str, Any], when: datetime, key: VariantKey, address: str, *,
-              edition=None, opener=None):
-    """One mail of ``content`` as variant ``key`` to ``address`` (``edition --test-to``):
-    nothing is logged and nothing changes.  ``edition``: its row when it exists (else
-    id 0, created ``when``).  Opens its provider (``opener``, default the config's)
-    and closes it; returns the provider's :class:`SendResult`."""
-    from .delivery import Variants, sending
-    from .editions.compose import Recipient, compose
-    from .providers import open_provider
-
-    # content["test"]: 【テスト】 in the subject and a banner in both parts (render.py).
-    rendered = Variants(config, {**content, "test": True}, when).get(key)
-    slug = content["publication"]["slug"]
-    shared = sending(config, slug, edition.id if edition is not None else 0,
-                     edition.created_at if edition is not None else when)
-    message = compose(rendered, Recipient(0, 0, address, ""), shared, charset=key.charset, now=utcnow())
-    provider = (opener or (lambda: open_provider(config)))()
-    try:
-        [result] = provider.send([message])
-    finally:
-        provider.close()
-    return result
-
-
-def load_content(row) -> dict[str, Any]:
-    return json.loads(row.content)
-
-
-def resolve_edition(engine: Engine, config: Config, number: int, publication: str | None):
-    """An edition row from its number (and publication, needed only when ambiguous)."""
-    if publication is None and len(config.publications) == 1:
-        publication = config.publications[0].slug
-    if publication:
-        config.publication(publication)
-    with engine.connect() as conn:
-        rows = q.find_edition(conn, publication, number)
-    if not rows:
-        where = f" of {publication}" if publication else ""
-        raise InputError(f"edition {number}{where}: no such edition")
-    if len(rows) > 1:
-        pubs = ", ".join(r.publication for r in rows)
-        raise InputError(f"edition {number} exists in {pubs}; name the publication with --publication")
-    return rows[0]
