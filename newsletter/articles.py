@@ -174,16 +174,7 @@ def _int(value: Any, key: str) -> int:
 
 def resolve_fields(config: Config, values: Iterable[str]) -> str:
     """Field slugs or names → the stored comma-separated slugs in config order."""
-    out = []
-    for token in values:
-        slug = config.resolve_field(token)
-        if slug is None:
-            known = ", ".join(f"{f.slug} ({f.name})" for f in config.fields)
-            raise ValueError(f"unknown field '{token}' (known: {known})")
-        out.append(slug)
-    if not out:
-        raise ValueError("no field given")
-    return ",".join(config.sort_fields(out))
+    return config.read_fields(values)
 
 
 def validate(raw: Mapping[str, Any], config: Config, *, default_fields: Sequence[str] = ()) -> dict[str, Any]:

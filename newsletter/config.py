@@ -24,7 +24,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -626,6 +626,20 @@ class Config:
             if token == f.slug or token == f.name or token.lower() == f.slug:
                 return f.slug
         return None
+
+    def read_fields(self, tokens: Iterable[str]) -> str:
+        """Field slugs or names → the stored comma-separated slugs in config order; the one
+        rule for reading fields from input (ValueError naming the unknown one, or none)."""
+        slugs = []
+        for token in tokens:
+            slug = self.resolve_field(token)
+            if slug is None:
+                known = ", ".join(f"{f.slug} ({f.name})" for f in self.fields)
+                raise ValueError(f"unknown field '{token}' (known: {known})")
+            slugs.append(slug)
+        if not slugs:
+            raise ValueError("no field given")
+        return ",".join(self.sort_fields(slugs))
 
     def publication(self, slug: str) -> Publication:
         for p in self.publications:

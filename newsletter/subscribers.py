@@ -144,17 +144,7 @@ def parse_charset(value: str | None) -> str | None:
 
 
 def parse_fields(config: Config, value: str | Iterable[str] | None) -> str:
-    tokens = split_list(value) if isinstance(value, str) else list(value or [])
-    if not tokens:
-        raise ValueError("no fields given")
-    slugs = []
-    for token in tokens:
-        slug = config.resolve_field(token)
-        if slug is None:
-            known = ", ".join(f"{f.slug} ({f.name})" for f in config.fields)
-            raise ValueError(f"unknown field '{token}' (known: {known})")
-        slugs.append(slug)
-    return ",".join(config.sort_fields(slugs))
+    return config.read_fields(split_list(value) if isinstance(value, str) else list(value or []))
 
 
 def parse_publications(config: Config, value: str | Iterable[str] | None) -> str | None:

@@ -57,6 +57,15 @@ class App:
         return dt.astimezone(ZoneInfo(tz or self.config.site.timezone)).strftime("%Y-%m-%d %H:%M %Z")
 
 
+def field_option(config: Config, value: str) -> str:
+    """One ``--field`` value (slug or name) → its slug, or the one-line error
+    (the rule is :meth:`Config.read_fields`)."""
+    try:
+        return config.read_fields([value])
+    except ValueError as exc:
+        raise InputError(f"--field: {exc}") from None
+
+
 class NewsletterGroup(click.Group):
     """Turns our errors into one line on stderr and exit code 1."""
 

@@ -9,7 +9,7 @@ import click
 from .. import articles as arts
 from ..errors import InputError
 from ..store import articles as q
-from . import App, main, pass_app
+from . import App, field_option, main, pass_app
 
 
 @main.group()
@@ -84,8 +84,7 @@ def article_import(app: App, source, strict, fields, dry_run):
     """Import articles from FILE_OR_URL: JSON, CSV, Markdown with front matter, RSS/Atom."""
     config = app.config
     for f in fields:
-        if config.resolve_field(f) is None:
-            raise InputError(f"--field: unknown field '{f}'")
+        field_option(config, f)
     items = arts.read_source(source, config)
     report = arts.import_items(
         app.engine, config, items, source=source, strict=strict, default_fields=fields, dry_run=dry_run
@@ -110,11 +109,7 @@ def article_import(app: App, source, strict, fields, dry_run):
 @pass_app
 def article_list(app: App, status, field):
     """One article per line: id, status, fields, embargo, title."""
-    slug = None
-    if field:
-        slug = app.config.resolve_field(field)
-        if slug is None:
-            raise InputError(f"--field: unknown field '{field}'")
+    slug = field_option(app.config, field) if field else None
     with app.engine.connect() as conn:
         for row in q.list_articles(conn, status=status, field=slug):
             _print_row(app, row)

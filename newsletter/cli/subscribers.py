@@ -9,9 +9,8 @@ import click
 from .. import subscribers as subs
 from ..config import CHARSETS, FORMATS
 from ..csvio import ENCODINGS
-from ..errors import InputError
 from ..store import subscribers as q
-from . import App, main, pass_app
+from . import App, field_option, main, pass_app
 
 
 @main.group()
@@ -98,11 +97,7 @@ def subscriber_export(app: App, file, excel, status):
 @pass_app
 def subscriber_list(app: App, status, field):
     """One subscriber per line: address, status, fields, format, name."""
-    slug = None
-    if field:
-        slug = app.config.resolve_field(field)
-        if slug is None:
-            raise InputError(f"--field: unknown field '{field}'")
+    slug = field_option(app.config, field) if field else None
     with app.engine.connect() as conn:
         for row in q.list_subscribers(conn, status=status, field=slug):
             click.echo(f"{row.email}\t{row.status}\t{row.fields}\t{row.format}\t{row.name}")
