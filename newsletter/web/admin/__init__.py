@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..service import service
-from . import articles, audit, auth, editions, sending, subscribers, users
+from . import articles, audit, auth, editions, schedules, sending, subscribers, users
 from .console import PACKAGED_TEMPLATES
 
 # The static files of the console (templates/admin/), by public name.
@@ -69,6 +69,9 @@ def routes() -> list[Route]:
         Route("/sending/{id:int}", sending.show, methods=["GET"]),
         *[Route(f"/sending/{{id:int}}/{name}", getattr(sending, name), methods=["POST"])
           for name in ("pause", "resume", "cancel", "retry")],
+        Route("/schedules", schedules.index, methods=["GET"]),
+        Route("/schedules/{slug}/pause", schedules.pause, methods=["POST"]),
+        Route("/schedules/{slug}/resume", schedules.resume, methods=["POST"]),
         Route("/audit", audit.index, methods=["GET"]),
         Route("/users", users.index, methods=["GET"]),
         Route("/users", users.add, methods=["POST"]),
