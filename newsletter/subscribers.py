@@ -534,7 +534,12 @@ def suppress(
 
 
 class ReactivationRefused(InputError):
-    """Re-activation is refused for this subscriber (a complaint; not suppressed)."""
+    """Re-activation is refused for this subscriber; ``why`` is "complaint" or
+    "not stopped" (a console shows its own words for each)."""
+
+    def __init__(self, message: str, why: str):
+        super().__init__(message)
+        self.why = why
 
 
 def reactivate(engine: Engine, subscriber: int | str, reason: str, actor, *, ip: str | None = None,
@@ -578,9 +583,9 @@ def reactivate(engine: Engine, subscriber: int | str, reason: str, actor, *, ip:
             raise InputError(f"{label}: no such subscriber (an erased subscriber cannot be resumed)")
         if row.status == "complained" or any(c.event == "complained" for c in q.consent_records(conn, row.id)):
             raise ReactivationRefused(f"{row.email}: reported our mail as spam (a complaint); mail is not resumed "
-                                      "by an operator — the person can sign up again")
+                                      "by an operator — the person can sign up again", "complaint")
         if row.status not in ("unsubscribed", "bounced"):
-            raise ReactivationRefused(f"{row.email}: is {row.status}, not stopped: nothing to resume")
+            raise ReactivationRefused(f"{row.email}: is {row.status}, not stopped: nothing to resume", "not stopped")
         if not q.mark_reactivated(conn, row.id, row.status):
             raise InputError(f"{row.email}: changed meanwhile; look again")
         q.add_consent(conn, row.id, "reactivated", at=now, source=actor.interface, ip=ip,
