@@ -890,7 +890,8 @@ class Progress:
     retry after a temporary failure (``next_retry``: the first of them); the
     rate counts results (sent or failed) over the last ``window`` — or since the
     first result in it, when sending began later — and ``eta`` is the pending
-    and deferred rows at that rate (None while nothing moves)."""
+    and deferred rows at that rate, not before the next retry (None while
+    nothing moves)."""
 
     edition_id: int
     status: str
@@ -931,6 +932,8 @@ def progress(engine: Engine, edition_id: int, now: datetime | None = None,
     per_minute = recent / (elapsed.total_seconds() / 60) if recent else 0.0
     left = counts["pending"]
     eta = now + timedelta(minutes=left / per_minute) if left and per_minute else None
+    if eta is not None and retry is not None:
+        eta = max(eta, retry)  # the deferred ones go no sooner than their retry
     return Progress(edition_id, row.status, counts["sent"], left - deferred, deferred, counts["failed"],
                     counts["skipped"], counts["cancelled"], per_minute, window.total_seconds() / 60, eta, retry, now)
 

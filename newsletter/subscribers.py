@@ -542,6 +542,16 @@ class ReactivationRefused(InputError):
         self.why = why
 
 
+def has_complained(conn, row) -> bool:
+    """Did this person ever report our mail as spam?  The status says so, or the
+    consent history, or a complaint event recorded while the address was
+    already stopped (which leaves the status and the consent history as they were)."""
+    from .store import mail_events as mq
+
+    return (row.status == "complained" or any(c.event == "complained" for c in q.consent_records(conn, row.id))
+            or mq.count_events(conn, row.id, "complaint", datetime(1970, 1, 1, tzinfo=UTC)) > 0)
+
+
 def reactivate(engine: Engine, subscriber: int | str, reason: str, actor, *, ip: str | None = None,
                now: datetime | None = None) -> str:
     """Start mailing a suppressed subscriber again (配信再開) — the one way back
@@ -551,9 +561,8 @@ def reactivate(engine: Engine, subscriber: int | str, reason: str, actor, *, ip:
     source the actor's interface, detail "by NAME: reason") is the proof the Act
     on Specified Electronic Mail asks for, and one audit row says who did it
     (the subscriber's id, not the address: approvers read the audit log).
-    Refused for a complaint — the status ``complained``, or a ``complained`` row
-    anywhere in the consent history (the person told their mail provider this
-    is spam; only they can undo that, by signing up again) — and for an address
+    Refused for a complaint (:func:`has_complained`: the person told their mail
+    provider this is spam; only they can undo that, by signing up again) — and for an address
     that is not suppressed (active; pending still waits for its confirmation).
     An erased subscriber has no row left: "no such subscriber".  The bounce
     count starts again at 0; deliveries cancelled while suppressed stay
@@ -581,7 +590,7 @@ def reactivate(engine: Engine, subscriber: int | str, reason: str, actor, *, ip:
             row = q.get_by_email(conn, label)
         if row is None:
             raise InputError(f"{label}: no such subscriber (an erased subscriber cannot be resumed)")
-        if row.status == "complained" or any(c.event == "complained" for c in q.consent_records(conn, row.id)):
+        if has_complained(conn, row):
             raise ReactivationRefused(f"{row.email}: reported our mail as spam (a complaint); mail is not resumed "
                                       "by an operator — the person can sign up again", "complaint")
         if row.status not in ("unsubscribed", "bounced"):

@@ -439,6 +439,10 @@ PERMISSION = {
     "/sending": "operate", "/sending/{id:int}": "operate", "/sending/{id:int}/pause": "operate",
     "/sending/{id:int}/resume": "operate", "/sending/{id:int}/cancel": "operate", "/sending/{id:int}/retry": "operate",
     "/audit": "audit", "/users": "users", "/users/{name}/disable": "users", "/users/{name}/logout": "users",
+    "/schedules": "operate", "/schedules/{slug}/pause": "operate", "/schedules/{slug}/resume": "operate",
+    "/subscribers/{id:int}/reactivate": "subscribers",
+    "/sending/{id:int}/progress.json": "operate", "/sending/{id:int}/report": "operate",
+    "/sending/{id:int}/report/hours.svg": "operate", "/sending/{id:int}/report/csv": "operate",
 }
 PUBLIC = {"/login", "/static/{name}"}
 CAN = {"edit": {"editor", "approver", "admin"}, "approve": {"approver", "admin"},
@@ -454,16 +458,16 @@ def console_routes(client: TestClient) -> list[tuple[str, str]]:
 
 
 def concrete(path: str, ids: dict[str, str]) -> str:
-    return "/admin" + path.replace("{id:int}", ids["id"]).replace("{name}", ids["name"])
+    return "/admin" + path.replace("{id:int}", ids["id"]).replace("{name}", ids["name"]).replace("{slug}", "weekly")
 
 
 def snapshot(console: Console) -> tuple:
     """Everything a console action could change (sessions and throttles aside)."""
-    from newsletter.store.tables import articles, consents, deliveries, editions, subscribers, users
+    from newsletter.store.tables import articles, consents, deliveries, editions, schedules, subscribers, users
 
     with console.site.engine.connect() as conn:
         return tuple(tuple(tuple(r) for r in conn.execute(select(t).order_by(*t.primary_key.columns)))
-                     for t in (articles, editions, deliveries, subscribers, consents, users, audit_log))
+                     for t in (articles, editions, deliveries, subscribers, consents, users, audit_log, schedules))
 
 
 @pytest.fixture
@@ -687,3 +691,144 @@ def test_operator_imports_a_csv_after_a_dry_run_report(console):
     for bad in (token, "../../config", "x" * 32):
         res = operator.post("/admin/subscribers/import/commit", data={"csrf": commit_csrf, "upload": bad})
         assert res.status_code == 400 and "確認したファイルが見つかりません" in res.text
+
+
+# -- the operator's room: schedules, 配信再開, live progress, statistics, audit dates --------
+
+
+def test_schedules_page_says_the_cron_in_words_with_holiday_moves_and_pauses(tmp_path, storage_url):
+    from datetime import UTC, datetime
+
+    from newsletter.store.tables import schedules
+
+    console = Console(make_site(tmp_path, storage_url, replace={
+        '# on_holiday = "send"': 'on_holiday = "next_business_day"'}))
+    console.add_user("unyo", "operator")
+    site = console.site
+    site.clock.now = datetime(2026, 12, 25, 0, 0, tzinfo=UTC)  # Friday; Tuesday 12/29 is in the year-end closure
+    operator = console.sign_in("unyo")
+    page = operator.get("/admin/schedules")
+    assert page.status_code == 200
+    text = page.text
+    assert "<dd>毎週火曜 9:00</dd>" in text and "<code>0 9 * * TUE</code>" in text
+    assert "翌営業日の同じ時刻に配信" in text and "<dd>有効</dd>" in text
+    slots = re.findall(r"<li>(.*?)</li>", text[text.index('<ol class="slots">'):])
+    assert slots[0] == ("<strong>2027年1月4日（月）9:00</strong> "
+                        "（2026年12月29日（火）9:00 から移動: 年末年始 12/29–1/3）")
+    assert slots[1] == "2027年1月5日（火）9:00"
+    assert "まだ実行されていません。" in text
+
+    res = operator.post("/admin/schedules/weekly/pause", data={"csrf": csrf_of(text, "/admin/schedules/weekly/pause")})
+    assert res.status_code == 303 and res.headers["location"] == "/admin/schedules?done=schedule_pause"
+    page = operator.get(res.headers["location"])
+    assert "定期配信を一時停止しました。" in page.text and "一時停止中" in page.text
+    assert "（一時停止中のため配信されません）" in page.text
+    assert "weekly\tpaused" in site.cli("schedule", "list").output  # the CLI sees the same state
+    res = operator.post("/admin/schedules/weekly/resume",
+                        data={"csrf": csrf_of(page.text, "/admin/schedules/weekly/resume")})
+    assert res.status_code == 303
+    assert "weekly\tactive" in site.cli("schedule", "list").output
+    with site.engine.connect() as conn:
+        rows = [(r.actor, r.interface, r.action, r.publication) for r in
+                conn.execute(select(audit_log).where(audit_log.c.action.like("schedule%")).order_by(audit_log.c.id))]
+        paused = conn.execute(select(schedules.c.paused)).scalar()
+    assert rows == [("unyo", "console", "schedule paused", "weekly"), ("unyo", "console", "schedule resumed", "weekly")]
+    assert paused is False
+    # The CLI's pause is the same library function: an audit row with its user.
+    site.cli("--as", "unyo", "schedule", "pause", "weekly")
+    assert "already paused" in site.cli("schedule", "pause", "weekly").output
+    with site.engine.connect() as conn:
+        last = conn.execute(select(audit_log).order_by(audit_log.c.id.desc())).first()
+    assert (last.actor, last.interface, last.action) == ("unyo", "cli", "schedule paused")
+    # A token is good for its own form only: another publication's path is refused before anything.
+    page = operator.get("/admin/schedules")
+    assert operator.post("/admin/schedules/nope/pause",
+                         data={"csrf": csrf_of(page.text, "/admin/schedules/weekly/resume")}).status_code == 403
+
+
+def test_schedules_page_in_english(tmp_path):
+    site = make_site(tmp_path, f"sqlite:///{tmp_path / 'project' / 'var' / 'newsletter.db'}",
+                     replace={'language = "ja"': 'language = "en"'})
+    console = Console(site)
+    console.add_user("unyo", "operator")
+    page = console.sign_in("unyo").get("/admin/schedules")
+    assert page.status_code == 200 and 'lang="en"' in page.text
+    assert "<dd>Every Tuesday at 9:00</dd>" in page.text and "Pause</button>" in page.text
+
+
+def test_operator_resumes_mail_only_with_a_reason_and_never_after_a_complaint(tmp_path, storage_url):
+    from newsletter.bounces import MailEvent, apply_events
+
+    console = Console(make_site(tmp_path, storage_url))
+    console.add_user("unyo", "operator")
+    site = console.site
+    site.cli("subscriber", "add", "kimura@example.jp", "--fields", "education")
+    site.cli("subscriber", "add", "hayashi@example.jp", "--fields", "education")
+    site.cli("subscriber", "unsubscribe", "kimura@example.jp")
+    operator = console.sign_in("unyo")
+    path = re.search(r'href="(/admin/subscribers/\d+)"', operator.get("/admin/subscribers?q=kimura").text).group(1)
+    page = operator.get(path)
+    assert '<label for="reactivate-reason">再開の理由（必須）</label>' in page.text
+
+    # No reason: the message beside the field, nothing changed.
+    before = snapshot(console)
+    res = operator.post(f"{path}/reactivate", data={"csrf": csrf_of(page.text, f"{path}/reactivate"), "reason": "  "})
+    assert res.status_code == 400 and 'id="reactivate-reason-error"' in res.text
+    assert "再開の理由を入力してください。" in res.text and 'aria-invalid="true"' in res.text
+    assert snapshot(console) == before
+
+    reason = "本人から電話で再開の依頼（12/1 10:00、折り返しで本人確認）"
+    res = operator.post(f"{path}/reactivate", data={"csrf": csrf_of(page.text, f"{path}/reactivate"),
+                                                    "reason": reason})
+    assert res.status_code == 303
+    assert "配信を再開しました。" in operator.get(res.headers["location"]).text
+    assert site.subscriber("kimura@example.jp").status == "active"
+    last = site.consents("kimura@example.jp")[-1]
+    assert (last.event, last.source) == ("reactivated", "console")
+    assert last.detail == f"by unyo: {reason}"
+    with site.engine.connect() as conn:
+        audit = conn.execute(select(audit_log).where(audit_log.c.action == "subscriber reactivated")).one()
+    assert (audit.actor, audit.interface) == ("unyo", "console")
+    assert audit.detail == f"subscriber #{site.subscriber('kimura@example.jp').id} (was unsubscribed)"
+    assert "kimura" not in audit.detail  # approvers read the audit log: no address in it
+
+    # A complaint: refused with a clear message, in the console and the CLI.
+    apply_events(site.engine, site.config, [MailEvent("arf", "c-1", "complaint", email="hayashi@example.jp")])
+    assert site.subscriber("hayashi@example.jp").status == "complained"
+    sid = site.subscriber("hayashi@example.jp").id
+    page = operator.get(f"/admin/subscribers/{sid}")
+    assert "迷惑メールとして報告した方には、管理画面から配信を再開できません。" in page.text
+    assert f'action="/admin/subscribers/{sid}/reactivate"' not in page.text
+    bad = site.cli("subscriber", "reactivate", "hayashi@example.jp", "--reason", "本人の依頼", ok=False)
+    assert bad.exit_code == 1 and "reported our mail as spam (a complaint)" in bad.output
+    assert site.subscriber("hayashi@example.jp").status == "complained"
+
+
+def test_reactivation_is_refused_for_a_complaint_after_an_unsubscribe(tmp_path, storage_url):
+    """Unsubscribed first, then a complaint (status and consent history stay as they
+    were): the page showed the form before the complaint came, the POST is refused."""
+    from newsletter.bounces import MailEvent, apply_events
+
+    console = Console(make_site(tmp_path, storage_url))
+    site = console.site
+    site.cli("subscriber", "add", "mori@example.jp", "--fields", "education")
+    site.cli("subscriber", "unsubscribe", "mori@example.jp")
+    sid = site.subscriber("mori@example.jp").id
+    console.add_user("unyo", "operator")
+    operator = console.sign_in("unyo")
+    page = operator.get(f"/admin/subscribers/{sid}")
+    assert f'action="/admin/subscribers/{sid}/reactivate"' in page.text
+    apply_events(site.engine, site.config, [MailEvent("arf", "c-2", "complaint", email="mori@example.jp")])
+    assert site.subscriber("mori@example.jp").status == "unsubscribed"
+    before = snapshot(console)
+    res = operator.post(f"/admin/subscribers/{sid}/reactivate",
+                        data={"csrf": csrf_of(page.text, f"/admin/subscribers/{sid}/reactivate"),
+                              "reason": "本人の依頼"})
+    assert res.status_code == 400 and "迷惑メールとして報告した方には" in res.text and 'role="alert"' in res.text
+    assert snapshot(console) == before
+    res = site.cli("subscriber", "reactivate", "mori@example.jp", "--reason", "本人の依頼", ok=False)
+    assert res.exit_code == 1 and "a complaint" in res.output
+    assert site.cli("subscriber", "reactivate", "mori@example.jp", ok=False).exit_code == 2  # --reason is required
+    res = site.cli("subscriber", "reactivate", "nobody@example.jp", "--reason", "x", ok=False)
+    assert res.exit_code == 1 and "no such subscriber" in res.output
+    assert snapshot(console) == before

@@ -81,18 +81,18 @@ def _load(svc: Service, subscriber_id: int):
         row = q.get_by_id(conn, subscriber_id)
         if row is None:
             raise HTTPException(404)
-        return row, q.consent_records(conn, row.id)
+        return row, q.consent_records(conn, row.id), subs.has_complained(conn, row)
 
 
 async def _page(request: Request, session: Session, subscriber_id: int, *, error: str = "",
                 status: int = 200, reactivate_error: str = "") -> Response:
     svc = service(request)
-    row, consents = await run_in_threadpool(_load, svc, subscriber_id)
+    row, consents, complained = await run_in_threadpool(_load, svc, subscriber_id)
     names = {f.slug: f.name for f in svc.config.fields}
     return render(request, "subscriber.html.j2", session=session, status=status, row=row, consents=consents,
                   names=names, tz=svc.config.site.timezone, error=error, done=request.query_params.get("done", ""),
                   reactivate_error=reactivate_error,
-                  complained=row.status == "complained" or any(c.event == "complained" for c in consents),
+                  complained=complained,
                   forms={"suppress": f"/admin/subscribers/{row.id}/suppress",
                          "reactivate": f"/admin/subscribers/{row.id}/reactivate"})
 
@@ -111,7 +111,7 @@ async def suppress(request: Request, session: Session, form: FormData | None) ->
         return await _page(request, session, subscriber_id, error=words(svc.lang)["err_reason"], status=400)
 
     def act():
-        row, _ = _load(svc, subscriber_id)
+        row, _, _ = _load(svc, subscriber_id)
         with svc.engine.begin() as conn:
             subs.suppress(conn, [row.id], "unsubscribed", source="console",
                           reason="unsubscribed by an operator",
