@@ -832,3 +832,121 @@ def test_reactivation_is_refused_for_a_complaint_after_an_unsubscribe(tmp_path, 
     res = site.cli("subscriber", "reactivate", "nobody@example.jp", "--reason", "x", ok=False)
     assert res.exit_code == 1 and "no such subscriber" in res.output
     assert snapshot(console) == before
+
+
+def test_progress_json_bounces_and_the_reading_report_of_a_send(tmp_path, storage_url, smtp_server):
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from newsletter.bounces import MailEvent, apply_events
+    from newsletter.store.tables import deliveries
+    from tests.test_failures import load_samples, smtp_provider
+
+    console = Console(make_site(tmp_path, storage_url, provider=smtp_provider(smtp_server)))
+    console.add_user("unyo", "operator")
+    console.add_user("kacho", "approver")
+    site = console.site
+    load_samples(site.cli)
+    smtp_server.reply_to_rcpt("ito.yui@example.com", "550 5.1.1 <ito.yui@example.com>: 宛先がありません")
+    smtp_server.reply_to_rcpt("kato.hiroshi@example.jp", "451 4.3.0 Try again later")
+    site.cli("edition", "send", "weekly", ok=False)
+    site.clock.now = datetime.now(UTC)
+    with site.engine.connect() as conn:
+        states = dict(conn.execute(select(deliveries.c.email, deliveries.c.status)).all())
+        edition_id = conn.execute(select(func.max(deliveries.c.edition_id))).scalar()
+    sent = sum(1 for s in states.values() if s == "sent")
+    assert sent >= 5 and states["kato.hiroshi@example.jp"] == "pending" and states["ito.yui@example.com"] == "failed"
+
+    operator = console.sign_in("unyo")
+    res = operator.get(f"/admin/sending/{edition_id}/progress.json")
+    assert res.status_code == 200 and res.headers["content-type"] == "application/json"
+    p = res.json()
+    assert (p["status"], p["sent"], p["pending"], p["deferred"], p["failed"]) == ("sending", sent, 0, 1, 1)
+    assert p["per_minute"] > 0 and p["window_minutes"] == 5
+    retry = datetime.fromisoformat(p["next_retry"])
+    assert retry > site.clock.now and datetime.fromisoformat(p["eta"]) >= retry  # not before the retry is due
+    # The page shows the same figures, and the bounce at sending.
+    page = operator.get(f"/admin/sending/{edition_id}")
+    assert f'<dd data-key="sent">{sent}</dd>' in page.text and '<dd data-key="deferred">1</dd>' in page.text
+    assert re.search(r"<dt>宛先不明（送信時）</dt><dd>1</dd>", page.text)
+    assert re.search(r"<dt>迷惑メール報告</dt><dd>0</dd>", page.text)
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "<script src=\"/admin/static/progress.js\"" \
+        in page.text and "<script>" not in page.text
+    script = operator.get("/admin/static/progress.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    # Reports that come later count for the people this edition went to.
+    apply_events(site.engine, site.config, [
+        MailEvent("arf", "c-9", "complaint", email="sato.hanako@example.jp"),
+        MailEvent("dsn", "d-9", "hard", email="suzuki.ichiro@example.com", detail="failed 5.1.1 user unknown")])
+    page = operator.get(f"/admin/sending/{edition_id}")
+    assert re.search(r"<dt>迷惑メール報告</dt><dd>1</dd>", page.text)
+    assert re.search(r"<dt>バウンス（後から届いた通知）</dt><dd>1</dd>", page.text)
+    # Ten minutes on, nothing sent since: no rate, no estimate; the retry is due now (pending, not deferred).
+    site.clock.advance(minutes=10)
+    p = operator.get(f"/admin/sending/{edition_id}/progress.json").json()
+    assert p["per_minute"] == 0 and p["eta"] is None and (p["pending"], p["deferred"]) == (1, 0)
+    assert "直近 5 分の送信はありません" in operator.get(f"/admin/sending/{edition_id}").text
+    assert operator.get(f"/admin/sending/{edition_id + 1}/progress.json").status_code == 404
+    site.clock.now = datetime.now(UTC) + timedelta(seconds=1)
+
+    # The reading statistics: the numbers of `edition report`, for an operator and an approver alike.
+    cli_report = json.loads(site.cli("edition", "report", "1", "--json").output)
+    for who in (operator, console.sign_in("kacho")):
+        page = who.get(f"/admin/sending/{edition_id}/report")
+        assert page.status_code == 200
+        main = page.text[page.text.index("<main"):]
+        assert f"<dt>配信数</dt><dd>{cli_report['delivered']}</dd>" in main
+        assert f"<dt>配信できなかった数</dt><dd>{cli_report['bounced']}</dd>" in main
+        assert f"<dt>開封（人）</dt><dd>{cli_report['opens']['human']}</dd>" in main
+        assert "@example" not in main  # aggregates only: no subscriber on this page
+        assert f'<img src="/admin/sending/{edition_id}/report/hours.svg" alt="' in main
+    svg = operator.get(f"/admin/sending/{edition_id}/report/hours.svg")
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+    assert svg.text.startswith("<svg") and "<script" not in svg.text
+    page = operator.get(f"/admin/sending/{edition_id}/report")
+    res = operator.post(f"/admin/sending/{edition_id}/report/csv",
+                        data={"csrf": csrf_of(page.text, f"/admin/sending/{edition_id}/report/csv")})
+    assert res.status_code == 200 and res.content.startswith(b"\xef\xbb\xbf")
+    assert 'filename="report-weekly-1.csv"' in res.headers["content-disposition"]
+    lines = res.content.decode("utf-8-sig").split("\r\n")
+    assert lines[0] == "article_id,title,url,clicks_human,clicks_machine,click_events_human,click_events_machine"
+    assert len([x for x in lines[1:] if x]) == len(cli_report["articles"])
+    with site.engine.connect() as conn:
+        row = conn.execute(select(audit_log).where(audit_log.c.action == "report exported")).one()
+    assert (row.actor, row.interface, row.publication, row.edition_id) == ("unyo", "console", "weekly", edition_id)
+
+
+def test_audit_log_filters_by_user_action_publication_and_dates(console):
+    from datetime import UTC, datetime
+
+    from newsletter.store import audit as audit_q
+
+    site = console.site
+    with site.engine.begin() as conn:
+        for day, actor, action, pub in ((1, "editor1", "created", "weekly"), (2, "approver1", "approved", "weekly"),
+                                        (3, "operator1", "exported", None), (5, "approver1", "approved", None)):
+            # 23:30 JST on the 1st, 2nd, ... of December: the day in the site's time zone, not UTC's.
+            audit_q.add(conn, at=datetime(2026, 12, day, 14, 30, tzinfo=UTC), actor=actor, interface="console",
+                        action=action, publication=pub, detail=f"row {day}")
+    client = console.sign_in("operator1")
+
+    def details(query: str) -> list[str]:
+        page = client.get(f"/admin/audit?{query}")
+        assert page.status_code == 200, page.text
+        return re.findall(r"<td>(row \d)</td>", page.text)
+
+    assert details("") == ["row 5", "row 3", "row 2", "row 1"]
+    assert details("actor=approver1") == ["row 5", "row 2"]
+    assert details("action=approv&publication=weekly") == ["row 2"]
+    assert details("from=2026-12-02&to=2026-12-03") == ["row 3", "row 2"]
+    assert details("from=2026-12-04") == ["row 5"]
+    assert details("to=2026-12-01") == ["row 1"]
+    assert details("actor=approver1&from=2026-12-03") == ["row 5"]
+    page = client.get("/admin/audit?from=2026-13-01&to=2026-12-02")
+    assert page.status_code == 400
+    assert re.search(r'<p class="error" id="a-from-error">日付は 2026-12-01 の形で入力してください。</p>', page.text)
+    assert 'aria-describedby="a-from-error"' in page.text and 'value="2026-13-01"' in page.text  # input kept
+    assert re.findall(r"<td>(row \d)</td>", page.text) == ["row 2", "row 1"]  # the good end still applies
+    page = client.get("/admin/audit?from=2026-12-03&to=2026-12-01")
+    assert page.status_code == 400 and "終了日は開始日より後にしてください。" in page.text
