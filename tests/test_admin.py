@@ -842,7 +842,8 @@ def test_progress_json_bounces_and_the_reading_report_of_a_send(tmp_path, storag
     from newsletter.store.tables import deliveries
     from tests.test_failures import load_samples, smtp_provider
 
-    console = Console(make_site(tmp_path, storage_url, provider=smtp_provider(smtp_server)))
+    console = Console(make_site(tmp_path, storage_url, provider=smtp_provider(smtp_server),
+                                replace={"full_text = false": 'full_text = false\ntracking = "aggregate"'}))
     console.add_user("unyo", "operator")
     console.add_user("kacho", "approver")
     site = console.site
@@ -925,10 +926,12 @@ def test_audit_log_filters_by_user_action_publication_and_dates(console):
     site = console.site
     with site.engine.begin() as conn:
         for day, actor, action, pub in ((1, "editor1", "created", "weekly"), (2, "approver1", "approved", "weekly"),
-                                        (3, "operator1", "exported", None), (5, "approver1", "approved", None)):
+                                        (3, "operator1", "exported", None), (5, "approver1", "approved", None),
+                                        (6, None, "finished", "weekly")):
             # 23:30 JST on the 1st, 2nd, ... of December: the day in the site's time zone, not UTC's.
-            audit_q.add(conn, at=datetime(2026, 12, day, 14, 30, tzinfo=UTC), actor=actor, interface="console",
-                        action=action, publication=pub, detail=f"row {day}")
+            audit_q.add(conn, at=datetime(2026, 12, day, 14, 30, tzinfo=UTC), actor=actor,
+                        interface="console" if actor else "delivery", action=action, publication=pub,
+                        detail=f"row {day}")
     client = console.sign_in("operator1")
 
     def details(query: str) -> list[str]:
@@ -936,11 +939,16 @@ def test_audit_log_filters_by_user_action_publication_and_dates(console):
         assert page.status_code == 200, page.text
         return re.findall(r"<td>(row \d)</td>", page.text)
 
-    assert details("") == ["row 5", "row 3", "row 2", "row 1"]
+    assert details("") == ["row 6", "row 5", "row 3", "row 2", "row 1"]
+    assert details("interface=delivery") == ["row 6"]  # the engine's own rows
+    assert details("interface=console&to=2026-12-05") == ["row 5", "row 3", "row 2", "row 1"]
+    page = client.get("/admin/audit?interface=delivery")
+    assert '<option value="delivery" selected>配信処理</option>' in page.text and "<td>配信処理</td>" in page.text
+    assert '<option value="approver1">' in page.text  # the user names to choose from (a datalist)
     assert details("actor=approver1") == ["row 5", "row 2"]
     assert details("action=approv&publication=weekly") == ["row 2"]
     assert details("from=2026-12-02&to=2026-12-03") == ["row 3", "row 2"]
-    assert details("from=2026-12-04") == ["row 5"]
+    assert details("from=2026-12-04") == ["row 6", "row 5"]
     assert details("to=2026-12-01") == ["row 1"]
     assert details("actor=approver1&from=2026-12-03") == ["row 5"]
     page = client.get("/admin/audit?from=2026-13-01&to=2026-12-02")

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...store import audit as audit_q
-from ...users import INTERFACES
+from ...users import INTERFACES, list_users
 from ..service import service
 from .console import render, room, words
 
@@ -58,6 +58,8 @@ async def index(request: Request, session: Session, form: FormData | None) -> Re
                                   **{k: filters[k] or None for k in ("actor", "action", "interface", "publication")})
 
     rows = await run_in_threadpool(load)
+    names = [u.name for u in await run_in_threadpool(list_users, svc.engine)]
     return render(request, "audit.html.j2", session=session, rows=rows, filters=filters, interfaces=INTERFACES,
                   publications=svc.config.publications, tz=svc.config.site.timezone, shown=SHOWN, errors=errors,
+                  users=names,
                   status=400 if errors else 200)

@@ -282,12 +282,15 @@ JA: dict[str, str] = {
     "col_human": "人", "col_machine": "機械（自動巡回など）",
     "rep_hours": "48時間の推移",
     "rep_hours_alt": "配信から48時間の、人による開封とクリックの推移のグラフ",
+    "rep_hours_legend": "1時間ごとの件数。濃い青の棒: 人による開封、赤の棒: 人によるクリック、"
+                        "灰色の細い線: 機械によるもの。",
     "rep_csv_button": "記事ごとのクリックを CSV で書き出す",
     "rep_csv_hint": "書き出しは操作履歴に記録されます。",
     "rep_no_tracking": "この号は計測していません（tracking = \"off\"）。配信数だけを表示しています。",
     "filter_from": "期間（開始日）", "filter_to": "期間（終了日）",
     "err_date": "日付は 2026-12-01 の形で入力してください。",
     "err_date_order": "終了日は開始日より後にしてください。",
+    "iface_cli": "コマンド", "iface_daemon": "自動配信", "iface_console": "管理画面", "iface_delivery": "配信処理",
 }
 
 EN: dict[str, str] = {
@@ -529,12 +532,15 @@ EN: dict[str, str] = {
     "col_human": "People", "col_machine": "Machines (scanners etc.)",
     "rep_hours": "The first 48 hours",
     "rep_hours_alt": "Chart of opens and clicks by people in the 48 hours after sending",
+    "rep_hours_legend": "Events per hour. Dark blue bars: opens by people; red bars: clicks by people; "
+                        "thin grey lines: machines.",
     "rep_csv_button": "Download clicks by article (CSV)",
     "rep_csv_hint": "Every download is recorded in the audit log.",
     "rep_no_tracking": "This edition is not tracked (tracking = \"off\"); only deliveries are shown.",
     "filter_from": "From (date)", "filter_to": "To (date)",
     "err_date": "Write the date as 2026-12-01.",
     "err_date_order": "The end date must not be before the start date.",
+    "iface_cli": "command line", "iface_daemon": "scheduler", "iface_console": "console", "iface_delivery": "delivery",
 }
 
 
