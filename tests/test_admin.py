@@ -958,3 +958,42 @@ def test_audit_log_filters_by_user_action_publication_and_dates(console):
     assert re.findall(r"<td>(row \d)</td>", page.text) == ["row 2", "row 1"]  # the good end still applies
     page = client.get("/admin/audit?from=2026-12-03&to=2026-12-01")
     assert page.status_code == 400 and "終了日は開始日より後にしてください。" in page.text
+
+
+def test_resend_puts_back_only_the_retryable_failures(tmp_path, storage_url, smtp_server):
+    """再送: a policy refusal goes back to pending; a bad address, and a refusal whose
+    reader has since unsubscribed, stay failed — the button counts only the first."""
+    from newsletter.store.tables import deliveries, editions
+    from tests.test_failures import load_samples, smtp_provider
+
+    console = Console(make_site(tmp_path, storage_url, provider=smtp_provider(smtp_server)))
+    console.add_user("unyo", "operator")
+    site = console.site
+    load_samples(site.cli)
+    smtp_server.reply_to_rcpt("ito.yui@example.com", "550 5.1.1 <ito.yui@example.com>: no such user")
+    smtp_server.reply_to_rcpt("kato.hiroshi@example.jp", "550 5.7.1 Message refused by policy")
+    smtp_server.reply_to_rcpt("sato.hanako@example.jp", "554 5.7.1 Rejected by content filter")
+    site.cli("edition", "send", "weekly", ok=False)
+    site.cli("subscriber", "unsubscribe", "sato.hanako@example.jp")
+    with site.engine.connect() as conn:
+        edition_id, status = conn.execute(select(editions.c.id, editions.c.status)).one()
+    assert status == "done"
+    operator = console.sign_in("unyo")
+    path = f"/admin/sending/{edition_id}"
+    page = operator.get(path)
+    assert "再送（1 件）" in page.text
+    assert "再送しません: subscriber unsubscribed" in page.text and "再送しません: bad address (5.1.x)" in page.text
+    res = operator.post(f"{path}/retry", data={"csrf": csrf_of(page.text, f"{path}/retry")})
+    assert res.status_code == 303
+    with site.engine.connect() as conn:
+        states = dict(conn.execute(select(deliveries.c.email, deliveries.c.status)).all())
+        status = conn.execute(select(editions.c.status)).scalar()
+    assert (states["kato.hiroshi@example.jp"], states["ito.yui@example.com"], states["sato.hanako@example.jp"]) == (
+        "pending", "failed", "failed")
+    assert status == "sending"  # reopened, so the daemon or 'edition send' delivers it
+    page = operator.get(res.headers["location"])
+    assert "再送の対象を送信待ちに戻しました。" in page.text and "再送（" not in page.text  # nothing left to retry
+    assert '<dd data-key="pending">1</dd>' in page.text
+    smtp_server.clear()
+    site.cli("edition", "send", "--edition", "1", "--publication", "weekly", ok=False)
+    assert [m.rcpt_tos for m in smtp_server.messages] == [("kato.hiroshi@example.jp",)]
