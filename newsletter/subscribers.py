@@ -549,7 +549,7 @@ def has_complained(conn, row) -> bool:
     from .store import mail_events as mq
 
     return (row.status == "complained" or any(c.event == "complained" for c in q.consent_records(conn, row.id))
-            or mq.count_events(conn, row.id, "complaint", datetime(1970, 1, 1, tzinfo=UTC)) > 0)
+            or mq.ever(conn, row.id, "complaint"))
 
 
 def reactivate(engine: Engine, subscriber: int | str, reason: str, actor, *, ip: str | None = None,

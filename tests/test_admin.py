@@ -791,6 +791,12 @@ def test_operator_resumes_mail_only_with_a_reason_and_never_after_a_complaint(tm
     assert (audit.actor, audit.interface) == ("unyo", "console")
     assert audit.detail == f"subscriber #{site.subscriber('kimura@example.jp').id} (was unsubscribed)"
     assert "kimura" not in audit.detail  # approvers read the audit log: no address in it
+    # The same form again (the address is active now): nothing to resume, said at the top, nothing changed.
+    before = snapshot(console)
+    res = operator.post(f"{path}/reactivate", data={"csrf": csrf_of(page.text, f"{path}/reactivate"),
+                                                    "reason": reason})
+    assert res.status_code == 400 and "この方は配信中か確認待ちのため、再開の操作はありません。" in res.text
+    assert snapshot(console) == before
 
     # A complaint: refused with a clear message, in the console and the CLI.
     apply_events(site.engine, site.config, [MailEvent("arf", "c-1", "complaint", email="hayashi@example.jp")])

@@ -47,6 +47,12 @@ def count_events(conn: Connection, subscriber_id: int, kind: str, since: datetim
     ).scalar()
 
 
+def ever(conn: Connection, subscriber_id: int, kind: str) -> bool:
+    """Has this subscriber any event of ``kind`` (e.g. a complaint), however old?"""
+    return conn.execute(select(mail_events.c.id).where(mail_events.c.subscriber_id == subscriber_id,
+                                                       mail_events.c.kind == kind).limit(1)).first() is not None
+
+
 def recipients_reporting(conn: Connection, edition_id: int, kinds: tuple[str, ...], since: datetime) -> int:
     """How many people this edition was sent to have an event of ``kinds`` at or
     after ``since`` (the edition's creation): bounces and complaints reported
