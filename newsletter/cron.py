@@ -9,6 +9,9 @@ which it reads unambiguously.
 One difference from Vixie cron remains and is documented in the README: when
 both day-of-month and day-of-week are restricted, cron fires on either, while
 APScheduler fires only on days matching both.
+
+:func:`describe` says an expression in words (毎週火曜 9:00, 毎月第1月曜 9:00) — what
+the trigger above really does — and gives the expression back when it cannot.
 """
 
 from __future__ import annotations

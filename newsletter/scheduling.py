@@ -32,7 +32,9 @@ Policy (also in the README):
   moved to the next business day at the same local time (``"next_business_day"``;
   a moved slot that lands on another slot is one slot).
 - *Pause*: slots passing while paused are logged as skipped; resume counts from
-  then.  ``run-now`` works while paused: it is an operator's explicit request.
+  then.  :func:`set_paused` is the one way to pause or resume (``schedule
+  pause/resume``, the console's 一時停止 / 再開), with its audit row.
+  ``run-now`` works while paused: it is an operator's explicit request.
 - *Approval* (editions/state.py): at a slot the oldest ``approved`` edition
   without a time of its own goes out (it takes the slot as ``scheduled_for``);
   without one, an edition is created from the queue when ``approval = "none"``,
@@ -295,8 +297,6 @@ def overview(engine: Engine, config: Config, now: datetime, count: int = 5) -> l
                                 st.last_slot if st else None, st.last_run_at if st else None,
                                 st.last_result if st else None))
     return out
-
-
 
 
 @dataclass(frozen=True)
