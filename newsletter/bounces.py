@@ -185,6 +185,34 @@ def _apply_one(conn, config: Config, ev: MailEvent, report: BounceReport) -> Non
         log.info("%s: %s (%s)", row.email, ev.kind, ev.source)
 
 
+@dataclass(frozen=True)
+class EditionBounces:
+    """An edition's bounces and complaints, for the console's sending page:
+    ``at_send`` its deliveries that failed on a bad address (5.1.x, the rule of
+    :mod:`newsletter.replies`); ``reported`` / ``complaints`` the people it was
+    sent to with a bounce (hard or soft) / a complaint recorded since it was made
+    (a report names the address, not the edition: a later edition's bounce from
+    the same person counts here too)."""
+
+    at_send: int
+    reported: int
+    complaints: int
+
+
+def edition_bounces(engine: Engine, edition_id: int) -> EditionBounces | None:
+    from .replies import enhanced_status, is_bad_address_code
+
+    with engine.connect() as conn:
+        row = eq.get_edition(conn, edition_id)
+        if row is None:
+            return None
+        at_send = sum(1 for f in eq.failed_deliveries(conn, edition_id)
+                      if is_bad_address_code(enhanced_status(f.last_reply or "")))
+        reported = mq.recipients_reporting(conn, edition_id, ("hard", "soft"), row.created_at)
+        complaints = mq.recipients_reporting(conn, edition_id, ("complaint",), row.created_at)
+    return EditionBounces(at_send, reported, complaints)
+
+
 def _delivered_to(conn, ev: MailEvent) -> int | None:
     """The subscriber of the event's delivery, if it went to the event's address."""
     if ev.delivery_id is None or not ev.email:

@@ -878,16 +878,73 @@ def summarize(engine: Engine, edition_id: int, report: RunReport) -> RunSummary:
     return RunSummary(counts, row.status, retry, f"{row.publication} 第{row.number}号", text)
 
 
-def edition_eta(engine: Engine, edition_id: int, now: datetime | None = None) -> tuple[float, datetime | None]:
-    """(messages per second over the last minute, estimated finish) from the delivery log."""
+PROGRESS_WINDOW = timedelta(minutes=5)
+_MIN_ELAPSED = timedelta(seconds=10)  # a rate over less than this is noise
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where one edition's sending stands (the console's live figures).
+
+    ``pending`` is what can go now (or is in flight); ``deferred`` waits for a
+    retry after a temporary failure (``next_retry``: the first of them); the
+    rate counts results (sent or failed) over the last ``window`` — or since the
+    first result in it, when sending began later — and ``eta`` is the pending
+    and deferred rows at that rate, not before the next retry (None while
+    nothing moves)."""
+
+    edition_id: int
+    status: str
+    sent: int
+    pending: int
+    deferred: int
+    failed: int
+    skipped: int
+    cancelled: int
+    per_minute: float
+    window_minutes: float
+    eta: datetime | None
+    next_retry: datetime | None
+    at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["per_minute"] = round(self.per_minute, 1)
+        for key in ("eta", "next_retry", "at"):
+            out[key] = out[key].isoformat() if out[key] else None
+        return out
+
+
+def progress(engine: Engine, edition_id: int, now: datetime | None = None,
+             window: timedelta = PROGRESS_WINDOW) -> Progress | None:
+    """The edition's :class:`Progress` at ``now``; None when there is no such edition."""
     now = now or datetime.now(UTC)
+    since = now - window
     with engine.connect() as conn:
-        recent = q.rate_since(conn, edition_id, now - timedelta(minutes=1))
-        pending = q.pending_count(conn, edition_id)
-    rate = recent / 60.0
-    if not pending or not rate:
-        return rate, None
-    return rate, now + timedelta(seconds=pending / rate)
+        row = q.get_edition(conn, edition_id)
+        if row is None:
+            return None
+        counts = q.counts(conn, edition_id)
+        deferred = q.deferred_count(conn, edition_id, now)
+        recent, first = q.results_since(conn, edition_id, since)
+        retry = q.next_retry(conn, edition_id) if deferred else None
+    elapsed = max(now - max(since, first or since), _MIN_ELAPSED)
+    per_minute = recent / (elapsed.total_seconds() / 60) if recent else 0.0
+    left = counts["pending"]
+    eta = now + timedelta(minutes=left / per_minute) if left and per_minute else None
+    if eta is not None and retry is not None:
+        eta = max(eta, retry)  # the deferred ones go no sooner than their retry
+    return Progress(edition_id, row.status, counts["sent"], left - deferred, deferred, counts["failed"],
+                    counts["skipped"], counts["cancelled"], per_minute, window.total_seconds() / 60, eta, retry, now)
+
+
+def edition_eta(engine: Engine, edition_id: int, now: datetime | None = None) -> tuple[float, datetime | None]:
+    """(messages per second over the last minute, estimated finish): :func:`progress`
+    over one minute, for the daemon's log and ``edition status``."""
+    p = progress(engine, edition_id, now, timedelta(minutes=1))
+    if p is None:
+        return 0.0, None
+    return p.per_minute / 60.0, p.eta
 
 
 # -- failures: which may be sent again ------------------------------------------------

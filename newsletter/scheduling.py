@@ -32,7 +32,9 @@ Policy (also in the README):
   moved to the next business day at the same local time (``"next_business_day"``;
   a moved slot that lands on another slot is one slot).
 - *Pause*: slots passing while paused are logged as skipped; resume counts from
-  then.  ``run-now`` works while paused: it is an operator's explicit request.
+  then.  :func:`set_paused` is the one way to pause or resume (``schedule
+  pause/resume``, the console's 一時停止 / 再開), with its audit row.
+  ``run-now`` works while paused: it is an operator's explicit request.
 - *Approval* (editions/state.py): at a slot the oldest ``approved`` edition
   without a time of its own goes out (it takes the slot as ``scheduled_for``);
   without one, an edition is created from the queue when ``approval = "none"``,
@@ -73,9 +75,10 @@ from .config import CalendarSettings, Config, Publication
 from .cron import cron_trigger
 from .editions import creation, state
 from .errors import InputError
+from .store import audit as audit_q
 from .store import editions as edition_q
 from .store import schedules as store
-from .users import DAEMON
+from .users import DAEMON, Actor
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +249,54 @@ def signature(pub: Publication) -> str:
 
 
 # -- 2. core: state + editions -------------------------------------------------------
+
+
+def set_paused(engine: Engine, config: Config, publication: str, paused: bool, actor: Actor,
+               *, now: datetime | None = None) -> bool:
+    """Pause or resume a publication's schedule (``schedule pause/resume``, the
+    console's 一時停止 / 再開): slots passing while paused are skipped, resuming
+    counts from now.  One audit row when it changed; False when it already was so.
+    A named actor needs the operate role (users.CAN)."""
+    pub = config.publication(publication)
+    if not actor.may("operate"):
+        raise InputError(f"user {actor.name} ({actor.role}) may not {'pause' if paused else 'resume'} a schedule")
+    now = now or datetime.now(UTC)
+    with engine.begin() as conn:
+        store.ensure(conn, pub.slug, now, signature(pub))
+        changed = store.set_paused(conn, pub.slug, paused, now)
+        if changed:
+            audit_q.add(conn, at=now, actor=actor.name, interface=actor.interface,
+                        action="schedule paused" if paused else "schedule resumed", publication=pub.slug,
+                        detail=pub.schedule)
+    return changed
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    """One publication's schedule as ``schedule list`` and the console show it."""
+
+    publication: Publication
+    paused: bool
+    paused_at: datetime | None
+    slots: list[Slot]  # the next ones, skipped ones included
+    last_slot: datetime | None
+    last_run_at: datetime | None
+    last_result: str | None
+
+
+def overview(engine: Engine, config: Config, now: datetime, count: int = 5) -> list[ScheduleView]:
+    """Every publication's schedule: paused or not, the next ``count`` sending slots
+    (with the skipped ones between, :func:`next_slots`), the last run."""
+    with engine.connect() as conn:
+        states = store.all_states(conn)
+    out = []
+    for pub in config.publications:
+        st = states.get(pub.slug)
+        out.append(ScheduleView(pub, bool(st and st.paused), st.paused_at if st else None,
+                                next_slots(pub, config.calendar, now, count, with_skipped=True),
+                                st.last_slot if st else None, st.last_run_at if st else None,
+                                st.last_result if st else None))
+    return out
 
 
 @dataclass(frozen=True)

@@ -252,6 +252,19 @@ def record_provider_events(engine, config, events: Iterable[Any], now: datetime)
     return sq.write_events(engine, out) if out else 0
 
 
+def edition_report(engine, config, edition) -> dict[str, Any]:
+    """The reading report of one edition row — ``edition report N`` and the
+    console's 閲読の統計 both call this: :func:`newsletter.store.stats.edition_report`
+    over the content as it went out, by the publication's ``tracking`` mode.
+    Aggregates only: nothing in it names a subscriber."""
+    from .store import stats as sq
+    from .store.editions import load_content
+
+    mode = next((p.tracking for p in config.publications if p.slug == edition.publication), "off")
+    with engine.connect() as conn:
+        return sq.edition_report(conn, edition, load_content(edition), mode)
+
+
 CSV_HEADER = ("article_id", "title", "url", "clicks_human", "clicks_machine", "click_events_human",
               "click_events_machine")
 

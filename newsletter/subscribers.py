@@ -31,6 +31,9 @@ Rules kept here:
   "complaint", "hard bounce: 550 5.1.1 …", "erased"), clearing their lease.  The
   hard-bounce count (after how many bad-address answers) is :func:`count_bad_addresses`;
   which answers count is :mod:`newsletter.replies`.
+- The way back is :func:`reactivate` (``subscriber reactivate``, the console's
+  配信再開): only with a recorded reason, never after a complaint, never for an
+  address that is not stopped; a consent row and an audit row each time.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import logging
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -517,6 +521,77 @@ def suppress(
     for sid in changed:
         q.add_consent(conn, sid, status, source=source, ip=ip, user_agent=user_agent, detail=detail)
     return Suppression(changed, q.cancel_pending_deliveries(conn, ids, reason or REASONS[status]))
+
+
+class ReactivationRefused(InputError):
+    """Re-activation is refused for this subscriber; ``why`` is "complaint" or
+    "not stopped" (a console shows its own words for each)."""
+
+    def __init__(self, message: str, why: str):
+        super().__init__(message)
+        self.why = why
+
+
+def has_complained(conn, row) -> bool:
+    """Did this person ever report our mail as spam?  The status says so, or the
+    consent history, or a complaint event recorded while the address was
+    already stopped (which leaves the status and the consent history as they were)."""
+    from .store import mail_events as mq
+
+    return (row.status == "complained" or any(c.event == "complained" for c in q.consent_records(conn, row.id))
+            or mq.ever(conn, row.id, "complaint"))
+
+
+def reactivate(engine: Engine, subscriber: int | str, reason: str, actor, *, ip: str | None = None,
+               now: datetime | None = None) -> str:
+    """Start mailing a suppressed subscriber again (配信再開) — the one way back
+    besides the person signing up again (which confirms by mail).
+
+    Only with a recorded ``reason``: the consent row (event ``reactivated``,
+    source the actor's interface, detail "by NAME: reason") is the proof the Act
+    on Specified Electronic Mail asks for, and one audit row says who did it
+    (the subscriber's id, not the address: approvers read the audit log).
+    Refused for a complaint (:func:`has_complained`: the person told their mail
+    provider this is spam; only they can undo that, by signing up again) — and for an address
+    that is not suppressed (active; pending still waits for its confirmation).
+    An erased subscriber has no row left: "no such subscriber".  The bounce
+    count starts again at 0; deliveries cancelled while suppressed stay
+    cancelled (a cancelled row is never revived).  ``subscriber`` is an id or an
+    address.  Returns the status it had."""
+    from .store import audit as audit_q
+    from .users import Actor
+
+    reason = " ".join((reason or "").split())[:500]
+    if not reason:
+        raise InputError("--reason: say why mail is resumed (kept in the consent history)")
+    actor = actor or Actor(None, "cli")
+    if not actor.may("subscribers"):
+        raise InputError(f"user {actor.name} ({actor.role}) may not resume mail to a subscriber")
+    now = now or datetime.now(UTC)
+    with engine.begin() as conn:
+        if isinstance(subscriber, int):
+            row = q.get_by_id(conn, subscriber)
+            label = f"subscriber #{subscriber}"
+        else:
+            try:
+                label = normalize_email(subscriber, lookup=True)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+            row = q.get_by_email(conn, label)
+        if row is None:
+            raise InputError(f"{label}: no such subscriber (an erased subscriber cannot be resumed)")
+        if has_complained(conn, row):
+            raise ReactivationRefused(f"{row.email}: reported our mail as spam (a complaint); mail is not resumed "
+                                      "by an operator — the person can sign up again", "complaint")
+        if row.status not in ("unsubscribed", "bounced"):
+            raise ReactivationRefused(f"{row.email}: is {row.status}, not stopped: nothing to resume", "not stopped")
+        if not q.mark_reactivated(conn, row.id, row.status):
+            raise InputError(f"{row.email}: changed meanwhile; look again")
+        q.add_consent(conn, row.id, "reactivated", at=now, source=actor.interface, ip=ip,
+                      detail=f"by {actor.name}: {reason}" if actor.name else reason)
+        audit_q.add(conn, at=now, actor=actor.name, interface=actor.interface, action="subscriber reactivated",
+                    detail=f"subscriber #{row.id} (was {row.status})")
+    return row.status
 
 
 def count_bad_addresses(conn, reasons: Mapping[int, str], *, limit: int, source: str) -> list[int]:

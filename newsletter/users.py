@@ -52,7 +52,7 @@ CAN: dict[str, frozenset[str]] = {
     "audit": frozenset({"operator", "approver", "admin"}),
     "users": frozenset({"admin"}),
 }
-INTERFACES = ("cli", "daemon", "console")
+INTERFACES = ("cli", "daemon", "console", "delivery")  # "delivery": the engine's own rows (state.ENGINE)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_PASSWORD = 10
 

@@ -439,6 +439,10 @@ PERMISSION = {
     "/sending": "operate", "/sending/{id:int}": "operate", "/sending/{id:int}/pause": "operate",
     "/sending/{id:int}/resume": "operate", "/sending/{id:int}/cancel": "operate", "/sending/{id:int}/retry": "operate",
     "/audit": "audit", "/users": "users", "/users/{name}/disable": "users", "/users/{name}/logout": "users",
+    "/schedules": "operate", "/schedules/{slug}/pause": "operate", "/schedules/{slug}/resume": "operate",
+    "/subscribers/{id:int}/reactivate": "subscribers",
+    "/sending/{id:int}/progress.json": "operate", "/sending/{id:int}/report": "operate",
+    "/sending/{id:int}/report/hours.svg": "operate", "/sending/{id:int}/report/csv": "operate",
 }
 PUBLIC = {"/login", "/static/{name}"}
 CAN = {"edit": {"editor", "approver", "admin"}, "approve": {"approver", "admin"},
@@ -454,16 +458,16 @@ def console_routes(client: TestClient) -> list[tuple[str, str]]:
 
 
 def concrete(path: str, ids: dict[str, str]) -> str:
-    return "/admin" + path.replace("{id:int}", ids["id"]).replace("{name}", ids["name"])
+    return "/admin" + path.replace("{id:int}", ids["id"]).replace("{name}", ids["name"]).replace("{slug}", "weekly")
 
 
 def snapshot(console: Console) -> tuple:
     """Everything a console action could change (sessions and throttles aside)."""
-    from newsletter.store.tables import articles, consents, deliveries, editions, subscribers, users
+    from newsletter.store.tables import articles, consents, deliveries, editions, schedules, subscribers, users
 
     with console.site.engine.connect() as conn:
         return tuple(tuple(tuple(r) for r in conn.execute(select(t).order_by(*t.primary_key.columns)))
-                     for t in (articles, editions, deliveries, subscribers, consents, users, audit_log))
+                     for t in (articles, editions, deliveries, subscribers, consents, users, audit_log, schedules))
 
 
 @pytest.fixture
@@ -687,3 +691,315 @@ def test_operator_imports_a_csv_after_a_dry_run_report(console):
     for bad in (token, "../../config", "x" * 32):
         res = operator.post("/admin/subscribers/import/commit", data={"csrf": commit_csrf, "upload": bad})
         assert res.status_code == 400 and "確認したファイルが見つかりません" in res.text
+
+
+# -- the operator's room: schedules, 配信再開, live progress, statistics, audit dates --------
+
+
+def test_schedules_page_says_the_cron_in_words_with_holiday_moves_and_pauses(tmp_path, storage_url):
+    from datetime import UTC, datetime
+
+    from newsletter.store.tables import schedules
+
+    console = Console(make_site(tmp_path, storage_url, replace={
+        '# on_holiday = "send"': 'on_holiday = "next_business_day"'}))
+    console.add_user("unyo", "operator")
+    site = console.site
+    site.clock.now = datetime(2026, 12, 25, 0, 0, tzinfo=UTC)  # Friday; Tuesday 12/29 is in the year-end closure
+    operator = console.sign_in("unyo")
+    page = operator.get("/admin/schedules")
+    assert page.status_code == 200
+    text = page.text
+    assert "<dd>毎週火曜 9:00</dd>" in text and "<code>0 9 * * TUE</code>" in text
+    assert "翌営業日の同じ時刻に配信" in text and "<dd>有効</dd>" in text
+    slots = re.findall(r"<li>(.*?)</li>", text[text.index('<ol class="slots">'):])
+    assert slots[0] == ("<strong>2027年1月4日（月）9:00</strong> "
+                        "（2026年12月29日（火）9:00 から移動: 年末年始 12/29–1/3）")
+    assert slots[1] == "2027年1月5日（火）9:00"
+    assert "まだ実行されていません。" in text
+
+    res = operator.post("/admin/schedules/weekly/pause", data={"csrf": csrf_of(text, "/admin/schedules/weekly/pause")})
+    assert res.status_code == 303 and res.headers["location"] == "/admin/schedules?done=schedule_pause"
+    page = operator.get(res.headers["location"])
+    assert "定期配信を一時停止しました。" in page.text and "一時停止中" in page.text
+    assert "（一時停止中のため配信されません）" in page.text
+    assert "weekly\tpaused" in site.cli("schedule", "list").output  # the CLI sees the same state
+    res = operator.post("/admin/schedules/weekly/resume",
+                        data={"csrf": csrf_of(page.text, "/admin/schedules/weekly/resume")})
+    assert res.status_code == 303
+    assert "weekly\tactive" in site.cli("schedule", "list").output
+    with site.engine.connect() as conn:
+        rows = [(r.actor, r.interface, r.action, r.publication) for r in
+                conn.execute(select(audit_log).where(audit_log.c.action.like("schedule%")).order_by(audit_log.c.id))]
+        paused = conn.execute(select(schedules.c.paused)).scalar()
+    assert rows == [("unyo", "console", "schedule paused", "weekly"), ("unyo", "console", "schedule resumed", "weekly")]
+    assert paused is False
+    # The CLI's pause is the same library function: an audit row with its user.
+    site.cli("--as", "unyo", "schedule", "pause", "weekly")
+    assert "already paused" in site.cli("schedule", "pause", "weekly").output
+    with site.engine.connect() as conn:
+        last = conn.execute(select(audit_log).order_by(audit_log.c.id.desc())).first()
+    assert (last.actor, last.interface, last.action) == ("unyo", "cli", "schedule paused")
+    # A token is good for its own form only: another publication's path is refused before anything.
+    page = operator.get("/admin/schedules")
+    assert operator.post("/admin/schedules/nope/pause",
+                         data={"csrf": csrf_of(page.text, "/admin/schedules/weekly/resume")}).status_code == 403
+
+
+def test_schedules_page_in_english(tmp_path):
+    site = make_site(tmp_path, f"sqlite:///{tmp_path / 'project' / 'var' / 'newsletter.db'}",
+                     replace={'language = "ja"': 'language = "en"'})
+    console = Console(site)
+    console.add_user("unyo", "operator")
+    page = console.sign_in("unyo").get("/admin/schedules")
+    assert page.status_code == 200 and 'lang="en"' in page.text
+    assert "<dd>Every Tuesday at 9:00</dd>" in page.text and "Pause</button>" in page.text
+
+
+def test_operator_resumes_mail_only_with_a_reason_and_never_after_a_complaint(tmp_path, storage_url):
+    from newsletter.bounces import MailEvent, apply_events
+
+    console = Console(make_site(tmp_path, storage_url))
+    console.add_user("unyo", "operator")
+    site = console.site
+    site.cli("subscriber", "add", "kimura@example.jp", "--fields", "education")
+    site.cli("subscriber", "add", "hayashi@example.jp", "--fields", "education")
+    site.cli("subscriber", "unsubscribe", "kimura@example.jp")
+    operator = console.sign_in("unyo")
+    path = re.search(r'href="(/admin/subscribers/\d+)"', operator.get("/admin/subscribers?q=kimura").text).group(1)
+    page = operator.get(path)
+    assert '<label for="reactivate-reason">再開の理由（必須）</label>' in page.text
+
+    # No reason: the message beside the field, nothing changed.
+    before = snapshot(console)
+    res = operator.post(f"{path}/reactivate", data={"csrf": csrf_of(page.text, f"{path}/reactivate"), "reason": "  "})
+    assert res.status_code == 400 and 'id="reactivate-reason-error"' in res.text
+    assert "再開の理由を入力してください。" in res.text and 'aria-invalid="true"' in res.text
+    assert snapshot(console) == before
+
+    reason = "本人から電話で再開の依頼（12/1 10:00、折り返しで本人確認）"
+    res = operator.post(f"{path}/reactivate", data={"csrf": csrf_of(page.text, f"{path}/reactivate"),
+                                                    "reason": reason})
+    assert res.status_code == 303
+    assert "配信を再開しました。" in operator.get(res.headers["location"]).text
+    assert site.subscriber("kimura@example.jp").status == "active"
+    last = site.consents("kimura@example.jp")[-1]
+    assert (last.event, last.source) == ("reactivated", "console")
+    assert last.detail == f"by unyo: {reason}"
+    with site.engine.connect() as conn:
+        audit = conn.execute(select(audit_log).where(audit_log.c.action == "subscriber reactivated")).one()
+    assert (audit.actor, audit.interface) == ("unyo", "console")
+    assert audit.detail == f"subscriber #{site.subscriber('kimura@example.jp').id} (was unsubscribed)"
+    assert "kimura" not in audit.detail  # approvers read the audit log: no address in it
+    # The same form again (the address is active now): nothing to resume, said at the top, nothing changed.
+    before = snapshot(console)
+    res = operator.post(f"{path}/reactivate", data={"csrf": csrf_of(page.text, f"{path}/reactivate"),
+                                                    "reason": reason})
+    assert res.status_code == 400 and "この方は配信中か確認待ちのため、再開の操作はありません。" in res.text
+    assert snapshot(console) == before
+
+    # A complaint: refused with a clear message, in the console and the CLI.
+    apply_events(site.engine, site.config, [MailEvent("arf", "c-1", "complaint", email="hayashi@example.jp")])
+    assert site.subscriber("hayashi@example.jp").status == "complained"
+    sid = site.subscriber("hayashi@example.jp").id
+    page = operator.get(f"/admin/subscribers/{sid}")
+    assert "迷惑メールとして報告した方には、管理画面から配信を再開できません。" in page.text
+    assert f'action="/admin/subscribers/{sid}/reactivate"' not in page.text
+    bad = site.cli("subscriber", "reactivate", "hayashi@example.jp", "--reason", "本人の依頼", ok=False)
+    assert bad.exit_code == 1 and "reported our mail as spam (a complaint)" in bad.output
+    assert site.subscriber("hayashi@example.jp").status == "complained"
+
+
+def test_reactivation_is_refused_for_a_complaint_after_an_unsubscribe(tmp_path, storage_url):
+    """Unsubscribed first, then a complaint (status and consent history stay as they
+    were): the page showed the form before the complaint came, the POST is refused."""
+    from newsletter.bounces import MailEvent, apply_events
+
+    console = Console(make_site(tmp_path, storage_url))
+    site = console.site
+    site.cli("subscriber", "add", "mori@example.jp", "--fields", "education")
+    site.cli("subscriber", "unsubscribe", "mori@example.jp")
+    sid = site.subscriber("mori@example.jp").id
+    console.add_user("unyo", "operator")
+    operator = console.sign_in("unyo")
+    page = operator.get(f"/admin/subscribers/{sid}")
+    assert f'action="/admin/subscribers/{sid}/reactivate"' in page.text
+    apply_events(site.engine, site.config, [MailEvent("arf", "c-2", "complaint", email="mori@example.jp")])
+    assert site.subscriber("mori@example.jp").status == "unsubscribed"
+    before = snapshot(console)
+    res = operator.post(f"/admin/subscribers/{sid}/reactivate",
+                        data={"csrf": csrf_of(page.text, f"/admin/subscribers/{sid}/reactivate"),
+                              "reason": "本人の依頼"})
+    assert res.status_code == 400 and "迷惑メールとして報告した方には" in res.text and 'role="alert"' in res.text
+    assert snapshot(console) == before
+    res = site.cli("subscriber", "reactivate", "mori@example.jp", "--reason", "本人の依頼", ok=False)
+    assert res.exit_code == 1 and "a complaint" in res.output
+    assert site.cli("subscriber", "reactivate", "mori@example.jp", ok=False).exit_code == 2  # --reason is required
+    res = site.cli("subscriber", "reactivate", "nobody@example.jp", "--reason", "x", ok=False)
+    assert res.exit_code == 1 and "no such subscriber" in res.output
+    assert snapshot(console) == before
+
+
+def test_progress_json_bounces_and_the_reading_report_of_a_send(tmp_path, storage_url, smtp_server):
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from newsletter.bounces import MailEvent, apply_events
+    from newsletter.store.tables import deliveries
+    from tests.test_failures import load_samples, smtp_provider
+
+    console = Console(make_site(tmp_path, storage_url, provider=smtp_provider(smtp_server),
+                                replace={"full_text = false": 'full_text = false\ntracking = "aggregate"'}))
+    console.add_user("unyo", "operator")
+    console.add_user("kacho", "approver")
+    site = console.site
+    load_samples(site.cli)
+    smtp_server.reply_to_rcpt("ito.yui@example.com", "550 5.1.1 <ito.yui@example.com>: 宛先がありません")
+    smtp_server.reply_to_rcpt("kato.hiroshi@example.jp", "451 4.3.0 Try again later")
+    site.cli("edition", "send", "weekly", ok=False)
+    site.clock.now = datetime.now(UTC)
+    with site.engine.connect() as conn:
+        states = dict(conn.execute(select(deliveries.c.email, deliveries.c.status)).all())
+        edition_id = conn.execute(select(func.max(deliveries.c.edition_id))).scalar()
+    sent = sum(1 for s in states.values() if s == "sent")
+    assert sent >= 5 and states["kato.hiroshi@example.jp"] == "pending" and states["ito.yui@example.com"] == "failed"
+
+    operator = console.sign_in("unyo")
+    res = operator.get(f"/admin/sending/{edition_id}/progress.json")
+    assert res.status_code == 200 and res.headers["content-type"] == "application/json"
+    p = res.json()
+    assert (p["status"], p["sent"], p["pending"], p["deferred"], p["failed"]) == ("sending", sent, 0, 1, 1)
+    assert p["per_minute"] > 0 and p["window_minutes"] == 5
+    retry = datetime.fromisoformat(p["next_retry"])
+    assert retry > site.clock.now and datetime.fromisoformat(p["eta"]) >= retry  # not before the retry is due
+    # The page shows the same figures, and the bounce at sending.
+    page = operator.get(f"/admin/sending/{edition_id}")
+    assert f'<dd data-key="sent">{sent}</dd>' in page.text and '<dd data-key="deferred">1</dd>' in page.text
+    assert re.search(r"<dt>宛先不明（送信時）</dt><dd>1</dd>", page.text)
+    assert re.search(r"<dt>迷惑メール報告</dt><dd>0</dd>", page.text)
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "<script src=\"/admin/static/progress.js\"" \
+        in page.text and "<script>" not in page.text
+    script = operator.get("/admin/static/progress.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    # Reports that come later count for the people this edition went to.
+    apply_events(site.engine, site.config, [
+        MailEvent("arf", "c-9", "complaint", email="sato.hanako@example.jp"),
+        MailEvent("dsn", "d-9", "hard", email="suzuki.ichiro@example.com", detail="failed 5.1.1 user unknown")])
+    page = operator.get(f"/admin/sending/{edition_id}")
+    assert re.search(r"<dt>迷惑メール報告</dt><dd>1</dd>", page.text)
+    assert re.search(r"<dt>バウンス（後から届いた通知）</dt><dd>1</dd>", page.text)
+    # Ten minutes on, nothing sent since: no rate, no estimate; the retry is due now (pending, not deferred).
+    site.clock.advance(minutes=10)
+    p = operator.get(f"/admin/sending/{edition_id}/progress.json").json()
+    assert p["per_minute"] == 0 and p["eta"] is None and (p["pending"], p["deferred"]) == (1, 0)
+    assert "直近 5 分の送信はありません" in operator.get(f"/admin/sending/{edition_id}").text
+    assert operator.get(f"/admin/sending/{edition_id + 1}/progress.json").status_code == 404
+    site.clock.now = datetime.now(UTC) + timedelta(seconds=1)
+
+    # The reading statistics: the numbers of `edition report`, for an operator and an approver alike.
+    cli_report = json.loads(site.cli("edition", "report", "1", "--json").output)
+    for who in (operator, console.sign_in("kacho")):
+        page = who.get(f"/admin/sending/{edition_id}/report")
+        assert page.status_code == 200
+        main = page.text[page.text.index("<main"):]
+        assert f"<dt>配信数</dt><dd>{cli_report['delivered']}</dd>" in main
+        assert f"<dt>配信できなかった数</dt><dd>{cli_report['bounced']}</dd>" in main
+        assert f"<dt>開封（人）</dt><dd>{cli_report['opens']['human']}</dd>" in main
+        assert "@example" not in main  # aggregates only: no subscriber on this page
+        assert f'<img src="/admin/sending/{edition_id}/report/hours.svg" alt="' in main
+    svg = operator.get(f"/admin/sending/{edition_id}/report/hours.svg")
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+    assert svg.text.startswith("<svg") and "<script" not in svg.text
+    page = operator.get(f"/admin/sending/{edition_id}/report")
+    res = operator.post(f"/admin/sending/{edition_id}/report/csv",
+                        data={"csrf": csrf_of(page.text, f"/admin/sending/{edition_id}/report/csv")})
+    assert res.status_code == 200 and res.content.startswith(b"\xef\xbb\xbf")
+    assert 'filename="report-weekly-1.csv"' in res.headers["content-disposition"]
+    lines = res.content.decode("utf-8-sig").split("\r\n")
+    assert lines[0] == "article_id,title,url,clicks_human,clicks_machine,click_events_human,click_events_machine"
+    assert len([x for x in lines[1:] if x]) == len(cli_report["articles"])
+    with site.engine.connect() as conn:
+        row = conn.execute(select(audit_log).where(audit_log.c.action == "report exported")).one()
+    assert (row.actor, row.interface, row.publication, row.edition_id) == ("unyo", "console", "weekly", edition_id)
+
+
+def test_audit_log_filters_by_user_action_publication_and_dates(console):
+    from datetime import UTC, datetime
+
+    from newsletter.store import audit as audit_q
+
+    site = console.site
+    with site.engine.begin() as conn:
+        for day, actor, action, pub in ((1, "editor1", "created", "weekly"), (2, "approver1", "approved", "weekly"),
+                                        (3, "operator1", "exported", None), (5, "approver1", "approved", None),
+                                        (6, None, "finished", "weekly")):
+            # 23:30 JST on the 1st, 2nd, ... of December: the day in the site's time zone, not UTC's.
+            audit_q.add(conn, at=datetime(2026, 12, day, 14, 30, tzinfo=UTC), actor=actor,
+                        interface="console" if actor else "delivery", action=action, publication=pub,
+                        detail=f"row {day}")
+    client = console.sign_in("operator1")
+
+    def details(query: str) -> list[str]:
+        page = client.get(f"/admin/audit?{query}")
+        assert page.status_code == 200, page.text
+        return re.findall(r"<td>(row \d)</td>", page.text)
+
+    assert details("") == ["row 6", "row 5", "row 3", "row 2", "row 1"]
+    assert details("interface=delivery") == ["row 6"]  # the engine's own rows
+    assert details("interface=console&to=2026-12-05") == ["row 5", "row 3", "row 2", "row 1"]
+    page = client.get("/admin/audit?interface=delivery")
+    assert '<option value="delivery" selected>配信処理</option>' in page.text and "<td>配信処理</td>" in page.text
+    assert '<option value="approver1">' in page.text  # the user names to choose from (a datalist)
+    assert details("actor=approver1") == ["row 5", "row 2"]
+    assert details("action=approv&publication=weekly") == ["row 2"]
+    assert details("from=2026-12-02&to=2026-12-03") == ["row 3", "row 2"]
+    assert details("from=2026-12-04") == ["row 6", "row 5"]
+    assert details("to=2026-12-01") == ["row 1"]
+    assert details("actor=approver1&from=2026-12-03") == ["row 5"]
+    page = client.get("/admin/audit?from=2026-13-01&to=2026-12-02")
+    assert page.status_code == 400
+    assert re.search(r'<p class="error" id="a-from-error">日付は 2026-12-01 の形で入力してください。</p>', page.text)
+    assert 'aria-describedby="a-from-error"' in page.text and 'value="2026-13-01"' in page.text  # input kept
+    assert re.findall(r"<td>(row \d)</td>", page.text) == ["row 2", "row 1"]  # the good end still applies
+    page = client.get("/admin/audit?from=2026-12-03&to=2026-12-01")
+    assert page.status_code == 400 and "終了日は開始日より後にしてください。" in page.text
+
+
+def test_resend_puts_back_only_the_retryable_failures(tmp_path, storage_url, smtp_server):
+    """再送: a policy refusal goes back to pending; a bad address, and a refusal whose
+    reader has since unsubscribed, stay failed — the button counts only the first."""
+    from newsletter.store.tables import deliveries, editions
+    from tests.test_failures import load_samples, smtp_provider
+
+    console = Console(make_site(tmp_path, storage_url, provider=smtp_provider(smtp_server)))
+    console.add_user("unyo", "operator")
+    site = console.site
+    load_samples(site.cli)
+    smtp_server.reply_to_rcpt("ito.yui@example.com", "550 5.1.1 <ito.yui@example.com>: no such user")
+    smtp_server.reply_to_rcpt("kato.hiroshi@example.jp", "550 5.7.1 Message refused by policy")
+    smtp_server.reply_to_rcpt("sato.hanako@example.jp", "554 5.7.1 Rejected by content filter")
+    site.cli("edition", "send", "weekly", ok=False)
+    site.cli("subscriber", "unsubscribe", "sato.hanako@example.jp")
+    with site.engine.connect() as conn:
+        edition_id, status = conn.execute(select(editions.c.id, editions.c.status)).one()
+    assert status == "done"
+    operator = console.sign_in("unyo")
+    path = f"/admin/sending/{edition_id}"
+    page = operator.get(path)
+    assert "再送（1 件）" in page.text
+    assert "再送しません: subscriber unsubscribed" in page.text and "再送しません: bad address (5.1.x)" in page.text
+    res = operator.post(f"{path}/retry", data={"csrf": csrf_of(page.text, f"{path}/retry")})
+    assert res.status_code == 303
+    with site.engine.connect() as conn:
+        states = dict(conn.execute(select(deliveries.c.email, deliveries.c.status)).all())
+        status = conn.execute(select(editions.c.status)).scalar()
+    assert (states["kato.hiroshi@example.jp"], states["ito.yui@example.com"], states["sato.hanako@example.jp"]) == (
+        "pending", "failed", "failed")
+    assert status == "sending"  # reopened, so the daemon or 'edition send' delivers it
+    page = operator.get(res.headers["location"])
+    assert "再送の対象を送信待ちに戻しました。" in page.text and "再送（" not in page.text  # nothing left to retry
+    assert '<dd data-key="pending">1</dd>' in page.text
+    smtp_server.clear()
+    site.cli("edition", "send", "--edition", "1", "--publication", "weekly", ok=False)
+    assert [m.rcpt_tos for m in smtp_server.messages] == [("kato.hiroshi@example.jp",)]

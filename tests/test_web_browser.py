@@ -62,16 +62,17 @@ class Live:
 
 
 @contextmanager
-def live_server(folder: Path, smtp_server) -> Iterator[Live]:
+def live_server(folder: Path, smtp_server, replace: dict | None = None) -> Iterator[Live]:
     """What ``newsletter serve`` runs (create_app on uvicorn), in a thread, with
-    base_url pointing at it so that the links in mails lead here."""
+    base_url pointing at it so that the links in mails lead here (``replace``:
+    more config.toml edits, as write_config takes them)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
     cli = CLI(write_config(folder, f"sqlite:///{folder / 'var' / 'newsletter.db'}", provider=smtp_provider(smtp_server),
-                           replace={'base_url = "https://news.example.jp"': f'base_url = "{base}"'}))
+                           replace={'base_url = "https://news.example.jp"': f'base_url = "{base}"', **(replace or {})}))
     cli("init")
     config = load_config(cli.config_path)
     engine = open_engine(config.storage_url)

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import click
 
 from ..errors import InputError
-from ..scheduling import SchedulerCore, Slot, next_slot, next_slots, signature
+from ..scheduling import SchedulerCore, Slot, next_slot, next_slots, overview, set_paused
 from ..store import schedules as store
 from ..store.tables import utcnow
 from . import App, main, pass_app
@@ -48,18 +48,14 @@ def live_daemons(app: App):
 @pass_app
 def schedule_list(app: App):
     """Each publication's schedule, state, next run (local time) and last run."""
-    now = utcnow()
-    with app.engine.connect() as conn:
-        states = store.all_states(conn)
-    for pub in app.config.publications:
-        state = states.get(pub.slug)
-        paused = bool(state and state.paused)
-        nxt = next_slot(pub, app.config.calendar, now)
+    for view in overview(app.engine, app.config, utcnow(), 1):
+        pub = view.publication
+        nxt = next((s for s in view.slots if s.action == "send"), None)
         next_text = slot_text(app, nxt, pub.timezone) if nxt else "-"
         last = "-"
-        if state is not None and state.last_slot is not None:
-            last = f"{app.local_time(state.last_slot, pub.timezone)}: {state.last_result}"
-        click.echo(f"{pub.slug}\t{'paused' if paused else 'active'}\tnext {next_text}\t"
+        if view.last_slot is not None:
+            last = f"{app.local_time(view.last_slot, pub.timezone)}: {view.last_result}"
+        click.echo(f"{pub.slug}\t{'paused' if view.paused else 'active'}\tnext {next_text}\t"
                    f"{pub.schedule} ({pub.timezone}, on_holiday={pub.on_holiday})\tlast {last}")
 
 
@@ -92,9 +88,7 @@ def schedule_next(app: App, publication, count, start):
 def _set_paused(app: App, publication: str, paused: bool) -> None:
     pub = app.config.publication(publication)
     now = utcnow()
-    with app.engine.begin() as conn:
-        store.ensure(conn, pub.slug, now, signature(pub))
-        changed = store.set_paused(conn, pub.slug, paused, now)
+    changed = set_paused(app.engine, app.config, pub.slug, paused, app.actor, now=now)
     if not changed:
         click.echo(f"{pub.slug}: already {'paused' if paused else 'active'}")
     elif paused:

@@ -12,24 +12,19 @@ from pathlib import Path
 import click
 from sqlalchemy import func, select
 
+from .. import stats as reading
 from ..csvio import write_csv
 from ..stats import CSV_HEADER, hours_svg, report_csv_rows
 from ..store import stats as sq
-from ..store.editions import load_content, resolve_edition
+from ..store.editions import resolve_edition
 from ..store.tables import editions, stats_events, utcnow
 from . import App, main, pass_app
 from .editions import edition
 
 
-def _mode(app: App, publication: str) -> str:
-    return next((p.tracking for p in app.config.publications if p.slug == publication), "off")
-
-
 def report_for(app: App, number: int, publication: str | None) -> dict:
     row = resolve_edition(app.engine, app.config, number, publication)
-    content = load_content(row)
-    with app.engine.connect() as conn:
-        return sq.edition_report(conn, row, content, _mode(app, row.publication))
+    return reading.edition_report(app.engine, app.config, row)
 
 
 @edition.command("report")

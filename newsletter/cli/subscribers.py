@@ -173,6 +173,17 @@ def subscriber_unsubscribe(app: App, email):
     click.echo(f"{subs.normalize_email(email)}: unsubscribed (was {before}; {cancelled} pending deliveries cancelled)")
 
 
+@subscriber.command("reactivate")
+@click.argument("email")
+@click.option("--reason", required=True, metavar="TEXT",
+              help="Why mail is resumed (kept in the consent history), e.g. 'asked by phone on 12/1'.")
+@pass_app
+def subscriber_reactivate(app: App, email, reason):
+    """Resume mail to an unsubscribed or bounced EMAIL (never after a complaint)."""
+    before = subs.reactivate(app.engine, email, reason, app.actor)
+    click.echo(f"{subs.normalize_email(email, lookup=True)}: active again (was {before}); reason recorded")
+
+
 @subscriber.command("delete")
 @click.argument("email")
 @click.option("--yes", is_flag=True, help="Do not ask.")

@@ -23,9 +23,15 @@ def for_edition(conn: Connection, edition_id: int) -> list[Row]:
 
 
 def search(conn: Connection, *, actor: str | None = None, action: str | None = None, interface: str | None = None,
-           publication: str | None = None, limit: int = 500) -> list[Row]:
-    """The newest rows first, filtered by exact actor/interface/publication and by a part of the action."""
+           publication: str | None = None, since: datetime | None = None, until: datetime | None = None,
+           limit: int = 500) -> list[Row]:
+    """The newest rows first, filtered by exact actor/interface/publication, by a part
+    of the action, and by time (``since`` <= at < ``until``)."""
     q = select(audit_log)
+    if since is not None:
+        q = q.where(audit_log.c.at >= since)
+    if until is not None:
+        q = q.where(audit_log.c.at < until)
     if actor:
         q = q.where(audit_log.c.actor == actor)
     if action:

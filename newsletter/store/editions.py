@@ -234,13 +234,23 @@ def cancel_pending(conn: Connection, edition_id: int, reason: str) -> int:
     ).rowcount
 
 
-def rate_since(conn: Connection, edition_id: int, since: datetime) -> int:
-    return conn.execute(
-        select(func.count()).where(
+def results_since(conn: Connection, edition_id: int, since: datetime) -> tuple[int, datetime | None]:
+    """Results (sent or failed) written after ``since``: how many, and the first one's time."""
+    n, first = conn.execute(
+        select(func.count(), func.min(deliveries.c.updated_at)).where(
             deliveries.c.edition_id == edition_id,
             deliveries.c.status.in_(("sent", "failed")),
             deliveries.c.updated_at > since,
         )
+    ).one()
+    return n, first
+
+
+def deferred_count(conn: Connection, edition_id: int, now: datetime) -> int:
+    """Pending deliveries waiting for a retry later than ``now`` (a temporary failure)."""
+    return conn.execute(
+        select(func.count()).where(deliveries.c.edition_id == edition_id, deliveries.c.status == "pending",
+                                   deliveries.c.next_attempt_at > now)
     ).scalar()
 
 

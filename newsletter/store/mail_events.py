@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from .tables import mail_events
+from .tables import deliveries, mail_events
 
 
 def insert_ignore(conn: Connection, table, values: Mapping[str, Any], keys: list[str]) -> bool:
@@ -45,3 +45,21 @@ def count_events(conn: Connection, subscriber_id: int, kind: str, since: datetim
             mail_events.c.subscriber_id == subscriber_id, mail_events.c.kind == kind, mail_events.c.at >= since
         )
     ).scalar()
+
+
+def ever(conn: Connection, subscriber_id: int, kind: str) -> bool:
+    """Has this subscriber any event of ``kind`` (e.g. a complaint), however old?"""
+    return conn.execute(select(mail_events.c.id).where(mail_events.c.subscriber_id == subscriber_id,
+                                                       mail_events.c.kind == kind).limit(1)).first() is not None
+
+
+def recipients_reporting(conn: Connection, edition_id: int, kinds: tuple[str, ...], since: datetime) -> int:
+    """How many people this edition was sent to have an event of ``kinds`` at or
+    after ``since`` (the edition's creation): bounces and complaints reported
+    after sending, counted once per person."""
+    sent_to = select(deliveries.c.subscriber_id).where(deliveries.c.edition_id == edition_id,
+                                                        deliveries.c.status == "sent")
+    return conn.execute(
+        select(func.count(func.distinct(mail_events.c.subscriber_id))).where(
+            mail_events.c.kind.in_(kinds), mail_events.c.at >= since, mail_events.c.subscriber_id.in_(sent_to))
+    ).scalar() or 0

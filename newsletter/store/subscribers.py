@@ -86,6 +86,15 @@ def mark_suppressed(conn: Connection, subscriber_ids: Sequence[int], status: str
     return changed
 
 
+def mark_reactivated(conn: Connection, subscriber_id: int, was: str) -> bool:
+    """Back to ``active`` (bounce count 0) if the status is still ``was``: a
+    compare-and-set, so a complaint arriving meanwhile wins."""
+    return bool(conn.execute(
+        update(subscribers).where(subscribers.c.id == subscriber_id, subscribers.c.status == was)
+        .values(status="active", bounce_count=0, updated_at=utcnow())
+    ).rowcount)
+
+
 def cancel_pending_deliveries(conn: Connection, subscriber_ids: Sequence[int], reason: str) -> int:
     """Cancel every pending delivery of the subscribers, in every edition, with
     ``reason`` in the log; the lease is cleared so no run may still write to the row."""

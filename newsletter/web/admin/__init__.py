@@ -9,16 +9,19 @@ CSRF); auth.py the sign-in and sessions.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ..service import service
-from . import articles, audit, auth, editions, sending, subscribers, users
+from . import articles, audit, auth, editions, reports, schedules, sending, subscribers, users
 from .console import PACKAGED_TEMPLATES
 
 # The static files of the console (templates/admin/), by public name.
-STATIC = {"tokens.css": "dads-tokens-1.1.9.css", "console.css": "console.css"}
+STATIC = {"tokens.css": "dads-tokens-1.1.9.css", "console.css": "console.css", "progress.js": "progress.js"}
+_MEDIA = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 
 
 async def static(request: Request) -> Response:
@@ -34,7 +37,7 @@ async def static(request: Request) -> Response:
         own = svc.config.templates_dir / "admin" / name
         path = own if own.is_file() else PACKAGED_TEMPLATES / "admin" / name
         body = svc.cache[cache_key] = path.read_text(encoding="utf-8")
-    return Response(body, media_type="text/css; charset=utf-8", headers={"Cache-Control": "public, max-age=3600"})
+    return Response(body, media_type=_MEDIA[Path(name).suffix], headers={"Cache-Control": "public, max-age=3600"})
 
 
 def routes() -> list[Route]:
@@ -65,10 +68,18 @@ def routes() -> list[Route]:
         Route("/subscribers/import/commit", subscribers.import_commit, methods=["POST"]),
         Route("/subscribers/{id:int}", subscribers.show, methods=["GET"]),
         Route("/subscribers/{id:int}/suppress", subscribers.suppress, methods=["POST"]),
+        Route("/subscribers/{id:int}/reactivate", subscribers.reactivate, methods=["POST"]),
         Route("/sending", sending.index, methods=["GET"]),
         Route("/sending/{id:int}", sending.show, methods=["GET"]),
+        Route("/sending/{id:int}/progress.json", sending.progress_json, methods=["GET"]),
+        Route("/sending/{id:int}/report", reports.show, methods=["GET"]),
+        Route("/sending/{id:int}/report/hours.svg", reports.hours, methods=["GET"]),
+        Route("/sending/{id:int}/report/csv", reports.csv, methods=["POST"]),
         *[Route(f"/sending/{{id:int}}/{name}", getattr(sending, name), methods=["POST"])
           for name in ("pause", "resume", "cancel", "retry")],
+        Route("/schedules", schedules.index, methods=["GET"]),
+        Route("/schedules/{slug}/pause", schedules.pause, methods=["POST"]),
+        Route("/schedules/{slug}/resume", schedules.resume, methods=["POST"]),
         Route("/audit", audit.index, methods=["GET"]),
         Route("/users", users.index, methods=["GET"]),
         Route("/users", users.add, methods=["POST"]),

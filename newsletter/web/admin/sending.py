@@ -1,6 +1,17 @@
 """The operator's room, sending: each edition's progress (sent / pending /
-failed), 一時停止 / 再開 / 中止, and the failed deliveries with their reasons and
-再送 for the retryable ones.
+deferred / failed, rate, ETA: :func:`delivery.progress`), its bounces and
+complaints (:func:`bounces.edition_bounces`), 一時停止 / 再開 / 中止, and the
+failed deliveries with their reasons and 再送 for the retryable ones.
+
+Live figures: without JavaScript the page shows them as of its loading, with a
+更新 link.  No ``<meta http-equiv="refresh">``: a reload while the operator is
+reading the failures or about to press 配信を中止 would move the page and the
+focus under them (and a screen reader would start the page again), and JIS X
+8341-3 (WCAG 2.2.1) asks that a page not change by itself.  With JavaScript,
+``progress.js`` (a static file of ours: the page's CSP allows ``script-src
+'self'`` and nothing inline) polls ``progress.json`` — the same guard, the same
+library function — and updates the figures in place; a polite live region says
+the state in words when it changes, and at most every half minute while sending.
 
 Pause, resume and cancel are :mod:`editions.state`'s transitions (audit rows
 included); which failures may be sent again is :func:`delivery.not_retryable`
@@ -16,13 +27,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from ...delivery import edition_eta, not_retryable, retry_failed
+from ...bounces import edition_bounces
+from ...delivery import not_retryable, progress, retry_failed
 from ...editions import state
 from ...errors import InputError
 from ...store import audit as audit_q
 from ...store import editions as q
+from ..security import CSP
 from ..service import service
 from .console import render, room
 
@@ -53,26 +66,40 @@ def _row(svc: Service, edition_id: int):
     return row
 
 
+# The sending page runs one script of ours (static/progress.js) and fetches its JSON.
+PAGE_CSP = CSP + "; script-src 'self'; connect-src 'self'"
+
+
 async def _page(request: Request, session: Session, row, *, error: str = "", status: int = 200) -> Response:
     svc = service(request)
 
     def load():
         with svc.engine.connect() as conn:
-            counts = q.counts(conn, row.id)
             failed = [{"email": f.email, "reason": " ".join((f.last_reply or "-").split()), "attempts": f.attempts,
                        "at": f.updated_at, "why_not": not_retryable(f)} for f in q.failed_deliveries(conn, row.id)]
-        rate, eta = edition_eta(svc.engine, row.id, svc.clock())
-        return counts, failed, rate, eta
+        return failed, progress(svc.engine, row.id, svc.clock()), edition_bounces(svc.engine, row.id)
 
-    counts, failed, rate, eta = await run_in_threadpool(load)
+    failed, now, bounced = await run_in_threadpool(load)
     base = f"/admin/sending/{row.id}"
     pub = next((p for p in svc.config.publications if p.slug == row.publication), None)
-    tz = pub.tz if pub else None
-    return render(request, "sending_edition.html.j2", session=session, status=status, row=row, counts=counts,
-                  title=pub.title if pub else row.publication,
-                  failed=failed, rate=rate, eta=eta, tz=tz, error=error, done=request.query_params.get("done", ""),
-                  retryable=sum(1 for f in failed if f["why_not"] is None),
-                  forms={n: f"{base}/{n}" for n in ("pause", "resume", "cancel", "retry")})
+    tz = pub.timezone if pub else svc.config.site.timezone
+    response = render(request, "sending_edition.html.j2", session=session, status=status, row=row, p=now,
+                      title=pub.title if pub else row.publication, bounced=bounced,
+                      failed=failed, tz=tz, error=error, done=request.query_params.get("done", ""),
+                      retryable=sum(1 for f in failed if f["why_not"] is None), base=base,
+                      forms={n: f"{base}/{n}" for n in ("pause", "resume", "cancel", "retry")})
+    response.headers["Content-Security-Policy"] = PAGE_CSP
+    return response
+
+
+@room("operate")
+async def progress_json(request: Request, session: Session, form: FormData | None) -> Response:
+    """The live figures of one edition (the page's script polls this)."""
+    svc = service(request)
+    found = await run_in_threadpool(progress, svc.engine, request.path_params["id"], svc.clock())
+    if found is None:
+        raise HTTPException(404)
+    return JSONResponse(found.as_json(), headers={"Cache-Control": "no-store"})
 
 
 @room("operate")

@@ -3,7 +3,8 @@ with the full consent history, 配信停止, and the Excel-flavoured export.
 
 Personal data: only operators and admins (``users.CAN["subscribers"]``).
 Stopping mail is :func:`subscribers.suppress` — the one way (status, consent row
-with the operator's reason, pending deliveries cancelled).  The export is
+with the operator's reason, pending deliveries cancelled); 配信再開 is
+:func:`subscribers.reactivate` (reason required, never after a complaint).  The export is
 :func:`subscribers.export_csv` (Japanese headers, BOM, CRLF), written to a
 temporary file of our own naming and streamed back; every export is an audit
 row.
@@ -80,17 +81,20 @@ def _load(svc: Service, subscriber_id: int):
         row = q.get_by_id(conn, subscriber_id)
         if row is None:
             raise HTTPException(404)
-        return row, q.consent_records(conn, row.id)
+        return row, q.consent_records(conn, row.id), subs.has_complained(conn, row)
 
 
 async def _page(request: Request, session: Session, subscriber_id: int, *, error: str = "",
-                status: int = 200) -> Response:
+                status: int = 200, reactivate_error: str = "") -> Response:
     svc = service(request)
-    row, consents = await run_in_threadpool(_load, svc, subscriber_id)
+    row, consents, complained = await run_in_threadpool(_load, svc, subscriber_id)
     names = {f.slug: f.name for f in svc.config.fields}
     return render(request, "subscriber.html.j2", session=session, status=status, row=row, consents=consents,
                   names=names, tz=svc.config.site.timezone, error=error, done=request.query_params.get("done", ""),
-                  forms={"suppress": f"/admin/subscribers/{row.id}/suppress"})
+                  reactivate_error=reactivate_error,
+                  complained=complained,
+                  forms={"suppress": f"/admin/subscribers/{row.id}/suppress",
+                         "reactivate": f"/admin/subscribers/{row.id}/reactivate"})
 
 
 @room("subscribers")
@@ -107,7 +111,7 @@ async def suppress(request: Request, session: Session, form: FormData | None) ->
         return await _page(request, session, subscriber_id, error=words(svc.lang)["err_reason"], status=400)
 
     def act():
-        row, _ = _load(svc, subscriber_id)
+        row, _, _ = _load(svc, subscriber_id)
         with svc.engine.begin() as conn:
             subs.suppress(conn, [row.id], "unsubscribed", source="console",
                           reason="unsubscribed by an operator",
@@ -115,6 +119,25 @@ async def suppress(request: Request, session: Session, form: FormData | None) ->
 
     await run_in_threadpool(act)
     return RedirectResponse(f"/admin/subscribers/{subscriber_id}?done=suppress", status_code=303)
+
+
+@room("subscribers")
+async def reactivate(request: Request, session: Session, form: FormData | None) -> Response:
+    """配信再開: :func:`subscribers.reactivate` (reason required, never after a complaint)."""
+    svc = service(request)
+    t = words(svc.lang)
+    subscriber_id = request.path_params["id"]
+    reason = text(form, "reason")
+    if not " ".join(reason.split()):
+        return await _page(request, session, subscriber_id, reactivate_error=t["err_reactivate_reason"], status=400)
+    await run_in_threadpool(_load, svc, subscriber_id)  # 404 for no such subscriber
+    try:
+        await run_in_threadpool(lambda: subs.reactivate(svc.engine, subscriber_id, reason, session.actor,
+                                                        ip=svc.clients.ip(request), now=svc.clock()))
+    except subs.ReactivationRefused as exc:
+        message = t["reactivate_refused_complaint" if exc.why == "complaint" else "reactivate_not_needed"]
+        return await _page(request, session, subscriber_id, reactivate_error=message, status=400)
+    return RedirectResponse(f"/admin/subscribers/{subscriber_id}?done=reactivate", status_code=303)
 
 
 @room("subscribers")
