@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections import Counter
 
 import pytest
@@ -84,7 +85,7 @@ def test_upgrading_from_0011_with_rows_present_drops_daemons_and_keeps_the_rest(
     from datetime import timedelta
 
     from alembic import command
-    from sqlalchemy import column, inspect, insert, table
+    from sqlalchemy import column, insert, inspect, table
 
     from newsletter.store import _alembic_config, make_engine, schema_head, schema_revision, upgrade
     from newsletter.store.tables import UTCDateTime, utcnow
@@ -171,3 +172,118 @@ def test_status_schedule_list_and_run_now_read_the_one_registry(project):
     out = project("schedule", "run-now", "weekly").stdout
     assert f"the running daemon ({run.host}, pid {run.pid}, run) sends it within seconds" in out
     engine.dispose()
+
+
+# -- the daemon runs the preflight check before an edition starts sending --------------------
+
+
+@pytest.fixture
+def daemon_project(tmp_path):
+    from tests.test_daemon import Project
+
+    sink = Sink(tmp_path)
+    project = Project(tmp_path, sink.port, 30, rate="500/s")
+    started: list = []
+    yield project, sink, started
+    for d in started:
+        d.kill()
+    sink.stop()
+    project.engine.dispose()
+
+
+def test_the_daemon_holds_back_a_scheduled_edition_that_fails_preflight_and_sends_it_once_fixed(daemon_project):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from newsletter.store import audit as audit_q
+    from newsletter.store.tables import articles, utcnow
+
+    project, sink, started = daemon_project
+    cli = project.cli
+    # Stored before input was checked (or by hand): a URL with a control character cannot render.
+    with project.engine.begin() as conn:
+        article_id = conn.execute(select(articles.c.id).order_by(articles.c.id)).scalars().first()
+        good_url = conn.execute(select(articles.c.url).where(articles.c.id == article_id)).scalar()
+        conn.execute(update(articles).where(articles.c.id == article_id).values(url=good_url + "\x01"))
+
+    def approve_and_schedule() -> None:
+        with project.engine.connect() as conn:
+            digest = conn.execute(select(editions.c.content_hash)).scalar()
+        cli("edition", "approve", "1", "--hash", digest)
+        cli("edition", "schedule", "1", "--at", (utcnow() + timedelta(seconds=2)).isoformat(timespec="seconds"))
+
+    cli("edition", "create", "weekly")
+    approve_and_schedule()
+    daemon = project.start("daemon")
+    started.append(daemon)
+    held = daemon.wait_for("edition.held_back", 30)
+    assert held["edition"] == 1 and held["level"] == "ERROR"
+    assert "the preflight check found " in held["msg"] and f"article {article_id} " in held["msg"]
+    time.sleep(1.5)  # polls go by: nothing is sent, and the edition is not tried again and again
+    assert sink.received() == []
+    with project.engine.connect() as conn:
+        row = conn.execute(select(editions)).one()
+        assert conn.execute(select(deliveries)).first() is None
+        history = [(a.action, a.actor, a.interface) for a in audit_q.for_edition(conn, 1)]
+    assert (row.status, row.scheduled_for) == ("approved", None)
+    assert row.note.startswith("not sent at its time ") and "cannot render" in row.note
+    assert history.count(("held back", None, "daemon")) == 1 and ("sending", None, "daemon") not in history
+    assert daemon.events().count(held) == 1
+    status = cli("status").stdout
+    assert "held back (not sent; fix, then send or schedule again):" in status
+    assert "weekly 第1号\tapproved\tnot sent at its time" in status
+
+    # The operator fixes the article (the edition goes back to draft), approves and schedules it again.
+    cli("article", "edit", str(article_id), "--url", good_url)
+    with project.engine.connect() as conn:
+        assert conn.execute(select(editions.c.status)).scalar() == "draft"
+    approve_and_schedule()
+    daemon.wait_for("delivery.finished", 60)
+    assert sorted(sink.received()) == sorted(project.emails)
+    assert project.edition_status() == "done"
+    assert "held back" not in cli("status").stdout
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def test_at_a_slot_an_edition_that_fails_preflight_is_neither_created_nor_sent(tmp_path):
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from newsletter.store import audit as audit_q
+    from newsletter.store.tables import articles
+    from tests.test_scheduling import Bench
+
+    b = Bench(tmp_path, f"sqlite:///{tmp_path / 'project' / 'var' / 'newsletter.db'}")
+    b.add_article()
+    with b.engine.begin() as conn:
+        conn.execute(update(articles).values(title="記事\x1b 1"))
+    core = b.core()
+    core.tick(datetime(2026, 5, 11, tzinfo=UTC))
+    # approval = "none": the slot would create an edition from the queue and send it at once.
+    [run] = core.tick(datetime(2026, 5, 12, 0, 0, 1, tzinfo=UTC))  # Tue 09:00 JST
+    assert run.outcome == "skipped" and run.reason.startswith("no edition created: the preflight check found ")
+    assert b.editions() == []
+    assert b.state().last_result == run.describe() and "title has a control character" in run.describe()
+    with b.engine.connect() as conn:
+        [entry] = audit_q.search(conn, action="not created")
+    assert (entry.publication, entry.edition_id, entry.interface) == ("weekly", None, "daemon")
+    assert "title has a control character" in entry.detail
+
+    # An approved edition at a slot: not sent, kept approved with why, for a person to fix.
+    b.cli("edition", "create", "weekly")
+    with b.engine.connect() as conn:
+        digest = conn.execute(select(editions.c.content_hash)).scalar()
+    b.cli("edition", "approve", "1", "--hash", digest)
+    [run] = core.tick(datetime(2026, 5, 19, 0, 0, 1, tzinfo=UTC))
+    assert run.outcome == "skipped" and run.reason.startswith("第1号 not sent: the preflight check found ")
+    with b.engine.connect() as conn:
+        row = conn.execute(select(editions)).one()
+        assert conn.execute(select(deliveries)).first() is None
+        actions = [a.action for a in audit_q.for_edition(conn, row.id)]
+    assert row.status == "approved" and row.note.startswith("not sent at the slot 2026-05-19 09:00 JST: ")
+    assert "held back" in actions and "sending" not in actions
+    assert "held back (not sent" in b.cli("status").stdout
+    b.engine.dispose()

@@ -95,6 +95,7 @@ def status(app: App, finished):
         states = store.all_states(conn)
         progress = [(row, edition_q.counts(conn, row.id)) for row in store.in_progress(conn)]
         done = [(row, edition_q.counts(conn, row.id)) for row in store.last_finished(conn, finished)]
+        held = store.held_back(conn)
 
     click.echo("\nnext runs:")
     for pub in app.config.publications:
@@ -120,6 +121,11 @@ def status(app: App, finished):
         if row.note:
             line += f"\t({row.note})"
         click.echo(line)
+
+    if held:
+        click.echo("\nheld back (not sent; fix, then send or schedule again):")
+        for row in held:
+            click.echo(f"  {row.publication} 第{row.number}号\t{row.status}\t{row.note}")
 
     click.echo("\nlast finished:")
     if not done:

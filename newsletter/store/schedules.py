@@ -137,6 +137,15 @@ def in_progress(conn: Connection) -> list[Row]:
     ))
 
 
+def held_back(conn: Connection) -> list[Row]:
+    """Approved editions the daemon did not send, with why (their note): a failed
+    preflight check (editions/state.py ``hold_back``) or a missed one-off time."""
+    return list(conn.execute(
+        select(editions).where(editions.c.status == "approved", editions.c.note.is_not(None))
+        .order_by(editions.c.id)
+    ))
+
+
 def last_finished(conn: Connection, limit: int = 5) -> list[Row]:
     return list(conn.execute(
         select(editions).where(editions.c.status.in_(("done", "cancelled")))
