@@ -69,6 +69,13 @@ def html_to_plain(source: str) -> str:
     return _WS_RE.sub(" ", html.unescape(_TAG_RE.sub("", text))).strip()
 
 
+def ascii_digits(value: str) -> bool:
+    """True when ``value`` is one or more ASCII digits: what ``int()`` of a number
+    someone else wrote (a header, a form field, a cron field) may be given.
+    ``str.isdigit()`` is not that: ``'²'.isdigit()`` is true and ``int('²')`` fails."""
+    return value.isascii() and value.isdigit()
+
+
 def header_safe(value: str) -> str:
     """No CR, LF or other control characters: nothing from data may start a header."""
     return "".join(" " if (ord(c) < 32 or ord(c) == 127) else c for c in value).strip()

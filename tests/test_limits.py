@@ -287,3 +287,18 @@ def test_at_a_slot_an_edition_that_fails_preflight_is_neither_created_nor_sent(t
     assert "held back" in actions and "sending" not in actions
     assert "held back (not sent" in b.cli("status").stdout
     b.engine.dispose()
+
+
+# -- small fixes: numbers written by someone else are ASCII digits --------------------------------
+
+
+@pytest.mark.parametrize(("expr", "message"), [
+    ("0 9 * * ²", "invalid day of week '²' in '0 9 * * ²'"),
+    ("0 9 * * 1-5/²", "invalid step '²' in '0 9 * * 1-5/²'"),
+])
+def test_a_cron_field_of_superscript_digits_is_named_as_invalid(expr, message):
+    from newsletter.cron import cron_trigger
+
+    with pytest.raises(ValueError) as caught:
+        cron_trigger(expr, "Asia/Tokyo")
+    assert str(caught.value) == message
