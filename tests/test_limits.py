@@ -302,3 +302,95 @@ def test_a_cron_field_of_superscript_digits_is_named_as_invalid(expr, message):
     with pytest.raises(ValueError) as caught:
         cron_trigger(expr, "Asia/Tokyo")
     assert str(caught.value) == message
+
+
+# -- small fixes: a provider's webhook retry of a reading event is stored once --------------------
+
+
+@pytest.mark.parametrize("mode", ["per-subscriber", "aggregate"])
+def test_webhook_retries_of_the_same_reading_event_are_stored_once(tmp_path, storage_url, monkeypatch, mode):
+    import base64
+    import hashlib
+    import hmac
+    import json
+    import time as clock
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from newsletter.store.tables import stats_events
+    from tests.test_stats import BROWSER, READER_IP, Sent
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    monkeypatch.setenv("MG_SIGNING_KEY", "mailgun-signing-key-123")
+    monkeypatch.setenv("PM_WEBHOOK_PASSWORD", "pw")
+    s = Sent(tmp_path, storage_url, mode, extra=f"""
+[web.webhooks]
+sendgrid_public_key = "{public}"
+mailgun_signing_key_env = "MG_SIGNING_KEY"
+postmark_username = "postmark"
+postmark_password_env = "PM_WEBHOOK_PASSWORD"
+""")
+    with s.engine.connect() as conn:
+        ids = dict(conn.execute(select(deliveries.c.email, deliveries.c.id)).all())
+    now = int(clock.time())
+    yamada, sato = str(ids["yamada@example.jp"]), str(ids["sato@example.jp"])
+
+    def sendgrid(events: list[dict]) -> None:
+        body = json.dumps(events).encode()
+        sig = base64.b64encode(key.sign(str(now).encode() + body, ec.ECDSA(hashes.SHA256()))).decode()
+        res = s.client.post("/webhooks/sendgrid", content=body, headers={
+            "Content-Type": "application/json", "X-Twilio-Email-Event-Webhook-Signature": sig,
+            "X-Twilio-Email-Event-Webhook-Timestamp": str(now)})
+        assert res.status_code == 200, res.text
+
+    def mailgun(event_id: str) -> None:
+        token = f"tok-{event_id}"
+        assert s.client.post("/webhooks/mailgun", json={
+            "signature": {"timestamp": str(now), "token": token, "signature": hmac.new(
+                b"mailgun-signing-key-123", f"{now}{token}".encode(), hashlib.sha256).hexdigest()},
+            "event-data": {"event": "opened", "recipient": "sato@example.jp", "id": event_id, "timestamp": now,
+                           "ip": READER_IP, "client-info": {"user-agent": BROWSER},
+                           "user-variables": {"nl-delivery-id": sato}}}).status_code == 200
+
+    def postmark(record: str, at: str, link: str | None = None) -> None:
+        auth = base64.b64encode(b"postmark:pw").decode()
+        body = {"RecordType": record, "Recipient": "sato@example.jp", "MessageID": "pm-1", "ReceivedAt": at,
+                "UserAgent": BROWSER, "Metadata": {"nl_delivery_id": sato}}
+        if link:
+            body["OriginalLink"] = link
+        assert s.client.post("/webhooks/postmark", json=body,
+                             headers={"Authorization": f"Basic {auth}"}).status_code == 200
+
+    open_event = {"email": "yamada@example.jp", "event": "open", "sg_event_id": "sg-open-1", "timestamp": now,
+                  "useragent": BROWSER, "ip": READER_IP, "nl_delivery_id": yamada}
+    click_event = {"email": "yamada@example.jp", "event": "click", "sg_event_id": "sg-click-1", "timestamp": now,
+                   "url": "https://news.example.jp/articles/1", "useragent": BROWSER, "ip": READER_IP,
+                   "nl_delivery_id": yamada}
+    sendgrid([open_event, click_event, open_event])  # the same event twice in one batch, too
+    mailgun("mg-1")
+    postmark("Open", "2026-11-27T04:00:00.1234567Z")
+    postmark("Click", "2026-11-27T04:00:05.0000001Z", "https://news.example.jp/articles/2")
+    first = sorted((e.source, e.kind) for e in s.events())
+    assert first == [("mailgun", "open"), ("postmark", "click"), ("postmark", "open"), ("sendgrid", "click"),
+                     ("sendgrid", "open")]
+    # The providers retry (a timeout on their side, a 5xx from a proxy): the same events again.
+    sendgrid([open_event, click_event])
+    mailgun("mg-1")
+    postmark("Open", "2026-11-27T04:00:00.1234567Z")
+    postmark("Click", "2026-11-27T04:00:05.0000001Z", "https://news.example.jp/articles/2")
+    assert sorted((e.source, e.kind) for e in s.events()) == first
+    # Real new events of the same messages are new rows: a second open, another link at the same instant.
+    sendgrid([dict(open_event, sg_event_id="sg-open-2")])
+    mailgun("mg-2")
+    postmark("Open", "2026-11-27T04:10:00.5Z")
+    postmark("Click", "2026-11-27T04:00:05.0000001Z", "https://news.example.jp/articles/1")
+    assert len(s.events()) == len(first) + 4
+    assert Counter(e.kind for e in s.events()) == {"open": 6, "click": 3}
+    with s.engine.connect() as conn:
+        kept = conn.execute(select(stats_events.c.event_id)).scalars().all()
+    # Keyed: no provider id (Postmark's names the message) is stored as it came.
+    assert len(set(kept)) == len(kept) and all(len(k) == 32 and "pm-1" not in k for k in kept)
+    s.engine.dispose()
