@@ -547,18 +547,22 @@ class DeliveryRun:
         lease = now_dt + self.lease
         rows: list = []
         wait = 0.0
+        # Asked before the transaction: a shared bucket fetches its grant on a connection
+        # of its own, which must not wait for the quota lock this transaction takes (on
+        # SQLite, the database's one write lock, held by this very process).
+        room = [bucket.available(mono) for _, bucket in self.domain_buckets]
         with self.engine.begin() as conn:
             if self.quotas:
                 # One process at a time counts and claims (workers.py: the quota row).
                 from .store import workers as shared_q
 
                 shared_q.hold(conn, QUOTA_ROW)
-                room = self._quota_room(conn, now_dt)
-                if room is None:
+                allowed = self._quota_room(conn, now_dt)
+                if allowed is None:
                     return None
-                budget = min(budget, room)
-            for domains, bucket in self.domain_buckets:
-                n = min(budget - len(rows), bucket.available(mono))
+                budget = min(budget, allowed)
+            for (domains, bucket), available in zip(self.domain_buckets, room, strict=True):
+                n = min(budget - len(rows), available)
                 if n > 0:
                     got = q.claim(conn, self.edition_id, now_dt, n, lease, token=self.token, domains=domains)
                     bucket.take(len(got), mono)

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from newsletter.store.tables import deliveries, editions
 from tests.conftest import ROOT
 from tests.test_daemon import Sink, wait_until
+from tests.test_delivery_safety import setup as setup  # noqa: PLC0414 - the fixture, by its name
 from tests.test_workers import Cluster
 
 QUOTA = 45  # not a multiple of a chunk: the last claim must be cut to fit
@@ -394,3 +395,16 @@ postmark_password_env = "PM_WEBHOOK_PASSWORD"
     # Keyed: no provider id (Postmark's names the message) is stored as it came.
     assert len(set(kept)) == len(kept) and all(len(k) == 32 and "pm-1" not in k for k in kept)
     s.engine.dispose()
+
+
+def test_a_quota_with_shared_domain_buckets_counts_and_claims_without_locking_itself_out(setup, smtp_server):
+    # The quota lock is taken first in the claim's transaction; a shared domain bucket
+    # asks the database for tokens on a connection of its own, before that (on SQLite
+    # the other way round would wait for its own process's write lock).
+    s = setup(max_batch=5, extra='connections = 1\nhourly_quota = 12\nlease_seconds = 30\n'
+                                 '[[provider.domain_limits]]\ndomains = ["docomo.ne.jp"]\nrate = "100/s"')
+    s.subscribe(*[f"keitai{i:02d}@docomo.ne.jp" for i in range(10)], *[f"pc{i:02d}@example.jp" for i in range(10)])
+    edition = s.edition()
+    report = s.send(edition, shared=True)
+    assert report.sent == 12 and report.waiting_for == "quota reached" and not report.finished
+    assert len(s.received()) == 12
