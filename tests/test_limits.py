@@ -408,3 +408,25 @@ def test_a_quota_with_shared_domain_buckets_counts_and_claims_without_locking_it
     report = s.send(edition, shared=True)
     assert report.sent == 12 and report.waiting_for == "quota reached" and not report.finished
     assert len(s.received()) == 12
+
+
+def test_run_now_of_an_edition_that_fails_preflight_is_one_line_and_creates_nothing(project):
+    from sqlalchemy import update
+
+    from newsletter.config import load_config
+    from newsletter.store import open_engine
+    from newsletter.store.tables import articles
+
+    project("article", "add", "--field", "行政", "--title", "庁舎の休館日", "--url",
+            "https://www.city.asagiri.example.jp/kyukan")
+    project("subscriber", "add", "sato@example.jp")
+    engine = open_engine(load_config(project.config_path).storage_url)
+    with engine.begin() as conn:
+        conn.execute(update(articles).values(url="https://www.city.asagiri.example.jp/kyu\x01kan"))
+    result = project("schedule", "run-now", "weekly", ok=False)
+    assert result.exit_code == 1 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: weekly: slot skipped: no edition created: the preflight check found ")
+    with engine.connect() as conn:
+        assert conn.execute(select(editions)).first() is None
+    engine.dispose()

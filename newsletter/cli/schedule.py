@@ -137,6 +137,8 @@ def schedule_run_now(app: App, publication):
     if run.outcome == "exists":
         click.echo(f"{pub.slug}: 第{run.number}号 was already created for this moment")
         return
+    if run.outcome == "skipped":  # nothing approved, or the preflight check found errors: nothing sent
+        raise InputError(f"{pub.slug}: {run.describe()}")
     click.echo(f"{pub.slug} 第{run.number}号 created: {run.articles} articles, {run.pending} to send, "
                f"{run.skipped} skipped (nothing in their fields)")
     from ..workers import list_workers
