@@ -20,6 +20,8 @@ from datetime import datetime, tzinfo
 
 from apscheduler.triggers.cron import CronTrigger
 
+from .sanitize import ascii_digits
+
 _NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 
 
@@ -27,7 +29,7 @@ def _day(token: str, expr: str) -> int:
     token = token.strip().lower()
     if token in _NAMES:
         return _NAMES.index(token)
-    if token.isdigit() and 0 <= int(token) <= 7:
+    if ascii_digits(token) and 0 <= int(token) <= 7:
         return int(token) % 7
     raise ValueError(f"invalid day of week '{token}' in '{expr}'")
 
@@ -38,7 +40,7 @@ def _days_of_week(field: str, expr: str) -> str:
         rng, _, step_s = part.partition("/")
         step = 1
         if step_s:
-            if not step_s.isdigit() or int(step_s) == 0:
+            if not ascii_digits(step_s) or int(step_s) == 0:
                 raise ValueError(f"invalid step '{step_s}' in '{expr}'")
             step = int(step_s)
         if rng == "*":

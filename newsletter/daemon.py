@@ -50,7 +50,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -65,7 +64,7 @@ from .store import editions as edition_q
 from .store import open_engine
 from .store import schedules as store
 from .store.tables import utcnow
-from .workers import Registry, SchedulerLease, heartbeat_every
+from .workers import FORGET_LOST_AFTER, Registry, SchedulerLease, forget_lost, heartbeat_every
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +101,6 @@ class Daemon:
         self.core = SchedulerCore(self.engine, self.config, on_created=lambda _id: self.wake.set())
         self.runner = ScheduleRunner(self.tick, self.sync, poll_seconds)
         self.started_at = clock()
-        self.host = socket.gethostname()
-        self.id = f"{self.host}:{os.getpid()}:{int(self.started_at.timestamp())}"
         # -- several processes (workers.py) --
         self.role = role
         self.registry = Registry(self.engine, role, self.config.delivery.lease_seconds, started_at=self.started_at)
@@ -157,13 +154,6 @@ class Daemon:
             except Exception:  # the next tick tries again; the slot stays due within its grace
                 log.exception("schedule tick failed", extra={"event": "schedule.error"})
 
-    def heartbeat(self) -> None:
-        try:
-            with self.engine.begin() as conn:
-                store.heartbeat(conn, self.id, self.host, os.getpid(), self.started_at, self.clock())
-        except Exception:
-            log.warning("heartbeat failed", exc_info=True)
-
     def beat(self, *, catch_up: bool = True) -> None:
         """The registry heartbeat and, for role ``run``, the scheduler lease; on taking
         the lease, a catch-up tick in its own thread (the main thread keeps beating)."""
@@ -193,7 +183,6 @@ class Daemon:
             self.reload_config()
         except Exception:
             log.exception("config reload failed")
-        self.heartbeat()
         self.tick()
 
     # -- delivery --------------------------------------------------------------------
@@ -310,10 +299,11 @@ class Daemon:
         """Run until SIGTERM/SIGINT; returns the exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        with self.engine.begin() as conn:
-            store.prune_daemons(conn, self.clock() - timedelta(days=1))
-            if self.role == "run":
-                store.heartbeat(conn, self.id, self.host, os.getpid(), self.started_at, self.clock())
+        try:
+            forget_lost(self.engine, self.clock() - FORGET_LOST_AFTER)
+        except Exception:
+            log.warning("could not remove the rows of long-lost processes", exc_info=True)
+        with self.engine.connect() as conn:
             unfinished = store.in_progress(conn)
             resumable = [(r, edition_q.pending_count(conn, r.id)) for r in unfinished if r.status == "sending"]
         self.beat(catch_up=False)  # the tick below is the catch-up
@@ -351,8 +341,6 @@ class Daemon:
                       "after a restart)", self.stop_timeout, extra={"event": "daemon.stop_timeout"})
             code = 1
         try:
-            with self.engine.begin() as conn:
-                store.forget_daemon(conn, self.id)
             self.registry.forget()
         except Exception:
             log.warning("could not remove the heartbeat row", exc_info=True)

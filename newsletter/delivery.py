@@ -68,9 +68,12 @@ clock (injectable, apart from the wall clock used for leases and
 ``next_attempt_at``), so a wall-clock step neither stalls nor bursts it; a
 rate-limited run waits for tokens and keeps going until nothing is due.
 ``hourly_quota`` and ``daily_quota`` count what was sent in the last hour/day
-across editions (from the delivery log, so a restart does not reset them) and,
-when reached, stop the run with ``waiting_until`` set — the edition stays
-``sending`` and resumes when the window reopens; ``domain_limits`` give groups of
+across editions (from the delivery log, so a restart does not reset them) plus
+every live claim of every process (rows that may be at the provider now), counted
+and claimed under one lock (the ``quota`` row of ``shared_limits``), so several
+processes together never go over; when reached, they stop the run with
+``waiting_until`` set — the edition stays ``sending`` and resumes when the window
+reopens; ``domain_limits`` give groups of
 recipient domains their own buckets, and rows of a throttled group are simply
 not claimed while the others go on.
 
@@ -121,6 +124,8 @@ MAX_BACKOFF = timedelta(hours=6)
 THROTTLE_PAUSE = 5.0
 # A whole-request server error is tried again in the same run after these pauses, then deferred.
 SERVER_ERROR_BACKOFF = (1.0, 2.0, 4.0)
+# The shared_limits row whose lock makes counting a quota and claiming under it one step.
+QUOTA_ROW = "quota"
 
 
 def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
@@ -350,6 +355,9 @@ class DeliveryRun:
             self.domain_buckets = [(lim.domains, TokenBucket(lim.rate, mono))
                                    for lim in self.settings.domain_limits]
         self.limited_domains = [d for lim in self.settings.domain_limits for d in lim.domains]
+        self.quotas = [(quota, period) for quota, period in ((self.settings.hourly_quota, timedelta(hours=1)),
+                                                             (self.settings.daily_quota, timedelta(days=1)))
+                       if quota is not None]
         self.inbox: queue.Queue = queue.Queue(maxsize=len(providers) * 2)
         self.outbox: queue.Queue = queue.Queue()
         self.in_flight = 0
@@ -444,8 +452,6 @@ class DeliveryRun:
                     self.sleep(min(pause, self.tick))
                 continue
             budget = self._budget()
-            if budget is None:  # a quota is full
-                return
             if budget == 0:  # the rate bucket is empty: wait for a token, then go on
                 if self.in_flight:
                     self._drain(block=True)
@@ -454,7 +460,10 @@ class DeliveryRun:
                     if wait:
                         self.sleep(min(wait, self.tick))
                 continue
-            rows, lease_until, throttled_wait = self._claim(budget)
+            claimed = self._claim(budget)
+            if claimed is None:  # a quota is full
+                return
+            rows, lease_until, throttled_wait = claimed
             if not rows:
                 if self.in_flight:
                     self._drain(block=True)
@@ -497,44 +506,63 @@ class DeliveryRun:
         log.info("edition %s is %s: stopping", self.edition_id, edition.status)
         return False
 
-    def _budget(self) -> int | None:
-        """How many messages may be claimed now (0: wait for the rate), or None when a quota is full."""
+    def _budget(self) -> int:
+        """How many messages the rate allows now (0: wait for a token)."""
         budget = self.chunk_size
-        now_dt = self.clock()
-        for quota, period in ((self.settings.hourly_quota, timedelta(hours=1)),
-                              (self.settings.daily_quota, timedelta(days=1))):
-            if quota is None:
-                continue
-            with self.engine.connect() as conn:
-                used = q.sent_since(conn, now_dt - period) + self._in_flight_messages()
-                if used >= quota:
-                    oldest = q.nth_sent_since(conn, now_dt - period, used - quota) or now_dt
-                    self.report.waiting_until = oldest + period
-                    self.report.waiting_for = "quota reached"
-                    note = (f"quota of {quota} per {'hour' if period.days == 0 else 'day'} reached; "
-                            f"resumes after {self.report.waiting_until.isoformat(timespec='seconds')}")
-                    log.info("edition %s: %s", self.edition_id, note)
-                    with self.engine.begin() as wconn:
-                        q.set_note(wconn, self.edition_id, note)
-                    return None
-            budget = min(budget, quota - used)
         if self.bucket is not None:
             budget = min(budget, self.bucket.available(self.monotonic()))
         return max(budget, 0)
 
-    def _in_flight_messages(self) -> int:
-        return self.in_flight * self.chunk_size
+    def _quota_room(self, conn, now_dt: datetime) -> int | None:
+        """How many more messages the quotas allow now, or None when one is full.
 
-    def _claim(self, budget: int) -> tuple[list, datetime, float]:
-        """Rows to send now, their lease, and how long to wait when only throttled domains have due rows."""
+        Called in the claim's transaction with the ``quota`` row locked: what counts
+        as used is what was sent in the period *and* every live claim of every process
+        (:func:`store.editions.claimed_now`: rows that may be at the provider now), and
+        no other process claims between this count and the claim it limits.  A claim
+        becomes ``sent`` in the statement that ends it, so a message is counted once,
+        from its claim until its period is over; the processes together never go over."""
+        room: int | None = None
+        for quota, period in self.quotas:
+            used = q.sent_since(conn, now_dt - period) + q.claimed_now(conn, now_dt)
+            if used >= quota:
+                # The oldest sent message whose period must end before one more fits (the
+                # claims count until they are sent: their period starts later).
+                oldest = q.nth_sent_since(conn, now_dt - period, used - quota) or now_dt
+                self.report.waiting_until = oldest + period
+                self.report.waiting_for = "quota reached"
+                note = (f"quota of {quota} per {'hour' if period.days == 0 else 'day'} reached; "
+                        f"resumes after {self.report.waiting_until.isoformat(timespec='seconds')}")
+                log.info("edition %s: %s", self.edition_id, note)
+                q.set_note(conn, self.edition_id, note)
+                return None
+            room = quota - used if room is None else min(room, quota - used)
+        return room
+
+    def _claim(self, budget: int) -> tuple[list, datetime, float] | None:
+        """Rows to send now, their lease, and how long to wait when only throttled
+        domains have due rows; None when a quota is full."""
         now_dt = self.clock()
         mono = self.monotonic()
         lease = now_dt + self.lease
         rows: list = []
         wait = 0.0
+        # Asked before the transaction: a shared bucket fetches its grant on a connection
+        # of its own, which must not wait for the quota lock this transaction takes (on
+        # SQLite, the database's one write lock, held by this very process).
+        room = [bucket.available(mono) for _, bucket in self.domain_buckets]
         with self.engine.begin() as conn:
-            for domains, bucket in self.domain_buckets:
-                n = min(budget - len(rows), bucket.available(mono))
+            if self.quotas:
+                # One process at a time counts and claims (workers.py: the quota row).
+                from .store import workers as shared_q
+
+                shared_q.hold(conn, QUOTA_ROW)
+                allowed = self._quota_room(conn, now_dt)
+                if allowed is None:
+                    return None
+                budget = min(budget, allowed)
+            for (domains, bucket), available in zip(self.domain_buckets, room, strict=True):
+                n = min(budget - len(rows), available)
                 if n > 0:
                     got = q.claim(conn, self.edition_id, now_dt, n, lease, token=self.token, domains=domains)
                     bucket.take(len(got), mono)

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from .errors import ConfigError
 from .interfaces import OutgoingMessage, Provider, SendResult
+from .sanitize import ascii_domain
 
 SIGNED_HEADERS: tuple[bytes, ...] = (
     b"from", b"to", b"subject", b"date", b"message-id", b"mime-version", b"content-type",
@@ -115,7 +116,7 @@ class Signer:
     def __init__(self, domain: str, keys: Sequence[DkimKey], *, clock: Callable[[], float] = time.time):
         if not keys:
             raise ValueError("a signer needs at least one key")
-        self.domain = domain.encode("idna")
+        self.domain = ascii_domain(domain).encode("ascii")
         self.keys = tuple(keys)
         self.clock = clock
 

@@ -20,6 +20,7 @@ import re
 import unicodedata
 from urllib.parse import urlsplit
 
+import idna
 import markdown as _markdown
 import nh3
 
@@ -69,6 +70,26 @@ def html_to_plain(source: str) -> str:
     return _WS_RE.sub(" ", html.unescape(_TAG_RE.sub("", text))).strip()
 
 
+def ascii_domain(domain: str) -> str:
+    """``domain`` as DNS, SMTP and headers carry it: IDNA 2008 with the UTS #46
+    mapping, non-transitional — the rule browsers and mail services follow, and the
+    one every domain we encode goes through (addresses, the DKIM ``d=``, link hosts).
+    ``ß`` stays ``ß`` (``faß.de`` → ``xn--fa-hia.de``; Python's own ``idna`` codec is
+    IDNA 2003 and gave ``fass.de``, someone else's domain); full-width letters and
+    dots map to ASCII.  An ASCII domain is returned as it is.  Raises
+    :class:`UnicodeError` (``idna.IDNAError``) for a name IDNA 2008 does not allow."""
+    if domain.isascii():
+        return domain
+    return idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+
+
+def ascii_digits(value: str) -> bool:
+    """True when ``value`` is one or more ASCII digits: what ``int()`` of a number
+    someone else wrote (a header, a form field, a cron field) may be given.
+    ``str.isdigit()`` is not that: ``'²'.isdigit()`` is true and ``int('²')`` fails."""
+    return value.isascii() and value.isdigit()
+
+
 def header_safe(value: str) -> str:
     """No CR, LF or other control characters: nothing from data may start a header."""
     return "".join(" " if (ord(c) < 32 or ord(c) == 127) else c for c in value).strip()
@@ -115,7 +136,7 @@ def url_problem(url: str) -> str | None:
     if parts.scheme not in ("http", "https") or not host or "." not in host.strip("."):
         return "expected http:// or https:// with a host name"
     try:
-        host.encode("idna")
+        ascii_domain(host)
     except UnicodeError:
         return f"bad host name '{host[:80]}'"
     return None

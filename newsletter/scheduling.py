@@ -311,6 +311,7 @@ class Run:
     pending: int = 0
     skipped: int = 0
     articles: int = 0
+    reason: str | None = None  # why a slot was skipped, when it was not "nothing approved"
 
     def describe(self) -> str:
         if self.outcome == "created":
@@ -320,7 +321,7 @@ class Run:
         if self.outcome == "exists":
             return f"第{self.number}号 already created for this slot"
         if self.outcome == "skipped":
-            return "slot skipped: nothing approved"
+            return f"slot skipped: {self.reason or 'nothing approved'}"
         return "nothing new to send"
 
 
@@ -368,8 +369,17 @@ class SchedulerCore:
                                 "approved", pub.slug, row.number, _local(row.scheduled_for, pub), _human(late),
                                 extra={"event": "edition.schedule_missed", **fields})
                 continue
+            plan, refused = self.preflight(pub, now, row)
+            if refused is not None:
+                if state.hold_back(self.engine, row, f"not sent at its time {_local(row.scheduled_for, pub)}: "
+                                   f"{refused}", DAEMON, now=now):
+                    log.error("%s 第%d号: not sent at its scheduled time %s: %s; back to approved",
+                              pub.slug, row.number, _local(row.scheduled_for, pub), refused,
+                              extra={"event": "edition.held_back", **fields})
+                continue
             try:
-                result = state.start_sending(self.engine, self.config, row.id, DAEMON, now=now)
+                result = state.start_sending(self.engine, self.config, row.id, DAEMON, now=now,
+                                             checked=plan.content if plan is not None else None)
             except InputError as exc:  # unapproved meanwhile, or another daemon was first
                 log.info("%s 第%d号: not started: %s", pub.slug, row.number, exc,
                          extra={"event": "edition.not_started", **fields})
@@ -424,8 +434,18 @@ class SchedulerCore:
                 continue
             if run is not None:
                 return run
+            plan, refused = self.preflight(pub, now)
+            if refused is not None:
+                with self.engine.begin() as conn:
+                    state.record(conn, DAEMON, "not created", pub.slug, None, now,
+                                 f"slot {_local(slot.at, pub)}: {refused}")
+                log.error("schedule %s: slot %s%s: no edition created: %s", pub.slug, _local(slot.at, pub), moved,
+                          refused, extra={"event": "schedule.preflight_failed", "publication": pub.slug,
+                                          "slot": slot.at.isoformat()})
+                return Run(pub.slug, slot.at, "skipped", reason=f"no edition created: {refused}")
             try:
-                created = self.create(self.engine, self.config, pub, now=now, scheduled_for=slot.at)
+                created = self.create(self.engine, self.config, pub, now=plan.when if plan else now,
+                                      scheduled_for=slot.at, checked=plan.content if plan else None)
             except InputError:
                 # Another scheduler created this slot's edition (or `edition send` took the
                 # number) at the same moment: look again.
@@ -453,6 +473,22 @@ class SchedulerCore:
                        created.skipped, created.articles)
         raise InputError(f"{pub.slug}: could not create the edition of {slot.at.isoformat()} (kept colliding)")
 
+    def preflight(self, pub: Publication, now: datetime, edition=None):
+        """The check ``edition send`` runs (:func:`newsletter.preflight.check`), on the
+        edition about to start (or, without one, the next edition as it would be
+        created): (the plan it checked, None) when it may go out, (plan, one line
+        naming the errors) when it must not."""
+        from .preflight import check
+
+        plan, findings = check(self.engine, self.config, pub, now=now, edition=edition)
+        errors = [f for f in findings if f.severity == "error"]
+        if not errors:
+            return plan, None
+        shown = "; ".join(dict.fromkeys(f.message for f in errors[:5]))
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        return plan, (f"the preflight check found {len(errors)} error(s): {shown}{more}; 'newsletter edition check "
+                      f"{pub.slug}' shows them")
+
     def send_approved(self, pub: Publication, slot: Slot, now: datetime) -> Run | str | None:
         """At a slot: the oldest approved edition without a time of its own goes out;
         with ``approval = "required"`` and none, the slot is skipped.  None: create
@@ -466,8 +502,18 @@ class SchedulerCore:
             log.warning("schedule %s: slot %s skipped: nothing approved", pub.slug, _local(slot.at, pub),
                         extra={"event": "schedule.slot_skipped", **fields})
             return Run(pub.slug, slot.at, "skipped")
+        plan, refused = self.preflight(pub, now, ready)
+        if refused is not None:
+            why = f"第{ready.number}号 not sent: {refused}"
+            if state.hold_back(self.engine, ready, f"not sent at the slot {_local(slot.at, pub)}: {refused}",
+                               DAEMON, now=now):
+                log.error("schedule %s: slot %s: %s", pub.slug, _local(slot.at, pub), why,
+                          extra={"event": "edition.held_back", **fields, "edition": ready.id,
+                                 "number": ready.number})
+            return Run(pub.slug, slot.at, "skipped", ready.id, ready.number, reason=why)
         try:
-            started = state.start_sending(self.engine, self.config, ready.id, DAEMON, now=now, slot=slot.at)
+            started = state.start_sending(self.engine, self.config, ready.id, DAEMON, now=now, slot=slot.at,
+                                          checked=plan.content if plan is not None else None)
         except state.Conflict:
             return "again"
         except InputError as exc:

@@ -24,8 +24,11 @@ Rules this module keeps:
   (``nl_delivery_id``) gives the edition and the variant, the clicked URL is
   found among the edition's tracked links, and the service's client details
   go through :func:`classify`.  A webhook retry of the same event is stored
-  once more (the provider's event ids are not kept: counts of events may be
-  higher, unique readers are not).
+  once: each event carries the provider's event id (:func:`event_key`; which
+  field, per provider, is in web/webhooks.py), unique per source in the table,
+  and the row is inserted or ignored.  Kept as a keyed hash, so that in
+  ``aggregate`` mode an id that names the provider's message (Postmark's) does
+  not lead back to a delivery.
 - **Counting never slows a request**: :class:`EventBuffer` appends in memory
   and a background thread writes every ``interval`` seconds or ``max_events``
   events, and on :meth:`EventBuffer.close` (a clean stop loses nothing; a
@@ -204,9 +207,20 @@ class EventBuffer:
         self.flush()
 
 
+def event_key(key: bytes, source: str, event_id: str) -> str:
+    """What ``stats_events.event_id`` keeps of a provider's event id: HMAC-SHA256 with
+    the link-signing key (128 bits, hex).  The same event always gives the same value
+    (a retry is recognised); nobody without the key can tell which message it was."""
+    import hashlib
+    import hmac
+
+    return hmac.new(key, f"{source}\n{event_id}".encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
+
+
 def record_provider_events(engine, config, events: Iterable[Any], now: datetime) -> int:
     """Store the opens, clicks and deliveries a mail service reported (see the
-    module doc); returns how many were stored."""
+    module doc); returns how many were stored (an event stored before — a webhook
+    retry — is not stored again, nor counted)."""
     from sqlalchemy import select
 
     from .editions.assemble import VariantKey
@@ -219,6 +233,7 @@ def record_provider_events(engine, config, events: Iterable[Any], now: datetime)
     if not wanted:
         return 0
     modes = {p.slug: p.tracking for p in config.publications}
+    secret = config.secret()
     out = []
     with engine.connect() as conn:
         contents: dict[int, Any] = {}
@@ -245,6 +260,7 @@ def record_provider_events(engine, config, events: Iterable[Any], now: datetime)
                 "part": key.format if ev.reading == "click" else None, "fields": ",".join(key.fields),
                 "reader": f"d{ev.delivery_id}", "machine": verdict.machine, "reason": verdict.reason,
                 "via_proxy": verdict.via_proxy, "source": ev.source, "sent_at": None, "at": ev.at or now,
+                "event_id": event_key(secret, ev.source, ev.event_id) if ev.event_id else None,
             }
             stored = intake(modes.get(d.publication, "off"), event)
             if stored is not None:

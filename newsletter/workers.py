@@ -11,7 +11,10 @@ Rules this module keeps:
   with its host, pid, version and a heartbeat every ``lease_seconds / 3`` (at
   most every 5 s).  A row whose heartbeat is older than its ``lease_seconds`` is
   *lost*: its claims come back when their leases lapse, as for any crash.  A
-  clean stop deletes the row.
+  clean stop deletes the row; a lost one is shown by ``status`` for a day
+  (FORGET_LOST_AFTER), then removed by the next process that starts.  This is
+  the one registry of processes: ``status``, ``schedule list``/``run-now`` and
+  ``edition send --detach`` all read it (:func:`list_workers`).
 - **one scheduler at a time**: the scheduler role is the named lease
   ``scheduler`` (a row in ``leases``), taken only when free or lapsed and renewed
   by its holder, on the database's clock.  A process ticks the schedule only
@@ -31,8 +34,10 @@ Rules this module keeps:
   not use when it stops are lost: the total rate can only fall short, never
   exceed.  A provider-wide throttle (429, 421) is the row ``throttle`` with
   ``until``: every process holds its sending back until then.  ``hourly_quota``
-  and ``daily_quota`` are counted from the delivery log, which is already shared
-  (delivery.py).
+  and ``daily_quota`` are counted from the delivery log, which is already shared,
+  plus every live claim of every process, and claimed under the lock of the
+  ``quota`` row (delivery.py ``_quota_room``): what one process has in flight is
+  used budget for all the others.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ SCHEDULER = "scheduler"
 THROTTLE = "throttle"
 GRANT_SECONDS = 0.25  # a grant is this many seconds' worth of tokens
 MAX_HEARTBEAT = 5.0
+FORGET_LOST_AFTER = timedelta(days=1)
 
 
 def heartbeat_every(lease_seconds: float) -> float:
@@ -183,6 +189,12 @@ class WorkerView:
     seen_at: datetime
     lost: bool
     scheduler: bool
+
+
+def forget_lost(engine: Engine, before: datetime) -> None:
+    """Remove the rows of processes last seen before ``before`` (killed without a goodbye)."""
+    with engine.begin() as conn:
+        store.prune(conn, before)
 
 
 def list_workers(engine: Engine, now: datetime | None = None) -> list[WorkerView]:

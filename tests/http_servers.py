@@ -427,7 +427,8 @@ class SendGridServer(ContractServer):
         if status == 401:
             return self.errors(401, (None, "The provided authorization grant is invalid, expired, or revoked"))
         if status == 429:
-            reset = str(int(time.time()) + self.rate_limit_reset)
+            reset = (self.rate_limit_reset if isinstance(self.rate_limit_reset, str)  # as written, for tests
+                     else str(int(time.time()) + self.rate_limit_reset))
             return self.errors(429, (None, "too many requests"), **{
                 "X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset,
                 **_retry_headers(retry_after)})

@@ -1,15 +1,16 @@
 """A tiny SMTP sink in its own process, for the daemon tests.
 
-    python tests/smtp_sink.py RECIPIENTS_FILE PORT_FILE
+    python tests/smtp_sink.py RECIPIENTS_FILE PORT_FILE [DELAY_SECONDS]
 
 Accepts every message and appends each recipient to RECIPIENTS_FILE (one line
-each) *before* answering 250, so a line means the server took the message even
+each) *before* answering 250 (DELAY_SECONDS later: a slow server), so a line means the server took the message even
 if the client died before hearing the reply.  Writes its port to PORT_FILE once
 it listens; stops on SIGTERM.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -19,12 +20,15 @@ from aiosmtpd.controller import Controller
 
 
 class _Sink:
-    def __init__(self, path: str):
+    def __init__(self, path: str, delay: float = 0.0):
         self.fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the process's life
+        self.delay = delay
 
     async def handle_DATA(self, server, session, envelope):
         self.fh.write("".join(f"{rcpt}\n" for rcpt in envelope.rcpt_tos))
         self.fh.flush()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return "250 2.0.0 OK"
 
 
@@ -37,7 +41,8 @@ class _Controller(Controller):
 
 def main() -> None:
     out, port_file = sys.argv[1], sys.argv[2]
-    controller = _Controller(_Sink(out), hostname="127.0.0.1", port=0, ready_timeout=10)
+    delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    controller = _Controller(_Sink(out, delay), hostname="127.0.0.1", port=0, ready_timeout=10)
     controller.start()
     tmp = port_file + ".tmp"
     with open(tmp, "w") as fh:

@@ -358,6 +358,11 @@ def test_editor_builds_the_draft_and_the_approver_approves_and_schedules(tmp_pat
     assert res.status_code == 303
     page = editor.get(page_path)
     assert order(page.text) == before[::-1]
+    # '²' passes str.isdigit() and int() refuses it: the same one line as any bad choice, never a 500.
+    res = editor.post(f"{page_path}/move", data={"csrf": csrf_of(page.text, f"{page_path}/move"),
+                                                 "article_id": "²", "direction": "up"})
+    assert res.status_code == 400 and "article: choose an article" in res.text
+    page = editor.get(page_path)
     res = post_form(editor, page_path, f"{page_path}/texts", subject="【教育だより】12月号", lead="寒くなりました。",
                     afterword="次号は1月です。")
     assert res.status_code == 303

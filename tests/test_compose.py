@@ -298,6 +298,27 @@ def test_idn_recipient_is_punycoded_in_to_and_envelope():
     assert_wire_format(named.data)
 
 
+@pytest.mark.parametrize(("address", "wire"), [
+    ("info@faß.de", "info@xn--fa-hia.de"),          # IDNA 2003 (Python's codec) gave fass.de: another domain
+    ("info@Straße.DE", "info@xn--strae-oqa.de"),
+    ("user@ｅｘａｍｐｌｅ．ｊｐ", "user@example.jp"),  # UTS #46 maps full-width letters and dots
+])
+def test_idn_domains_follow_idna_2008_with_uts46_non_transitional(address, wire):
+    from newsletter.dkim_signer import DkimKey, Signer, generate_key
+    from newsletter.sanitize import url_problem
+
+    message = make(address=address, name="")
+    assert message.recipient == wire and raw_header(message.data, "To") == wire.encode()
+    # One rule wherever a domain is encoded: the DKIM d= and a link's host too.
+    domain = address.split("@")[1]
+    key = generate_key("ed25519-sha256")
+    signed = Signer(domain, [DkimKey("s1", "ed25519-sha256", key)]).sign(b"To: x@example.jp\r\n\r\nbody\r\n")
+    assert f"d={wire.split('@')[1]};".encode() in signed.replace(b"\r\n ", b" ")
+    if "." in domain:  # (a link's host must have an ASCII dot: url_problem's own rule)
+        assert url_problem(f"https://{domain}/page") is None
+    assert url_problem("https://☃.example.jp/page") == "bad host name '☃.example.jp'"  # not in IDNA 2008
+
+
 # --------------------------------------------------------------------------- long subjects
 
 LONG_SUBJECT = (

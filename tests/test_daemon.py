@@ -41,10 +41,10 @@ def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | No
 
 
 class Sink:
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, delay: float = 0.0):
         self.file = tmp_path / "received.txt"
         port_file = tmp_path / "sink.port"
-        self.proc = subprocess.Popen([sys.executable, str(SINK), str(self.file), str(port_file)])
+        self.proc = subprocess.Popen([sys.executable, str(SINK), str(self.file), str(port_file), str(delay)])
         wait_until(port_file.exists, 20, "the SMTP sink to listen", self.proc)
         self.port = int(port_file.read_text())
 

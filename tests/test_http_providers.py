@@ -832,3 +832,27 @@ def _edition_run(kit: Kit, tmp_path: Path) -> None:
         # Batched: a few dozen requests for 5,000 readers (variants x chunks, ISO-2022-JP ones alone
         # on Mailgun), however the storm fell.
         assert requests_made <= {"sendgrid": 100, "mailgun": 100, "postmark": 20}[kit.kind], requests_made
+
+
+# -- numbers in a provider's headers are ASCII digits (limits helper, issue 16 notes) ------------
+
+
+def test_a_retry_after_of_superscript_two_is_unreadable_not_a_crash(kit):
+    # '²'.isdigit() is true and int('²') fails: the header is simply not a number.
+    assert parse_retry_after("²", 0.0) is None and parse_retry_after("１２０", 0.0) is None
+    provider = kit.provider()
+    kit.server.fail_next(1, 429, retry_after="²")
+    results = provider.send(batch(2))
+    assert {r.status for r in results} == {"transient"} and all(r.throttled for r in results)
+    if kit.kind == "sendgrid":  # no readable Retry-After: X-RateLimit-Reset (now + 60) says when
+        assert all(55 <= r.retry_after <= 61 for r in results)
+    else:
+        assert all(r.retry_after is None for r in results)
+
+
+def test_sendgrid_429_with_a_non_ascii_rate_limit_reset_is_a_throttle_without_a_window():
+    with SendGridServer() as server:
+        server.rate_limit_reset = "²"
+        server.fail_next(1, 429)
+        [result] = SendGridProvider(server.api_key, server.base_url).send(batch(1))
+    assert result.status == "transient" and result.throttled and result.retry_after is None

@@ -177,10 +177,10 @@ LEASE = 3
 class Cluster:
     """A project on one database, its subscribers, and ``run``/``worker`` processes."""
 
-    def __init__(self, tmp_path: Path, url: str, port: int, subscribers: int, rate: str):
+    def __init__(self, tmp_path: Path, url: str, port: int, subscribers: int, rate: str, extra: str = ""):
         provider = (f'[provider]\nkind = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
                     f'timeout = 10\nmax_batch = {MAX_BATCH}\nconnections = {CONNECTIONS}\n'
-                    f'lease_seconds = {LEASE}\nrate = "{rate}"\n')
+                    f'lease_seconds = {LEASE}\nrate = "{rate}"\n{extra}')
         self.tmp = tmp_path
         self.cli = CLI(write_config(tmp_path / "project", url, provider=provider))
         self.cli("init")

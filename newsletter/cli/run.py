@@ -10,7 +10,7 @@ from ..store import editions as edition_q
 from ..store import schedules as store
 from ..store.tables import utcnow
 from . import App, main, pass_app
-from .schedule import live_daemons, slot_text
+from .schedule import scheduler_text, slot_text
 
 
 @main.command("run")
@@ -59,9 +59,17 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def _workers(app: App, now) -> None:
+    """The processes (workers registry): a summary line, then one line each."""
     from ..workers import list_workers
 
     rows = list_workers(app.engine, now)
+    live = [w for w in rows if not w.lost]
+    if not live:
+        click.echo("daemon:   not running (no 'newsletter run' or 'newsletter worker' has a heartbeat)")
+    else:
+        draining = sum(w.state == "draining" for w in live)
+        click.echo(f"daemon:   {len(live) - draining} running" + (f", {draining} draining" if draining else "")
+                   + f"; {scheduler_text(app, rows)}")
     if not rows:
         return
     click.echo("workers:")
@@ -78,22 +86,16 @@ def _workers(app: App, now) -> None:
               help="How many finished editions to show.")
 @pass_app
 def status(app: App, finished):
-    """Workers (LOST when their heartbeat is older than their lease), the daemon, next
-    scheduled runs, editions in progress and the last finished ones."""
+    """The processes (role, host, pid, version, started, last heartbeat; LOST when
+    the heartbeat is older than their lease), next scheduled runs, editions in
+    progress, editions held back for an operator, and the last finished ones."""
     now = utcnow()
-    daemons = live_daemons(app)
-    if daemons:
-        for d in daemons:
-            ago = int((now - d.seen_at).total_seconds())
-            click.echo(f"daemon:   running on {d.host} (pid {d.pid}) since {app.local_time(d.started_at)}, "
-                       f"seen {ago}s ago")
-    else:
-        click.echo("daemon:   not running")
     _workers(app, now)
     with app.engine.connect() as conn:
         states = store.all_states(conn)
         progress = [(row, edition_q.counts(conn, row.id)) for row in store.in_progress(conn)]
         done = [(row, edition_q.counts(conn, row.id)) for row in store.last_finished(conn, finished)]
+        held = store.held_back(conn)
 
     click.echo("\nnext runs:")
     for pub in app.config.publications:
@@ -119,6 +121,11 @@ def status(app: App, finished):
         if row.note:
             line += f"\t({row.note})"
         click.echo(line)
+
+    if held:
+        click.echo("\nheld back (not sent; fix, then send or schedule again):")
+        for row in held:
+            click.echo(f"  {row.publication} 第{row.number}号\t{row.status}\t{row.note}")
 
     click.echo("\nlast finished:")
     if not done:

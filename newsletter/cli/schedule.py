@@ -7,7 +7,7 @@ sees them within its poll interval (10 s by default).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import click
@@ -17,8 +17,6 @@ from ..scheduling import SchedulerCore, Slot, next_slot, next_slots, overview, s
 from ..store import schedules as store
 from ..store.tables import utcnow
 from . import App, main, pass_app
-
-DAEMON_SEEN_WITHIN = timedelta(minutes=2)
 
 
 @main.group()
@@ -39,9 +37,12 @@ def slot_text(app: App, slot: Slot, tz: str) -> str:
     return text
 
 
-def live_daemons(app: App):
-    with app.engine.connect() as conn:
-        return store.live_daemons(conn, utcnow() - DAEMON_SEEN_WITHIN)
+def scheduler_text(app: App, rows) -> str:
+    """Who fires the schedules now, from the process registry (``rows``: workers.list_workers)."""
+    holder = next((w for w in rows if w.scheduler and not w.lost), None)
+    if holder is None:
+        return "scheduler: none (no 'newsletter run' is running: no slot fires)"
+    return f"scheduler: {holder.host} pid {holder.pid} since {app.local_time(holder.started_at)}"
 
 
 @schedule.command("list")
@@ -57,6 +58,9 @@ def schedule_list(app: App):
             last = f"{app.local_time(view.last_slot, pub.timezone)}: {view.last_result}"
         click.echo(f"{pub.slug}\t{'paused' if view.paused else 'active'}\tnext {next_text}\t"
                    f"{pub.schedule} ({pub.timezone}, on_holiday={pub.on_holiday})\tlast {last}")
+    from ..workers import list_workers
+
+    click.echo(scheduler_text(app, list_workers(app.engine, now)))
 
 
 def _parse_from(value: str | None, tz: str) -> datetime:
@@ -127,12 +131,16 @@ def schedule_run_now(app: App, publication):
     if run.outcome == "exists":
         click.echo(f"{pub.slug}: 第{run.number}号 was already created for this moment")
         return
+    if run.outcome == "skipped":  # nothing approved, or the preflight check found errors: nothing sent
+        raise InputError(f"{pub.slug}: {run.describe()}")
     click.echo(f"{pub.slug} 第{run.number}号 created: {run.articles} articles, {run.pending} to send, "
                f"{run.skipped} skipped (nothing in their fields)")
-    daemons = live_daemons(app)
-    if daemons:
-        d = daemons[0]
-        click.echo(f"the running daemon ({d.host}, pid {d.pid}) sends it within seconds; "
+    from ..workers import list_workers
+
+    live = [w for w in list_workers(app.engine) if not w.lost and w.state == "running"]
+    if live:
+        d = live[0]
+        click.echo(f"the running daemon ({d.host}, pid {d.pid}, {d.role}) sends it within seconds; "
                    f"follow it with 'newsletter status'")
     else:
         click.echo(f"no daemon is running: start 'newsletter run', or send it now with "

@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 from .. import links
 from ..interfaces import MessageContent, OutgoingMessage
 from ..japanese import map_for_jis, unmappable
-from ..sanitize import header_safe
+from ..sanitize import ascii_domain, header_safe
 from .render import Rendered
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,10 @@ class Recipient:
 
 
 def ascii_address(address: str) -> str:
-    """IDN domains in their ASCII (punycode) form, as headers and SMTP need them."""
+    """IDN domains in their ASCII (punycode) form, as headers and SMTP need them
+    (:func:`sanitize.ascii_domain`: IDNA 2008, UTS #46 non-transitional)."""
     local, _, domain = address.rpartition("@")
-    try:
-        domain.encode("ascii")
-    except UnicodeEncodeError:
-        domain = domain.encode("idna").decode("ascii")
-    return f"{local}@{domain}"
+    return f"{local}@{ascii_domain(domain)}"
 
 
 def encoded_words(text: str, charset: str, header_name: str) -> list[str]:

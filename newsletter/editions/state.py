@@ -489,6 +489,24 @@ def missed(engine: Engine, row: Row, late: timedelta, actor: Actor, *, now: date
     return True
 
 
+def hold_back(engine: Engine, row: Row, reason: str, actor: Actor, *, now: datetime | None = None) -> bool:
+    """An edition whose time came but which must not go out (the daemon's preflight
+    found errors): nothing is sent; a scheduled edition goes back to approved (its
+    time has passed) and an approved one stays approved, either way with ``reason``
+    as its note and an audit row.  A person fixes it (``article edit`` returns it to
+    draft: approve it again) and sends or schedules it again.  True when this call
+    did it (someone else acting first wins)."""
+    now = now or utcnow()
+    with engine.begin() as conn:
+        if not q.compare_and_set(conn, row.id, (row.status,), {"status": "approved", "scheduled_for": None,
+                                                               "note": reason[:1000]}, revision=row.revision):
+            return False
+        record(conn, actor, "held back", row.publication, row.id, now,
+               (f"was scheduled for {row.scheduled_for.isoformat()}; " if row.status == "scheduled" else "")
+               + reason)
+    return True
+
+
 # -- sending -------------------------------------------------------------------------
 
 

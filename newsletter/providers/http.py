@@ -59,6 +59,7 @@ from requests.adapters import HTTPAdapter
 from newsletter.errors import ConfigError, TransportError
 from newsletter.interfaces import OutgoingMessage, SendResult, Status
 from newsletter.providers import OptionReader
+from newsletter.sanitize import ascii_digits
 
 __all__ = [
     "HTTPProvider", "HTTPRequest", "HTTPResponse", "Outcome", "TransportError",
@@ -149,7 +150,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value is None or not value.strip():
         return None
     value = value.strip()
-    if value.isdigit():
+    if ascii_digits(value):
         seconds = float(value)
     else:
         try:

@@ -53,6 +53,7 @@ from newsletter.providers.http import (
     split_by,
     whole,
 )
+from newsletter.sanitize import ascii_digits
 
 __all__ = ["SendGridProvider", "substitution_tag"]
 
@@ -150,7 +151,7 @@ class SendGridProvider(HTTPProvider):
             wait = self.retry_after(response)
             if wait is None:
                 reset = response.header("X-RateLimit-Reset")
-                if reset and reset.strip().isdigit():
+                if reset and ascii_digits(reset.strip()):
                     wait = parse_retry_after(str(max(0, int(reset) - int(self.clock()))), self.clock())
             return Outcome(whole(messages, "transient", response.describe(detail), retry_after=wait,
                                  throttled=True), stop=True, retry_after=wait)

@@ -192,6 +192,15 @@ def sent_since(conn: Connection, since: datetime) -> int:
     ).scalar()
 
 
+def claimed_now(conn: Connection, now: datetime) -> int:
+    """Deliveries some run holds a live claim on at ``now``, all editions: they may be
+    at the provider this moment (for quotas, with :func:`sent_since`)."""
+    return conn.execute(
+        select(func.count()).where(deliveries.c.lease_until > now, deliveries.c.status == "pending",
+                                   deliveries.c.claim_token.is_not(None))
+    ).scalar()
+
+
 def nth_sent_since(conn: Connection, since: datetime, n: int) -> datetime | None:
     """The time of the n-th (0-based) message sent since ``since``, oldest first."""
     return conn.execute(

@@ -1,5 +1,6 @@
-"""Queries on the schedules' runtime state, daemon heartbeats, and the editions the
-daemon looks at (those due for delivery, in progress, last finished)."""
+"""Queries on the schedules' runtime state and the editions the daemon looks at
+(those due for delivery, in progress, held back, last finished).  Which processes
+run is the ``workers`` registry's (store/workers.py), not this module's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy import and_, case, exists, or_, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import Insert
 
-from .tables import daemons, deliveries, editions, schedules
+from .tables import deliveries, editions, schedules
 
 
 def _insert_ignore(conn: Connection, table, values: Mapping[str, Any]) -> None:
@@ -136,31 +137,17 @@ def in_progress(conn: Connection) -> list[Row]:
     ))
 
 
+def held_back(conn: Connection) -> list[Row]:
+    """Approved editions the daemon did not send, with why (their note): a failed
+    preflight check (editions/state.py ``hold_back``) or a missed one-off time."""
+    return list(conn.execute(
+        select(editions).where(editions.c.status == "approved", editions.c.note.is_not(None))
+        .order_by(editions.c.id)
+    ))
+
+
 def last_finished(conn: Connection, limit: int = 5) -> list[Row]:
     return list(conn.execute(
         select(editions).where(editions.c.status.in_(("done", "cancelled")))
         .order_by(editions.c.finished_at.desc(), editions.c.id.desc()).limit(limit)
     ))
-
-
-# -- daemons -------------------------------------------------------------------------
-
-
-def heartbeat(conn: Connection, daemon_id: str, host: str, pid: int, started_at: datetime, now: datetime) -> None:
-    updated = conn.execute(update(daemons).where(daemons.c.id == daemon_id).values(seen_at=now)).rowcount
-    if not updated:
-        _insert_ignore(conn, daemons, {"id": daemon_id, "host": host, "pid": pid, "started_at": started_at,
-                                       "seen_at": now})
-
-
-def forget_daemon(conn: Connection, daemon_id: str) -> None:
-    conn.execute(daemons.delete().where(daemons.c.id == daemon_id))
-
-
-def live_daemons(conn: Connection, since: datetime) -> list[Row]:
-    return list(conn.execute(select(daemons).where(daemons.c.seen_at >= since).order_by(daemons.c.started_at)))
-
-
-def prune_daemons(conn: Connection, before: datetime) -> None:
-    """Rows of daemons killed without a goodbye."""
-    conn.execute(daemons.delete().where(daemons.c.seen_at < before))

@@ -2,7 +2,9 @@
 
 Rules this module keeps:
 
-- :func:`write_events` is the one INSERT into ``stats_events``.  A reader key
+- :func:`write_events` is the one INSERT into ``stats_events``.  An event with an
+  ``event_id`` (a provider's, keyed: :func:`newsletter.stats.event_key`) is
+  inserted or ignored on (source, event_id): a webhook retry is stored once.  A reader key
   ``d<delivery id>`` is accepted only for a delivery of the same edition and
   becomes that delivery's ``subscriber_id`` (none when the subscriber was
   erased); the caller (:func:`newsletter.stats.intake`) has already removed it
@@ -29,10 +31,11 @@ from sqlalchemy.engine import Connection, Engine
 from ..editions.assemble import VariantKey
 from ..links import tracked_links
 from ..stats import burst_events
+from .mail_events import insert_ignore
 from .tables import consents, deliveries, editions, stats_counts, stats_events
 
 EVENT_KEYS = ("edition_id", "kind", "link", "article_id", "part", "fields", "reader", "subscriber_id", "machine",
-              "reason", "via_proxy", "source", "sent_at", "at")
+              "reason", "via_proxy", "source", "sent_at", "at", "event_id")
 
 
 def write_events(engine: Engine, events: Sequence[Mapping[str, Any]]) -> int:
@@ -58,9 +61,14 @@ def write_events(engine: Engine, events: Sequence[Mapping[str, Any]]) -> int:
                     continue  # not this edition's delivery, or an erased subscriber: nothing to keep
                 r["subscriber_id"] = owner[1]
             kept.append(r)
-        if kept:
-            conn.execute(stats_events.insert(), kept)
-    return len(kept)
+        ours = [r for r in kept if r["event_id"] is None]
+        if ours:
+            conn.execute(stats_events.insert(), ours)
+        stored = len(ours)
+        for r in kept:
+            if r["event_id"] is not None:
+                stored += insert_ignore(conn, stats_events, r, ["source", "event_id"])
+    return stored
 
 
 def delete_subscriber_events(conn: Connection, subscriber_id: int) -> int:

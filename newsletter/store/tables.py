@@ -199,6 +199,9 @@ deliveries = Table(
     # 49,000 pending on PostgreSQL, growing with the edition).
     Index("ix_deliveries_edition_status_id", "edition_id", "status", "id"),
     Index("ix_deliveries_status_updated_at", "status", "updated_at"),
+    # Quotas count the live claims of every process (delivery.py): only claimed rows
+    # have a lease at all, so this range is a handful of entries however large the log.
+    Index("ix_deliveries_lease_until", "lease_until"),
 )
 
 # -- scheduling (issue 5): the runtime state of each publication's schedule ----------
@@ -221,17 +224,6 @@ schedules = Table(
     # cron | time zone | on_holiday | calendar as last seen: a change is noticed.
     Column("signature", String(500), nullable=False, default=""),
     Column("updated_at", UTCDateTime, nullable=False),
-)
-
-# One row per running `newsletter run` (heartbeat), for `newsletter status`.
-daemons = Table(
-    "daemons",
-    metadata,
-    Column("id", String(200), primary_key=True),
-    Column("host", String(200), nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("started_at", UTCDateTime, nullable=False),
-    Column("seen_at", UTCDateTime, nullable=False),
 )
 
 # --- Many processes on one database (newsletter/workers.py) ---
@@ -397,8 +389,11 @@ stats_events = Table(
     Column("reason", String(32), nullable=True),          # why machine (apple-mpp, scanner, head, burst)
     Column("via_proxy", Boolean, nullable=False, default=False),
     Column("source", String(32), nullable=False),         # web | sendgrid | mailgun | postmark
+    # The provider's id of the event (its webhook retries carry the same one); None for ours.
+    Column("event_id", String(300), nullable=True),
     Column("sent_at", UTCDateTime, nullable=True),
     Column("at", UTCDateTime, nullable=False),
+    UniqueConstraint("source", "event_id", name="uq_stats_events_source_event_id"),
     Index("ix_stats_events_edition_id_kind", "edition_id", "kind"),
     Index("ix_stats_events_at", "at"),
 )

@@ -114,6 +114,15 @@ def _locked(conn: Connection, key: str) -> Row | None:
     return conn.execute(select(shared_limits).where(shared_limits.c.key == key).with_for_update()).first()
 
 
+def hold(conn: Connection, key: str) -> None:
+    """Lock the limit row ``key`` (created when missing) until the caller's transaction
+    ends: whoever holds it may read a shared count and act on it (a quota's claims,
+    delivery.py) while every other process waits its turn."""
+    if _locked(conn, key) is None:
+        _insert_ignore(conn, shared_limits, {"key": key, "tokens": 0.0, "stamp": db_now(conn)})
+        _locked(conn, key)
+
+
 def take_tokens(conn: Connection, key: str, per_second: float, capacity: float, want: int) -> tuple[int, float]:
     """Take up to ``want`` whole tokens from the bucket ``key`` (``per_second`` refill,
     at most ``capacity`` held; a new bucket starts full).  Returns (tokens granted,

@@ -334,8 +334,13 @@ def postmark_events(settings: WebhookSettings, headers: Mapping[str, str], body:
     elif record == "SubscriptionChange" and data.get("SuppressSending") is True:
         kind = {"HardBounce": "hard", "SpamComplaint": "complaint", "ManualSuppression": "unsubscribe"}.get(
             str(data.get("SuppressionReason")), "ignored")
-    when = data.get("ChangedAt") or data.get("BouncedAt") or ""
+    # Postmark names no event id: the record, the message and the event's own time (to
+    # 1e-7 s: Open/Click ReceivedAt, Delivery DeliveredAt) are one event; a click adds its link.
+    when = (data.get("ChangedAt") or data.get("BouncedAt") or data.get("ReceivedAt") or data.get("DeliveredAt")
+            or "")
     event_id = f"{record}:{data.get('ID') or data.get('MessageID')}:{when}"
+    if record == "Click" and isinstance(data.get("OriginalLink"), str):
+        event_id += ":" + hashlib.sha256(data["OriginalLink"].encode("utf-8", "surrogatepass")).hexdigest()[:16]
     detail = f"{record} {data.get('Type') or data.get('SuppressionReason') or ''} {data.get('Description') or ''}"
     metadata = data.get("Metadata") if isinstance(data.get("Metadata"), dict) else {}
     geo = data.get("Geo") if isinstance(data.get("Geo"), dict) else {}

@@ -30,6 +30,7 @@ from ...editions import preview, state
 from ...editions.assemble import VariantKey
 from ...errors import InputError
 from ...preflight import check_plan, plan_send
+from ...sanitize import ascii_digits
 from ...store import articles as article_q
 from ...store import editions as q
 from ...store.editions import load_content
@@ -188,7 +189,7 @@ def _action(what: str, call):
 
 def _article_id(form: FormData | None) -> int:
     value = text(form, "article_id")
-    if not value.isdigit() or len(value) > 12:
+    if not ascii_digits(value) or len(value) > 12:
         raise InputError("article: choose an article")
     return int(value)
 
