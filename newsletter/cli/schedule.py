@@ -14,7 +14,6 @@ import click
 
 from ..errors import InputError
 from ..scheduling import SchedulerCore, Slot, next_slot, next_slots, overview, set_paused
-from ..store import schedules as store
 from ..store.tables import utcnow
 from . import App, main, pass_app
 
@@ -49,7 +48,8 @@ def scheduler_text(app: App, rows) -> str:
 @pass_app
 def schedule_list(app: App):
     """Each publication's schedule, state, next run (local time) and last run."""
-    for view in overview(app.engine, app.config, utcnow(), 1):
+    now = utcnow()
+    for view in overview(app.engine, app.config, now, 1):
         pub = view.publication
         nxt = next((s for s in view.slots if s.action == "send"), None)
         next_text = slot_text(app, nxt, pub.timezone) if nxt else "-"
