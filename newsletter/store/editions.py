@@ -356,6 +356,13 @@ def compare_and_set(conn: Connection, edition_id: int, expected: Sequence[str], 
     return conn.execute(q.values(**values)).rowcount == 1
 
 
+def awaiting_approval(conn: Connection) -> list[Row]:
+    """Drafts with a request for approval (承認待ち), oldest request first."""
+    return list(conn.execute(
+        select(editions).where(editions.c.status == "draft", editions.c.approval_requested_at.is_not(None))
+        .order_by(editions.c.approval_requested_at, editions.c.id)))
+
+
 def set_articles(conn: Connection, edition_id: int, article_ids: Sequence[int]) -> None:
     """The articles an unsent edition reserves, in order."""
     conn.execute(edition_articles.delete().where(edition_articles.c.edition_id == edition_id))
