@@ -439,6 +439,9 @@ PERMISSION = {
     "/sending": "operate", "/sending/{id:int}": "operate", "/sending/{id:int}/pause": "operate",
     "/sending/{id:int}/resume": "operate", "/sending/{id:int}/cancel": "operate", "/sending/{id:int}/retry": "operate",
     "/audit": "audit", "/users": "users", "/users/{name}/disable": "users", "/users/{name}/logout": "users",
+    # desk: import by upload, 配信前チェック on demand, 承認依頼
+    "/articles/import": "edit", "/articles/import/commit": "edit", "/editions/{id:int}/check": "edit",
+    "/editions/{id:int}/request": "edit", "/editions/{id:int}/withdraw-request": "edit",
 }
 PUBLIC = {"/login", "/static/{name}"}
 CAN = {"edit": {"editor", "approver", "admin"}, "approve": {"approver", "admin"},
