@@ -308,51 +308,52 @@ def import_items(
 ) -> ImportReport:
     report = ImportReport(source=source)
     updated: list[int] = []
-    valid: list[tuple[str, dict[str, Any]]] = []
+    valid: list[tuple[int, str, dict[str, Any]]] = []
     seen: dict[str, str] = {}
+    placed: list[tuple[int, ImportRow]] = []  # the report's rows, put back in file order at the end
 
-    def refuse(where: str, problem: str, title: str = "") -> None:
+    def refuse(pos: int, where: str, problem: str, title: str = "") -> None:
         report.errors.append(f"{where}: {problem}")
-        report.rows.append(ImportRow(where, "refused", title, None, problem))
+        placed.append((pos, ImportRow(where, "refused", title, None, problem)))
 
-    for where, raw in items:
+    for pos, (where, raw) in enumerate(items):
         try:
             values = validate(raw, config, default_fields=default_fields)
         except ValueError as exc:
             title = raw.get("title") if isinstance(raw, Mapping) else None
-            refuse(where, str(exc), title if isinstance(title, str) else "")
+            refuse(pos, where, str(exc), title if isinstance(title, str) else "")
             continue
         key = values["guid"] or values["url"]
         if key in seen:
-            refuse(where, f"same item as {seen[key]} (guid/url '{key[:80]}')", values["title"])
+            refuse(pos, where, f"same item as {seen[key]} (guid/url '{key[:80]}')", values["title"])
             continue
         seen[key] = where
         values["source"] = values["source"] or source
-        valid.append((where, values))
-    if strict and report.errors:
-        return report
-    # A dry run does the very same writes in a transaction it then rolls back.
-    with engine.connect() as conn, conn.begin() as transaction:
-        for where, values in valid:
-            try:
-                action, article_id = save(conn, values)  # refuses before it writes
-            except ValueError as exc:  # a conflict with stored articles, seen only now
-                if strict and not dry_run:
-                    raise InputError(f"{where}: {exc}; nothing imported (--strict)") from None
-                refuse(where, str(exc), values["title"])
-                continue
-            setattr(report, action, getattr(report, action) + 1)
-            report.ids.append(article_id)
-            report.rows.append(ImportRow(where, action, values["title"], article_id))
-            if action == "updated":
-                updated.append(article_id)
-        if updated:  # unsent editions carrying them follow (an approved one goes back to draft)
-            from .editions.state import articles_changed
-            from .users import Actor
+        valid.append((pos, where, values))
+    if not (strict and report.errors):
+        # A dry run does the very same writes in a transaction it then rolls back.
+        with engine.connect() as conn, conn.begin() as transaction:
+            for pos, where, values in valid:
+                try:
+                    action, article_id = save(conn, values)  # refuses before it writes
+                except ValueError as exc:  # a conflict with stored articles, seen only now
+                    if strict and not dry_run:
+                        raise InputError(f"{where}: {exc}; nothing imported (--strict)") from None
+                    refuse(pos, where, str(exc), values["title"])
+                    continue
+                setattr(report, action, getattr(report, action) + 1)
+                report.ids.append(article_id)
+                placed.append((pos, ImportRow(where, action, values["title"], article_id)))
+                if action == "updated":
+                    updated.append(article_id)
+            if updated:  # unsent editions carrying them follow (an approved one goes back to draft)
+                from .editions.state import articles_changed
+                from .users import Actor
 
-            articles_changed(conn, config, updated, Actor(None), f"re-imported from {source}")
-        if dry_run or (strict and report.errors):
-            transaction.rollback()
+                articles_changed(conn, config, updated, Actor(None), f"re-imported from {source}")
+            if dry_run or (strict and report.errors):
+                transaction.rollback()
+    report.rows = [row for _, row in sorted(placed, key=lambda p: p[0])]
     return report
 
 
