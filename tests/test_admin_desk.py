@@ -1,6 +1,6 @@
 """The editor's desk of the console over HTTP (issue 14, the parts after the first cut):
 article import by upload with a per-item report before anything is written, the
-article form's プレビュー and 保存して承認を依頼, 承認依頼 on the edition page and
+article form's プレビュー and 承認依頼, 承認依頼 on the edition page and
 承認待ち for the approvers, and an edition page that does not walk every
 subscriber on each view (配信前チェック runs only when asked and on approval).
 
@@ -80,9 +80,9 @@ def test_editor_imports_a_csv_after_a_per_item_report_that_writes_nothing(tmp_pa
     assert res.status_code == 200, res.text
     assert "5 件: 新規 1 件、更新 1 件、変更なし 0 件、取り込めない 3 件" in res.text
     rows = report_rows(res.text)
-    assert rows[0] == ("記事一覧.csv:2", "新規", "給食費の無償化について", "")
-    assert rows[1][:3] == ("記事一覧.csv:3", "更新（番号 1）", "防災訓練のお知らせ（日程変更）")
-    assert rows[2][0] == "記事一覧.csv:4" and rows[2][1] == "取り込めない" and "bad url" in rows[2][3]
+    assert rows[0] == ("2", "新規", "給食費の無償化について", "")  # the line of the file (its name is the heading)
+    assert rows[1][:3] == ("3", "更新（番号 1）", "防災訓練のお知らせ（日程変更）")
+    assert rows[2][0] == "4" and rows[2][1] == "取り込めない" and "bad url" in rows[2][3]
     assert rows[3][1] == "取り込めない" and "unknown field '観光'" in rows[3][3]
     assert rows[4][1] == "取り込めない" and "same item as 記事一覧.csv:2" in rows[4][3]
     assert "etc/" not in res.text  # the user's file name is shown, never its path

@@ -8,9 +8,10 @@ user's input kept.
 
 The form's buttons: 保存; プレビュー (the body rendered by the project's one
 rule, ``sanitize.body_html``, on the server, nothing saved: it works without
-JavaScript); 保存して承認を依頼; 取り下げ.  **承認依頼 on an article** means "save,
+JavaScript); 承認依頼; 取り下げ.  **承認依頼 on an article** means "save,
 then ask for approval of the draft that carries it"
-(``state.request_for_article``): in a Japanese office an approval (決裁) is
+(``state.request_for_article``; the 承認を依頼 button of the edition page asks
+for that edition directly): in a Japanese office an approval (決裁) is
 given to the whole document that goes out — here the edition (号), approved by
 the hash of exactly what the approver saw — never to one article alone, and an
 editor who presses 承認依頼 after fixing an article expects the 課長 to be asked
@@ -179,7 +180,7 @@ def _button(form: FormData | None) -> str:
 
 
 async def _saved(svc: Service, session: Session, article_id: int, pressed: str) -> Response:
-    """After a save: 保存して承認を依頼 asks for approval of the drafts carrying it."""
+    """After a save: 承認依頼 asks for approval of the drafts carrying it."""
     if pressed == "request":
         await run_in_threadpool(state.request_for_article, svc.engine, svc.config, article_id, session.actor,
                                 now=svc.clock())
@@ -298,8 +299,12 @@ def _import_page(request: Request, session: Session, *, status: int = 200, repor
         forms["commit"] = "/admin/articles/import/commit"
     shown = None
     if report is not None:
+        # The file's name is the report's heading: each row says only where in it (line 2, item 3).
+        rows = [{"where": r.where.removeprefix(name).lstrip(":").strip() or "1", "action": r.action,
+                 "title": r.title, "article_id": r.article_id, "problem": r.problem}
+                for r in report.rows[:SHOWN_ROWS]]
         shown = {"created": report.created, "updated": report.updated, "unchanged": report.unchanged,
-                 "refused": len(report.errors), "total": len(report.rows), "rows": report.rows[:SHOWN_ROWS]}
+                 "refused": len(report.errors), "total": len(report.rows), "rows": rows}
     return render(request, "articles_import.html.j2", session=session, status=status, forms=forms, report=shown,
                   error=error, token=token, name=name, done=done, shown_rows=SHOWN_ROWS,
                   fields=_field_choices(svc, set(chosen or ())))

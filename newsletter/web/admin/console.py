@@ -256,12 +256,12 @@ JA: dict[str, str] = {
     "preview_button": "プレビュー",
     "preview_button_hint": "「プレビュー」は保存せずに、本文の表示を下に示します。",
     "preview_notice": "プレビューを表示しています。まだ保存していません。",
-    "request_article_button": "保存して承認を依頼",
-    "request_article_hint_some": "「保存して承認を依頼」を押すと、保存してから、"
+    "request_article_button": "承認依頼",
+    "request_article_hint_some": "「承認依頼」を押すと、保存してから、"
                                  "この記事を載せる号（下の「掲載予定の号」）の承認を依頼します。",
     "request_article_hint_none": "承認は号（メールマガジン1回分）ごとに行います。"
                                  "この記事はまだどの号にも入っていないため、"
-                                 "「保存して承認を依頼」を押しても保存だけになります。",
+                                 "「承認依頼」を押しても保存だけになります。",
     "requested_notice": "保存して、次の号の承認を依頼しました。",
     "requested_other": "保存しました。この記事を載せる号は承認待ちか承認済みのため、新しく依頼はしていません"
                        "（下の「掲載予定の号」をご覧ください）。",
@@ -503,11 +503,11 @@ EN: dict[str, str] = {
     "preview_button": "Preview",
     "preview_button_hint": "Preview shows the body rendered below, without saving.",
     "preview_notice": "This is a preview; nothing is saved yet.",
-    "request_article_button": "Save and ask for approval",
-    "request_article_hint_some": "Save and ask for approval saves the article, then asks for approval of the "
+    "request_article_button": "Request approval",
+    "request_article_hint_some": "Request approval saves the article, then asks for approval of the "
                                  "editions carrying it (listed below).",
-    "request_article_hint_none": "Approval is given to an edition. This article is in no edition yet, so Save and "
-                                 "ask for approval only saves it.",
+    "request_article_hint_none": "Approval is given to an edition. This article is in no edition yet, so Request "
+                                 "approval only saves it.",
     "requested_notice": "Saved, and approval requested for:",
     "requested_other": "Saved. The editions carrying it are already waiting or approved, so nothing new was asked "
                        "(see below).",
