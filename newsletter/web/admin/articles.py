@@ -133,9 +133,8 @@ def _carriers(svc: Service, article_id: int | None) -> list[dict[str, Any]]:
              "waiting": r.status == "draft" and r.approval_requested_at is not None} for r in rows]
 
 
-def _form_page(request: Request, session: Session, *, article_id: int | None, values: dict[str, Any],
-               errors: dict[str, str], status: int = 200, notice: str = "", row=None,
-               previewing: bool = False) -> Response:
+async def _form_page(request: Request, session: Session, *, article_id: int | None, values: dict[str, Any],
+                     errors: dict[str, str], status: int = 200, notice: str = "", row=None) -> Response:
     svc = service(request)
     action = "/admin/articles/new" if article_id is None else f"/admin/articles/{article_id}"
     forms = {"article": action}
@@ -145,8 +144,8 @@ def _form_page(request: Request, session: Session, *, article_id: int | None, va
     preview = body_html(values.get("body", ""), values.get("body_format", "markdown")) if values.get("body") else ""
     return render(request, "article_form.html.j2", session=session, forms=forms, status=status,
                   article_id=article_id, values=values, errors=errors, notice=notice, row=row,
-                  editable=editable, preview=preview, previewing=previewing,
-                  carriers=_carriers(svc, article_id),
+                  editable=editable, preview=preview,
+                  carriers=await run_in_threadpool(_carriers, svc, article_id),
                   fields=_field_choices(svc, set(values.get("fields") or ())))
 
 
@@ -168,9 +167,9 @@ def _raw(values: dict[str, Any]) -> dict[str, Any]:
 
 @room("edit")
 async def new_page(request: Request, session: Session, form: FormData | None) -> Response:
-    return _form_page(request, session, article_id=None, errors={},
-                      values={"title": "", "url": "", "summary": "", "body": "", "publish_at": "", "priority": "0",
-                              "fields": [], "pinned": False, "draft": False})
+    return await _form_page(request, session, article_id=None, errors={},
+                            values={"title": "", "url": "", "summary": "", "body": "", "publish_at": "",
+                                    "priority": "0", "fields": [], "pinned": False, "draft": False})
 
 
 def _button(form: FormData | None) -> str:
@@ -194,14 +193,13 @@ async def create(request: Request, session: Session, form: FormData | None) -> R
     values = _values_from(form)
     pressed = _button(form)
     if pressed == "preview":  # nothing is written
-        return _form_page(request, session, article_id=None, values=values, errors={}, notice="preview",
-                          previewing=True)
+        return await _form_page(request, session, article_id=None, values=values, errors={}, notice="preview")
     raw = {**_raw(values), "source": "console"}
     try:
         _, article_id, _ = await run_in_threadpool(arts.add, svc.engine, svc.config, raw)
     except (ValueError, InputError) as exc:
-        return _form_page(request, session, article_id=None, values=values,
-                          errors={field_of(str(exc)): str(exc)}, status=400)
+        return await _form_page(request, session, article_id=None, values=values,
+                                errors={field_of(str(exc)): str(exc)}, status=400)
     return await _saved(svc, session, article_id, pressed)
 
 
@@ -228,8 +226,8 @@ async def edit_page(request: Request, session: Session, form: FormData | None) -
     for key in ("saved", "withdrawn", "requested"):
         if request.query_params.get(key):
             notice = key
-    return _form_page(request, session, article_id=row.id, values=_values_of(svc, row), errors={},
-                      notice=notice, row=row)
+    return await _form_page(request, session, article_id=row.id, values=_values_of(svc, row), errors={},
+                            notice=notice, row=row)
 
 
 @room("edit")
@@ -240,16 +238,16 @@ async def update(request: Request, session: Session, form: FormData | None) -> R
     values["body_format"] = row.body_format
     pressed = _button(form)
     if pressed == "preview":  # nothing is written
-        return _form_page(request, session, article_id=row.id, values=values, errors={}, row=row,
-                          notice="preview", previewing=True)
+        return await _form_page(request, session, article_id=row.id, values=values, errors={}, row=row,
+                                notice="preview")
     change = _raw(values)
     if row.status not in ("draft", "queued"):
         change.pop("status")  # the form's 下書き box speaks only of unsent articles
     try:
         await run_in_threadpool(arts.edit, svc.engine, svc.config, row.id, change, session.actor)
     except (ValueError, InputError) as exc:
-        return _form_page(request, session, article_id=row.id, values=values, row=row,
-                          errors={field_of(str(exc)): str(exc)}, status=400)
+        return await _form_page(request, session, article_id=row.id, values=values, row=row,
+                                errors={field_of(str(exc)): str(exc)}, status=400)
     return await _saved(svc, session, row.id, pressed)
 
 
@@ -265,6 +263,7 @@ async def withdraw(request: Request, session: Session, form: FormData | None) ->
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32}$")
 UPLOAD_PREFIX = "articles-"
+SHOWN_ROWS = 500  # rows of the report shown; the counts are of every item
 
 
 def _folder(svc: Service) -> Path:
@@ -308,9 +307,6 @@ def _import_page(request: Request, session: Session, *, status: int = 200, repor
     return render(request, "articles_import.html.j2", session=session, status=status, forms=forms, report=shown,
                   error=error, token=token, name=name, done=done, shown_rows=SHOWN_ROWS,
                   fields=_field_choices(svc, set(chosen or ())))
-
-
-SHOWN_ROWS = 500
 
 
 @room("edit")
