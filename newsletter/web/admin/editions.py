@@ -114,7 +114,6 @@ def _page_data(svc: Service, row) -> dict[str, Any]:
     counted = json.loads(row.approved_content) if row.status != "draft" and row.approved_content else content
     with svc.engine.connect() as conn:
         variants = {k: n for k, n in creation.reader_counts(conn, pub, counted).items() if k.fields}
-    readers = sum(variants.values())
     if not variants:
         variants[VariantKey(tuple(pub.fields), "html", pub.charset)] = 0
     names = {f.slug: f.name for f in svc.config.fields}
@@ -126,7 +125,7 @@ def _page_data(svc: Service, row) -> dict[str, Any]:
     with svc.engine.connect() as conn:
         carried = set(q.carried_article_ids(conn, row.publication))
         queue = [a for a in article_q.candidates(conn, fields=pub.fields, now=svc.clock(), exclude_ids=carried)]
-    return {"content": content, "variants": shown, "readers": readers, "text_part": sample_text.text,
+    return {"content": content, "variants": shown, "text_part": sample_text.text,
             "subject": sample_text.subject, "queue": [{"id": a.id, "title": a.title} for a in queue],
             "hash": state.hash_of(row) if row.status in state.UNSENT else "", "pub": pub,
             "waiting": row.status == "draft" and row.approval_requested_at is not None,
