@@ -5,6 +5,10 @@ Every item is validated before anything is written.  An import is one
 transaction: the valid items go in and the bad ones are reported by file and
 line (or item number), or with ``strict`` nothing goes in when anything is bad.
 Re-importing an item with the same GUID (else URL) updates it, never duplicates.
+A dry run does the same work in a transaction it rolls back, so its report —
+one :class:`ImportRow` per item: created, updated, unchanged or refused and
+why — is what the real import would do, conflicts with stored articles
+included (the console shows it before 取り込む).
 
 What :func:`validate` lets through renders: every text passes
 ``sanitize.text_problem`` (no NUL, control characters or lone surrogates; line
@@ -236,6 +240,18 @@ def validate(raw: Mapping[str, Any], config: Config, *, default_fields: Sequence
     }
 
 
+@dataclass(frozen=True)
+class ImportRow:
+    """What an import did (or, dry, would do) with one item: ``action`` is created,
+    updated, unchanged or refused; ``where`` names the file and line or item."""
+
+    where: str
+    action: str
+    title: str = ""
+    article_id: int | None = None
+    problem: str = ""
+
+
 @dataclass
 class ImportReport:
     source: str
@@ -244,6 +260,7 @@ class ImportReport:
     unchanged: int = 0
     errors: list[str] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
+    rows: list[ImportRow] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -282,41 +299,52 @@ def import_items(
 ) -> ImportReport:
     report = ImportReport(source=source)
     updated: list[int] = []
-    valid: list[tuple[str, dict[str, Any]]] = []
+    valid: list[tuple[int, str, dict[str, Any]]] = []
     seen: dict[str, str] = {}
-    for where, raw in items:
+    placed: list[tuple[int, ImportRow]] = []  # the report's rows, put back in file order at the end
+
+    def refuse(pos: int, where: str, problem: str, title: str = "") -> None:
+        report.errors.append(f"{where}: {problem}")
+        placed.append((pos, ImportRow(where, "refused", title, None, problem)))
+
+    for pos, (where, raw) in enumerate(items):
         try:
             values = validate(raw, config, default_fields=default_fields)
         except ValueError as exc:
-            report.errors.append(f"{where}: {exc}")
+            title = raw.get("title") if isinstance(raw, Mapping) else None
+            refuse(pos, where, str(exc), title if isinstance(title, str) else "")
             continue
         key = values["guid"] or values["url"]
         if key in seen:
-            report.errors.append(f"{where}: same item as {seen[key]} (guid/url '{key[:80]}')")
+            refuse(pos, where, f"same item as {seen[key]} (guid/url '{key[:80]}')", values["title"])
             continue
         seen[key] = where
         values["source"] = values["source"] or source
-        valid.append((where, values))
-    if (strict and report.errors) or dry_run:
-        return report
-    with engine.begin() as conn:
-        for where, values in valid:
-            try:
-                action, article_id = save(conn, values)
-            except ValueError as exc:  # a conflict with stored articles, seen only now
-                if strict:
-                    raise InputError(f"{where}: {exc}; nothing imported (--strict)") from None
-                report.errors.append(f"{where}: {exc}")
-                continue
-            setattr(report, action, getattr(report, action) + 1)
-            report.ids.append(article_id)
-            if action == "updated":
-                updated.append(article_id)
-        if updated:  # unsent editions carrying them follow (an approved one goes back to draft)
-            from .editions.state import articles_changed
-            from .users import Actor
+        valid.append((pos, where, values))
+    if not (strict and report.errors):
+        # A dry run does the very same writes in a transaction it then rolls back.
+        with engine.connect() as conn, conn.begin() as transaction:
+            for pos, where, values in valid:
+                try:
+                    action, article_id = save(conn, values)  # refuses before it writes
+                except ValueError as exc:  # a conflict with stored articles, seen only now
+                    if strict and not dry_run:
+                        raise InputError(f"{where}: {exc}; nothing imported (--strict)") from None
+                    refuse(pos, where, str(exc), values["title"])
+                    continue
+                setattr(report, action, getattr(report, action) + 1)
+                report.ids.append(article_id)
+                placed.append((pos, ImportRow(where, action, values["title"], article_id)))
+                if action == "updated":
+                    updated.append(article_id)
+            if updated:  # unsent editions carrying them follow (an approved one goes back to draft)
+                from .editions.state import articles_changed
+                from .users import Actor
 
-            articles_changed(conn, config, updated, Actor(None), f"re-imported from {source}")
+                articles_changed(conn, config, updated, Actor(None), f"re-imported from {source}")
+            if dry_run or (strict and report.errors):
+                transaction.rollback()
+    report.rows = [row for _, row in sorted(placed, key=lambda p: p[0])]
     return report
 
 
@@ -498,34 +526,42 @@ def _fields_from_tags(items, config: Config):
         yield where, item
 
 
+EXTENSIONS = {".json": "json", ".csv": "csv", ".md": "markdown", ".markdown": "markdown",
+              ".xml": "feed", ".rss": "feed", ".atom": "feed"}
+KINDS = ("json", "csv", "markdown", "feed")
+
+
+def kind_of(data: bytes, name: str) -> str:
+    """json, csv, markdown or feed: by the name's extension, else by the content."""
+    return EXTENSIONS.get(Path(name).suffix.lower()) or _sniff(data, name)
+
+
 def read_source(source: str, config: Config) -> list[tuple[str, Mapping[str, Any]]]:
     """Items from a file path or an http(s) URL, by extension or content."""
     if re.match(r"^https?://", source):
         data = _fetch(source)
-        kind = _sniff(data, source)
-        where = source
-    else:
-        path = Path(source)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"{source}: no such file") from None
-        except IsADirectoryError:
-            raise InputError(f"{source}: is a folder, not a file") from None
-        ext = path.suffix.lower()
-        kind = {
-            ".json": "json", ".csv": "csv", ".md": "markdown", ".markdown": "markdown",
-            ".xml": "feed", ".rss": "feed", ".atom": "feed",
-        }.get(ext) or _sniff(data, source)
-        where = path.name
+        return read_data(data, source, config, _sniff(data, source))
+    path = Path(source)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{source}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{source}: is a folder, not a file") from None
+    return read_data(data, path.name, config, kind_of(data, source))
+
+
+def read_data(data: bytes, where: str, config: Config, kind: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """Items from the bytes of a file of ``kind`` (:data:`KINDS`); ``where`` names it
+    in every message (the console passes the name the user's file had)."""
     if kind == "feed":
         return list(_fields_from_tags(items_from_feed(data, where), config))
-    text = read_text_bytes(data, where) if kind != "csv" else None
+    if kind == "csv":
+        return items_from_csv(decode(data, "auto", where), where)
+    text = read_text_bytes(data, where)
     if kind == "json":
         return items_from_json(text, where)
-    if kind == "markdown":
-        return items_from_markdown(text, where)
-    return items_from_csv(decode(data, "auto", where), where)
+    return items_from_markdown(text, where)
 
 
 def read_text_bytes(data: bytes, where: str) -> str:

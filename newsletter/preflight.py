@@ -185,6 +185,18 @@ def check(engine: Engine, config: Config, pub: Publication, *, now: datetime | N
     return plan, check_plan(config, pub, plan) + deliverability(engine, config)
 
 
+def check_unsent(engine: Engine, config: Config, row) -> list[Finding]:
+    """Every finding on one unsent edition (draft, approved, scheduled) as it would go
+    out: every reader walked, every variant rendered, as ``edition send --edition N``
+    checks it (the DNS checks of :func:`deliverability` aside).  The console runs it
+    on its 配信前チェック button and before an approval, never on a page view."""
+    pub = config.publication(row.publication)
+    plan = plan_send(engine, config, pub, edition=row)
+    if plan is None:
+        return [Finding("error", "nothing", f"{pub.slug} 第{row.number}号 has no articles; nothing to send")]
+    return check_plan(config, pub, plan)
+
+
 def check_edition(engine: Engine, config: Config, pub: Publication, *, now: datetime | None = None,
                   edition=None) -> list[Finding]:
     """Every finding for what ``edition send PUB`` would send now (changes nothing).

@@ -448,6 +448,9 @@ PERMISSION = {
     "/subscribers/{id:int}/reactivate": "subscribers",
     "/sending/{id:int}/progress.json": "operate", "/sending/{id:int}/report": "operate",
     "/sending/{id:int}/report/hours.svg": "operate", "/sending/{id:int}/report/csv": "operate",
+    # desk: import by upload, 配信前チェック on demand, 承認依頼
+    "/articles/import": "edit", "/articles/import/commit": "edit", "/editions/{id:int}/check": "edit",
+    "/editions/{id:int}/request": "edit", "/editions/{id:int}/withdraw-request": "edit",
 }
 PUBLIC = {"/login", "/static/{name}"}
 CAN = {"edit": {"editor", "approver", "admin"}, "approve": {"approver", "admin"},

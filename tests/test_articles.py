@@ -251,6 +251,25 @@ def test_import_json_then_reimport_updates_without_duplicates(project):
     assert rows[2].summary == "臨床心理士が常駐する。"
 
 
+def test_a_dry_run_counts_what_the_import_would_do_and_writes_nothing(project):
+    """--dry-run runs the import in a transaction it rolls back: its counts, and its
+    refusals of conflicts with stored articles, are the real import's."""
+    path = write(project.folder, "news.json", json.dumps(NEWS[:2], ensure_ascii=False))
+    project("article", "import", path)
+    changed = [{**NEWS[1], "summary": "新しい概要です。"}, NEWS[2],
+               # The guid of stored article 1 with the url of article 2: a conflict only the database shows.
+               {**NEWS[0], "url": NEWS[1]["url"]}]
+    path.write_text(json.dumps(changed, ensure_ascii=False), encoding="utf-8")
+    before = [tuple(r) for r in article_rows(project)]
+    result = project("article", "import", "--dry-run", path, ok=False)
+    assert result.stdout.strip() == f"would import {path}: 1 new, 1 updated, 0 unchanged, 1 rejected"
+    assert errors(result) == [f"news.json: item 3: url '{NEWS[1]['url']}' already belongs to article 2"]
+    assert [tuple(r) for r in article_rows(project)] == before
+    result = project("article", "import", path, ok=False)
+    assert result.stdout.strip() == f"imported {path}: 1 new, 1 updated, 0 unchanged, 1 rejected"
+    assert len(article_rows(project)) == 3
+
+
 def test_reimport_never_resurrects_a_withdrawn_article(sqlite_project):
     path = write(sqlite_project.folder, "news.json", json.dumps(NEWS[:1], ensure_ascii=False))
     sqlite_project("article", "import", path)

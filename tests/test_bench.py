@@ -71,3 +71,9 @@ def test_scale_benchmark_small():
     assert [r["workers"] for r in runs] == [1, 2] and all(r["sent"] == 300 for r in runs)
     assert runs[0]["speedup"] == 1.0 and all(len(r["cpu_seconds_per_worker"]) == r["workers"] for r in runs)
     assert result["claims"]["rows"] == 300 and result["delivery_rows"] == 300
+
+
+def test_edition_page_benchmark_small():
+    result = run("bench/edition_page.py", "--subscribers", "300", "--views", "2")
+    assert result["subscribers"] == 300 and result["variants"] > 1
+    assert result["page_view_seconds_median"] > 0 and result["preflight_check_seconds"] > 0

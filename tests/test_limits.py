@@ -79,7 +79,7 @@ def test_three_workers_together_never_send_more_than_the_hourly_quota(storage_ur
         assert p.wait() == 0, p.log.read_text(encoding="utf-8")[-3000:]
 
 
-# -- one registry of processes: migration 0014 drops ``daemons`` -----------------------------
+# -- one registry of processes: migration 0013 drops ``daemons`` -----------------------------
 
 
 def test_upgrading_from_0011_with_rows_present_drops_daemons_and_keeps_the_rest(storage_url):

@@ -616,3 +616,51 @@ def test_a_database_at_0005_upgrades_and_its_editions_keep_working(tmp_path, sto
     assert "weekly 第3号: draft with 1 articles" in cli("edition", "create", "weekly").stdout
     out = cli("edition", "send", "weekly").stdout
     assert "sending weekly 第3号 (draft): 2 to send" in out and "this run sent 2" in out
+
+
+# -- 承認依頼: an editor asks for approval (issue 14, desk) ----------------------------------
+
+
+def test_request_for_approval_waits_until_approved_and_any_change_withdraws_it(office):
+    o = office
+    add_articles(o.cli, 2)
+    o.as_("sato", "edition", "create", "weekly")
+    assert "may not ask for approval" in one_error_line(
+        o.as_("unyo", "edition", "request-approval", "1", ok=False))
+    out = o.as_("sato", "edition", "request-approval", "1").stdout
+    assert out.startswith("weekly 第1号: waiting for approval, asked by sato (content ")
+    row = o.row()
+    assert (row.status, row.approval_requested_by) == ("draft", "sato") and row.approval_requested_at
+    assert [r.id for r in state.awaiting_approval(o.engine)] == [row.id]
+    assert "requested:   approval asked by sato" in o.cli("edition", "status", "1").stdout
+    assert "already waiting for approval (asked by sato" in one_error_line(
+        o.as_("sato", "edition", "request-approval", "1", ok=False))
+
+    # The editor changes the draft: the request spoke of the old content, so it is withdrawn.
+    o.as_("sato", "edition", "order", "1", "1,2")
+    assert o.row().approval_requested_at is None and state.awaiting_approval(o.engine) == []
+    o.as_("sato", "edition", "request-approval", "1")
+    # An article it carries edited elsewhere withdraws it too; an edit that changes nothing does not.
+    o.as_("sato", "edition", "order", "1", "1,2")
+    assert o.row().approval_requested_by == "sato"
+    o.as_("sato", "article", "edit", "2", "--summary", "日程を訂正しました")
+    assert o.row().approval_requested_at is None
+    o.as_("sato", "edition", "request-approval", "1")
+    o.as_("sato", "edition", "withdraw-request", "1")
+    assert o.row().approval_requested_at is None
+    assert "is draft (last edited by sato); it is not waiting for approval" in one_error_line(
+        o.as_("sato", "edition", "withdraw-request", "1", ok=False))
+
+    # Approval ends the request; an approved edition cannot be asked for again.
+    o.as_("sato", "edition", "request-approval", "1")
+    o.as_("kacho", "edition", "approve", "1", "--hash", content_of(o.cli))
+    assert o.row().approval_requested_at is None and state.awaiting_approval(o.engine) == []
+    assert "is already approved by kacho" in one_error_line(
+        o.as_("sato", "edition", "request-approval", "1", ok=False))
+
+    history = [line.split("\t")[1:4] for line in o.cli("edition", "history", "1").stdout.splitlines()]
+    assert [h[2].split("  ")[0] for h in history] == [
+        "created", "approval requested", "reordered", "request withdrawn", "approval requested",
+        "reordered", "refreshed", "request withdrawn", "approval requested", "request withdrawn", "approval requested",
+        "approved"]
+    assert all(h[1] == "cli" for h in history)

@@ -413,6 +413,29 @@ def edition_approve(app: App, number, digest, by, publication):
     click.echo(f"{row.publication} 第{row.number}号: approved by {who} (content {row.approved_hash[:HASH_SHOWN]})")
 
 
+@edition.command("request-approval")
+@click.argument("number", type=int)
+@publication_option
+@pass_app
+def edition_request_approval(app: App, number, publication):
+    """Ask for approval of draft NUMBER (承認依頼): approvers see it waiting.
+
+    Any later change of the draft withdraws the request; ask again then."""
+    row = state.request_approval(app.engine, app.config, _row(app, number, publication).id, app.actor)
+    click.echo(f"{row.publication} 第{row.number}号: waiting for approval, asked by {app.actor} "
+               f"(content {state.hash_of(row)[:HASH_SHOWN]})")
+
+
+@edition.command("withdraw-request")
+@click.argument("number", type=int)
+@publication_option
+@pass_app
+def edition_withdraw_request(app: App, number, publication):
+    """Take back the request for approval of draft NUMBER."""
+    row = state.withdraw_request(app.engine, app.config, _row(app, number, publication).id, app.actor)
+    click.echo(f"{row.publication} 第{row.number}号: no longer waiting for approval")
+
+
 @edition.command("unapprove")
 @click.argument("number", type=int)
 @publication_option
@@ -541,6 +564,9 @@ def edition_status(app: App, number, publication):
         click.echo(f"subject:     {content.get('subject') or '-'}")
         click.echo(f"edited by:   {row.edited_by or '-'} ({app.local_time(row.edited_at)})")
         click.echo(f"approved by: {row.approved_by or '-'} ({app.local_time(row.approved_at)})")
+        if row.approval_requested_at is not None:
+            click.echo(f"requested:   approval asked by {row.approval_requested_by or '-'} "
+                       f"({app.local_time(row.approval_requested_at)})")
     if row.status in state.UNSENT:
         click.echo(f"content:     {state.hash_of(row)[:HASH_SHOWN]}")
     if row.status == "scheduled":

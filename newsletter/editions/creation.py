@@ -8,8 +8,10 @@ delivery rows are the outbox: sending only ever works through them.
 
 Rules it keeps:
 
-- a subscriber is keyed to a variant in one place, :func:`readers`
-  (preflight counts the same keys this module writes);
+- a subscriber is keyed to a variant in one place, :func:`variant_of`, read
+  by :func:`readers` (preflight counts the same keys this module writes) and by
+  :func:`reader_counts` (the console's variant list: one GROUP BY instead of a
+  walk over every subscriber);
 - checked = sent: given the content preflight checked (``checked``),
   :func:`create_edition` freezes exactly that, or refuses when the queue
   changed since the check (:func:`changed_since_check`); nothing unchecked
@@ -92,14 +94,30 @@ def receives(pub: Publication, row) -> bool:
     return row.publications is None or pub.slug in row.publications.split(",")
 
 
+def variant_of(pub: Publication, content: Mapping[str, Any], row) -> VariantKey:
+    """The variant of ``content`` a subscriber (``row``: its fields, format, charset)
+    gets; ``key.fields`` empty: nothing in it is in their fields.  The one rule."""
+    return VariantKey(variant_fields(content, row.fields.split(",")), row.format, row.charset or pub.charset)
+
+
 def readers(conn: Connection, pub: Publication, content: Mapping[str, Any]) -> Iterator[tuple[Row, VariantKey]]:
     """Every active subscriber of ``pub`` with the variant of ``content`` they get
-    (``key.fields`` empty: nothing in it is in their fields), streamed.  The one place
-    that keys a subscriber to a variant: :func:`plan` and preflight both read it."""
+    (:func:`variant_of`), streamed: :func:`plan` and preflight both read it."""
     for row in q.subscribers_for(conn, pub.fields):
         if receives(pub, row):
-            yield row, VariantKey(variant_fields(content, row.fields.split(",")), row.format,
-                                  row.charset or pub.charset)
+            yield row, variant_of(pub, content, row)
+
+
+def reader_counts(conn: Connection, pub: Publication, content: Mapping[str, Any]) -> dict[VariantKey, int]:
+    """How many readers of ``pub`` get each variant of ``content`` (those with
+    nothing in their fields under a key with empty ``fields``), as :func:`readers`
+    keys them, from one GROUP BY over the subscribers (a row per distinct profile)."""
+    counts: dict[VariantKey, int] = {}
+    for profile in q.subscriber_profiles(conn, pub.fields):
+        if receives(pub, profile):
+            key = variant_of(pub, content, profile)
+            counts[key] = counts.get(key, 0) + profile.readers
+    return counts
 
 
 def plan(

@@ -39,6 +39,13 @@ Rules this module keeps (the CLI, the daemon and the console only call it):
   delivery engine sends only ``sending`` editions, so an unapproved edition is
   never delivered by any path.  ``--test-to`` sends deliver nothing from the
   log and stay possible in any state.
+- **承認依頼 (a request for approval)** is a mark on a draft, not a state: an
+  editor who has finished a draft asks for approval (:func:`request_approval`,
+  withdrawn with :func:`withdraw_request`); the approvers see it waiting.  It
+  speaks of the content as it was when asked, so any change of that content
+  (an edit here, an article it carries edited or withdrawn elsewhere) drops it,
+  with its own audit row; approving it ends it too.  Approval never needs a
+  request (an approver may approve any draft), and a request approves nothing.
 - Articles reserved by an unsent edition (``edition_articles``) are not taken by
   another edition of the publication; they are marked published when sending
   starts, and released when an unsent edition is cancelled.
@@ -135,6 +142,8 @@ def describe_state(row: Row) -> str:
     text = row.status
     if row.status in ("approved", "scheduled") and row.approved_by:
         text += f" by {row.approved_by}"
+    elif row.status == "draft" and row.approval_requested_at is not None:
+        text += f" waiting for approval (asked by {row.approval_requested_by or 'nobody named'})"
     elif row.status == "draft" and row.edited_by:
         text += f" (last edited by {row.edited_by})"
     if row.status == "scheduled" and row.scheduled_for:
@@ -206,15 +215,26 @@ def _rebuild(conn: Connection, config: Config, pub: Publication, row: Row, ids: 
 
 
 def _write_content(conn: Connection, row: Row, content: dict[str, Any], actor: Actor, now: datetime,
-                   *, extra: Mapping[str, Any] | None = None, expected: Sequence[str] = ("draft",)) -> str:
+                   *, extra: Mapping[str, Any] | None = None, expected: Sequence[str] = ("draft",)) -> tuple[str, bool]:
+    """The new content of an unsent edition: (its hash, whether a request for approval
+    was dropped with the old content — the caller then records :func:`_dropped` after
+    its own audit row)."""
     digest = content_hash(content)
     values = {"content": json.dumps(content, ensure_ascii=False), "content_hash": digest,
               "revision": row.revision + 1, "edited_by": actor.name, "edited_at": now, **(extra or {})}
+    asked = row.approval_requested_at is not None and digest != hash_of(row)
+    if asked:  # the request spoke of the content as it was
+        values.update(approval_requested_by=None, approval_requested_at=None)
     if not q.compare_and_set(conn, row.id, expected, values, revision=row.revision):
         raise _lost(conn, row, "change it")
     q.set_articles(conn, row.id, [a["id"] for a in content["articles"]])
     q.add_version(conn, row.id, digest, values["content"], now)
-    return digest
+    return digest, asked
+
+
+def _dropped(conn: Connection, row: Row, actor: Actor, now: datetime) -> None:
+    record(conn, actor, "request withdrawn", row.publication, row.id, now,
+           f"the draft changed after {row.approval_requested_by or 'nobody named'} asked for approval")
 
 
 def _edit(engine: Engine, config: Config, edition_id: int, actor: Actor, verb: str, action: str,
@@ -230,8 +250,10 @@ def _edit(engine: Engine, config: Config, edition_id: int, actor: Actor, verb: s
         content = json.loads(row.content)
         ids, texts, detail = change(conn, row, content)
         new = _rebuild(conn, config, pub, row, ids, texts)
-        digest = _write_content(conn, row, new, actor, now)
+        digest, dropped = _write_content(conn, row, new, actor, now)
         record(conn, actor, action, row.publication, row.id, now, f"{detail}; content {digest[:12]}")
+        if dropped:
+            _dropped(conn, row, actor, now)
     return digest
 
 
@@ -341,9 +363,12 @@ def articles_changed(conn: Connection, config: Config, article_ids: Sequence[int
         if content_hash(new) == hash_of(row):
             continue
         if row.status == "draft":
-            _write_content(conn, row, new, actor, now)
+            _, dropped = _write_content(conn, row, new, actor, now)
             record(conn, actor, "refreshed", row.publication, row.id, now, why)
-            out.append(f"{label(row)}: draft updated ({why})")
+            if dropped:
+                _dropped(conn, row, actor, now)
+            out.append(f"{label(row)}: draft updated ({why})"
+                       + ("; its request for approval is withdrawn" if dropped else ""))
         else:
             _write_content(conn, row, new, actor, now, expected=(row.status,), extra={
                 "status": "draft", "approved_by": None, "approved_at": None, "approved_hash": None,
@@ -399,11 +424,92 @@ def approve(engine: Engine, config: Config, edition_id: int, actor: Actor, previ
     with engine.begin() as conn:
         ok = q.compare_and_set(conn, row.id, ("draft",), {
             "status": "approved", "approved_by": actor.name, "approved_at": now, "approved_hash": current,
-            "approved_content": row.content, "note": None}, revision=row.revision)
+            "approved_content": row.content, "note": None, "approval_requested_by": None,
+            "approval_requested_at": None}, revision=row.revision)
         if not ok:
             raise _lost(conn, row, "approve it")
         record(conn, actor, "approved", row.publication, row.id, now, f"content {current[:12]}")
         return _get(conn, row.id)
+
+
+# -- 承認依頼: asking for approval ---------------------------------------------------------
+
+
+def request_approval(engine: Engine, config: Config, edition_id: int, actor: Actor,
+                     *, now: datetime | None = None) -> Row:
+    """An editor asks for approval of a finished draft: it waits for an approver
+    (``edition request-approval N``, the console's 承認を依頼).  Changes nothing
+    else; any later change of the draft's content withdraws the request."""
+    now = now or utcnow()
+    with engine.connect() as conn:
+        row = _get(conn, edition_id)
+    pub = config.publication(row.publication)
+    _require(actor, "edit", pub, "ask for approval")
+    if row.status != "draft":
+        if row.status in ("approved", "scheduled"):
+            raise Conflict(f"{label(row)} is already {describe_state(row)}")
+        raise InputError(f"{label(row)} is {row.status}; only a draft waits for approval")
+    if row.approval_requested_at is not None:
+        raise Conflict(f"{label(row)} is already waiting for approval (asked by "
+                       f"{row.approval_requested_by or 'nobody named'} at {_local(row.approval_requested_at, pub)})")
+    if not json.loads(row.content)["articles"]:
+        raise InputError(f"{label(row)} has no articles; add some before asking for approval")
+    with engine.begin() as conn:
+        if not q.compare_and_set(conn, row.id, ("draft",), {"approval_requested_by": actor.name,
+                                                            "approval_requested_at": now}, revision=row.revision):
+            raise _lost(conn, row, "ask for approval")
+        record(conn, actor, "approval requested", row.publication, row.id, now, f"content {hash_of(row)[:12]}")
+        return _get(conn, row.id)
+
+
+def withdraw_request(engine: Engine, config: Config, edition_id: int, actor: Actor,
+                     *, now: datetime | None = None) -> Row:
+    """Take back a request for approval (``edition withdraw-request N``): the draft
+    no longer waits for an approver."""
+    now = now or utcnow()
+    with engine.connect() as conn:
+        row = _get(conn, edition_id)
+    pub = config.publication(row.publication)
+    _require(actor, "edit", pub, "withdraw the request for approval")
+    if row.status != "draft" or row.approval_requested_at is None:
+        raise InputError(f"{label(row)} is {describe_state(row)}; it is not waiting for approval")
+    with engine.begin() as conn:
+        if not q.compare_and_set(conn, row.id, ("draft",), {"approval_requested_by": None,
+                                                            "approval_requested_at": None}, revision=row.revision):
+            raise _lost(conn, row, "withdraw the request")
+        record(conn, actor, "request withdrawn", row.publication, row.id, now,
+               f"asked by {row.approval_requested_by or 'nobody named'}")
+        return _get(conn, row.id)
+
+
+def request_for_article(engine: Engine, config: Config, article_id: int, actor: Actor,
+                        *, now: datetime | None = None) -> list[tuple[Row, str]]:
+    """承認依頼 from an article (the console's article form): ask for approval of every
+    unsent edition that carries the article.  One pair per such edition: the row as
+    it is now and what happened — ``requested``, ``waiting`` (already asked),
+    ``approved`` or ``scheduled`` (nothing to ask), or the refusal's words.  An empty
+    list: the article is in no unsent edition, so there is nothing to approve yet
+    (approval is given to an edition, never to an article alone)."""
+    out: list[tuple[Row, str]] = []
+    with engine.connect() as conn:
+        rows = q.unsent_carrying(conn, [article_id])
+    for row in rows:
+        if row.status != "draft":
+            out.append((row, row.status))
+        elif row.approval_requested_at is not None:
+            out.append((row, "waiting"))
+        else:
+            try:
+                out.append((request_approval(engine, config, row.id, actor, now=now), "requested"))
+            except InputError as exc:
+                out.append((row, str(exc)))
+    return out
+
+
+def awaiting_approval(engine: Engine) -> list[Row]:
+    """Drafts whose editors asked for approval, oldest request first."""
+    with engine.connect() as conn:
+        return q.awaiting_approval(conn)
 
 
 def unapprove(engine: Engine, config: Config, edition_id: int, actor: Actor, *, now: datetime | None = None) -> Row:

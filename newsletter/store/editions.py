@@ -68,15 +68,28 @@ def insert_edition(
     return edition_id
 
 
+def _active_in(fields: Sequence[str]):
+    return and_(subscribers.c.status == "active", or_(*[field_filter(subscribers.c.fields, f) for f in fields]))
+
+
 def subscribers_for(conn: Connection, fields: Sequence[str]) -> Iterable[Row]:
     """Active subscribers with at least one of ``fields``, streamed in id order."""
     q = (
         select(subscribers.c.id, subscribers.c.email, subscribers.c.fields, subscribers.c.format,
                subscribers.c.charset, subscribers.c.publications)
-        .where(subscribers.c.status == "active", or_(*[field_filter(subscribers.c.fields, f) for f in fields]))
+        .where(_active_in(fields))
         .order_by(subscribers.c.id)
     )
     return conn.execute(q.execution_options(yield_per=CHUNK))
+
+
+def subscriber_profiles(conn: Connection, fields: Sequence[str]) -> list[Row]:
+    """The same subscribers as :func:`subscribers_for`, counted by what keys them to a
+    variant (fields, format, charset, publications): one GROUP BY, a row per distinct
+    profile with its ``readers``, however many subscribers there are."""
+    cols = (subscribers.c.fields, subscribers.c.format, subscribers.c.charset, subscribers.c.publications)
+    return list(conn.execute(select(*cols, func.count().label("readers")).where(_active_in(fields))
+                             .group_by(*cols)))
 
 
 def insert_deliveries(conn: Connection, rows: Sequence[Mapping[str, Any]], now: datetime) -> None:
@@ -373,6 +386,13 @@ def compare_and_set(conn: Connection, edition_id: int, expected: Sequence[str], 
     if content_hash is not None:
         q = q.where(editions.c.content_hash == content_hash)
     return conn.execute(q.values(**values)).rowcount == 1
+
+
+def awaiting_approval(conn: Connection) -> list[Row]:
+    """Drafts with a request for approval (承認待ち), oldest request first."""
+    return list(conn.execute(
+        select(editions).where(editions.c.status == "draft", editions.c.approval_requested_at.is_not(None))
+        .order_by(editions.c.approval_requested_at, editions.c.id)))
 
 
 def set_articles(conn: Connection, edition_id: int, article_ids: Sequence[int]) -> None:

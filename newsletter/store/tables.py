@@ -155,6 +155,9 @@ editions = Table(
     Column("approved_at", UTCDateTime, nullable=True),
     Column("approved_hash", String(64), nullable=True),
     Column("approved_content", Text, nullable=True),
+    # 承認依頼: who asked for approval of the draft, and when (dropped when its content changes).
+    Column("approval_requested_by", String(64), nullable=True),
+    Column("approval_requested_at", UTCDateTime, nullable=True),
     UniqueConstraint("publication", "number", name="uq_editions_publication_number"),
     UniqueConstraint("publication", "scheduled_for", name="uq_editions_publication_scheduled_for"),
 )

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from ... import users
+from ...editions.state import awaiting_approval
 from ...store import audit as audit_q
 from ...store import rate_limits as lq
 from ...store import sessions as q
@@ -41,7 +42,7 @@ from ...users import Actor
 from ..pages import read_form
 from ..security import CSRF_FIELD
 from ..service import service
-from .console import LOGIN, LOGOUT, render, room, text, words
+from .console import LOGIN, LOGOUT, _localtime, render, room, text, words
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -164,7 +165,16 @@ async def logout(request: Request, session: Session, form: FormData | None) -> R
 
 @room(None)
 async def home(request: Request, session: Session, form: FormData | None) -> Response:
-    return render(request, "home.html.j2", session=session)
+    awaiting = None  # approvers see the drafts waiting for them (承認待ち)
+    if session.actor.may("approve"):
+        svc = service(request)
+        titles = {p.slug: p.title for p in svc.config.publications}
+        rows = await run_in_threadpool(awaiting_approval, svc.engine)
+        tz = svc.config.site.timezone
+        awaiting = [{"id": r.id, "pub": titles.get(r.publication, r.publication), "number": r.number,
+                     "who": r.approval_requested_by or "-", "at": _localtime(r.approval_requested_at, tz)}
+                    for r in rows]
+    return render(request, "home.html.j2", session=session, awaiting=awaiting)
 
 
 __all__ = ["COOKIE", "LOGOUT", "Session", "current_session", "home", "login_page", "login_submit", "logout"]

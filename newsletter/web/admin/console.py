@@ -88,7 +88,7 @@ JA: dict[str, str] = {
     "url": "URL",
     "summary": "概要",
     "body": "本文",
-    "body_hint": "Markdown で書けます。保存すると下にプレビューが表示されます。",
+    "body_hint": "Markdown で書けます。「プレビュー」を押すと、保存せずに表示を確かめられます。",
     "fields": "分野",
     "publish_at": "公開日時",
     "publish_at_hint": "この日時より前の号には入りません（空欄ならすぐ）。時刻は{tz}です。",
@@ -291,6 +291,68 @@ JA: dict[str, str] = {
     "err_date": "日付は 2026-12-01 の形で入力してください。",
     "err_date_order": "終了日は開始日より後にしてください。",
     "iface_cli": "コマンド", "iface_daemon": "自動配信", "iface_console": "管理画面", "iface_delivery": "配信処理",
+    # -- desk (issue 14): 承認依頼, 配信前チェック on demand, article preview and import
+    "est_waiting": "承認待ち",
+    "request_heading": "承認依頼",
+    "request_hint": "内容を確かめ終えたら、承認者に承認を依頼します。"
+                    "依頼の後でこの号を変更すると（載せている記事の編集を含む）、"
+                    "依頼は自動で取り下げられます。",
+    "request_button": "承認を依頼",
+    "waiting_since": "承認待ち: {who} が {at} に依頼しました。",
+    "waiting_hint": "この号を変更すると依頼は取り下げられます。変更した後は、もう一度依頼してください。",
+    "withdraw_request_button": "承認依頼を取り下げる",
+    "done_request": "承認を依頼しました。承認者のホーム画面に「承認待ち」として表示されます。",
+    "done_withdraw_request": "承認依頼を取り下げました。",
+    "awaiting_heading": "承認待ちの号",
+    "awaiting_item": "{pub} 第{number}号（{who} が {at} に依頼）",
+    "awaiting_none": "承認待ちの号はありません。",
+    "preflight_not_run": "まだ実行していません。",
+    "preflight_hint": "すべての版を作り、リンク・文字化け・件名の長さ・配信停止リンクなどを確かめます。"
+                      "読者が多いと時間がかかります。"
+                      "承認するときにも自動で行います。",
+    "preflight_button": "配信前チェック",
+    "err_preflight": "配信前チェックでエラーが見つかったため、承認していません。"
+                     "下の「配信前チェック」の結果を直してから、"
+                     "もう一度承認してください。",
+    "err_not_unsent": "配信を始めた号は、ここではチェックできません。",
+    "preview_button": "プレビュー",
+    "preview_button_hint": "「プレビュー」は保存せずに、本文の表示を下に示します。",
+    "preview_notice": "プレビューを表示しています。まだ保存していません。",
+    "request_article_button": "承認依頼",
+    "request_article_hint_some": "「承認依頼」を押すと、保存してから、"
+                                 "この記事を載せる号（下の「掲載予定の号」）の承認を依頼します。",
+    "request_article_hint_none": "承認は号（メールマガジン1回分）ごとに行います。"
+                                 "この記事はまだどの号にも入っていないため、"
+                                 "「承認依頼」を押しても保存だけになります。",
+    "requested_notice": "保存して、次の号の承認を依頼しました。",
+    "requested_other": "保存しました。この記事を載せる号は承認待ちか承認済みのため、新しく依頼はしていません"
+                       "（下の「掲載予定の号」をご覧ください）。",
+    "requested_none": "保存しました。この記事はまだどの号の下書きにも入っていないため、承認依頼はしていません。"
+                      "承認は号（メールマガジン1回分）ごとに行います。「次号の編集」で下書きを作るか、"
+                      "下書きにこの記事を追加してから、"
+                      "その号のページで「承認を依頼」を押してください。",
+    "carriers_heading": "掲載予定の号",
+    "carriers_none": "この記事はまだどの号の下書きにも入っていません。",
+    "carrier_label": "{pub} 第{number}号",
+    "aimport_link": "ファイルから取り込む",
+    "aimport_title": "記事の取り込み（ファイル）",
+    "aimport_file": "ファイル（CSV・JSON・RSS/Atom・Markdown）",
+    "aimport_hint": "まず内容を確認します（まだ何も登録されません）。形式はコマンドの「newsletter article "
+                    "import」と同じです。",
+    "aimport_fields": "分野が書かれていない項目に付ける分野",
+    "aimport_fields_hint": "RSS の記事など、分野のない項目にだけ付けます（選ばなければ、その項目は取り込めません）。",
+    "aimport_counts": "{total} 件: 新規 {created} 件、更新 {updated} 件、変更なし {unchanged} 件、取り込めない "
+                      "{refused} 件",
+    "aimport_caption": "項目ごとの結果",
+    "aimport_result": "取り込みの結果",
+    "aimport_more": "最初の {n} 件を表示しています。",
+    "aimport_commit_hint": "「取り込めない」項目は取り込まれません。残りを一度にまとめて取り込みます。",
+    "aimport_done": "取り込みました: 新規 {created} 件、更新 {updated} 件。",
+    "aimport_nothing": "新しく取り込む項目も、更新する項目もありません。",
+    "err_article_upload": "ファイルを読み取れませんでした。CSV・JSON・RSS/Atom・Markdown のファイルを選んで、"
+                          "もう一度送信してください。",
+    "col_where": "行・項目", "col_result": "結果",
+    "act_created": "新規", "act_updated": "更新", "act_unchanged": "変更なし", "act_refused": "取り込めない",
 }
 
 EN: dict[str, str] = {
@@ -338,7 +400,7 @@ EN: dict[str, str] = {
     "url": "URL",
     "summary": "Summary",
     "body": "Body",
-    "body_hint": "Markdown. A preview appears below once saved.",
+    "body_hint": "Markdown. Press Preview to see it rendered without saving.",
     "fields": "Fields",
     "publish_at": "Embargo until",
     "publish_at_hint": "Not in an edition before this time (empty: at once). Time zone: {tz}.",
@@ -541,6 +603,61 @@ EN: dict[str, str] = {
     "err_date": "Write the date as 2026-12-01.",
     "err_date_order": "The end date must not be before the start date.",
     "iface_cli": "command line", "iface_daemon": "scheduler", "iface_console": "console", "iface_delivery": "delivery",
+    # -- desk (issue 14): request for approval, preflight on demand, article preview and import
+    "est_waiting": "waiting for approval",
+    "request_heading": "Ask for approval",
+    "request_hint": "When the draft is ready, ask an approver to approve it. Any change to this edition after the "
+                    "request (an article it carries edited, too) withdraws the request.",
+    "request_button": "Ask for approval",
+    "waiting_since": "Waiting for approval: asked by {who} at {at}.",
+    "waiting_hint": "Changing this edition withdraws the request; ask again after the change.",
+    "withdraw_request_button": "Withdraw the request",
+    "done_request": "Approval requested. Approvers see it as waiting on their home page.",
+    "done_withdraw_request": "The request for approval was withdrawn.",
+    "awaiting_heading": "Waiting for approval",
+    "awaiting_item": "{pub} No. {number} (asked by {who} at {at})",
+    "awaiting_none": "Nothing is waiting for approval.",
+    "preflight_not_run": "Not run yet.",
+    "preflight_hint": "Renders every variant and checks links, characters, subject length, unsubscribe links and "
+                      "more. Takes a while with many readers. It also runs before an approval.",
+    "preflight_button": "Run the preflight check",
+    "err_preflight": "The preflight check found errors, so the edition was not approved. Fix what it lists below, "
+                     "then approve again.",
+    "err_not_unsent": "An edition that has started sending cannot be checked here.",
+    "preview_button": "Preview",
+    "preview_button_hint": "Preview shows the body rendered below, without saving.",
+    "preview_notice": "This is a preview; nothing is saved yet.",
+    "request_article_button": "Request approval",
+    "request_article_hint_some": "Request approval saves the article, then asks for approval of the "
+                                 "editions carrying it (listed below).",
+    "request_article_hint_none": "Approval is given to an edition. This article is in no edition yet, so Request "
+                                 "approval only saves it.",
+    "requested_notice": "Saved, and approval requested for:",
+    "requested_other": "Saved. The editions carrying it are already waiting or approved, so nothing new was asked "
+                       "(see below).",
+    "requested_none": "Saved. This article is in no draft edition yet, so no approval was requested: approval is "
+                      "given to an edition. Create the next draft (or add this article to one) under Next edition, "
+                      "then ask for approval on that edition's page.",
+    "carriers_heading": "Editions carrying it",
+    "carriers_none": "This article is in no draft edition yet.",
+    "carrier_label": "{pub} No. {number}",
+    "aimport_link": "Import from a file",
+    "aimport_title": "Import articles (file)",
+    "aimport_file": "File (CSV, JSON, RSS/Atom, Markdown)",
+    "aimport_hint": "First the file is checked (nothing is written yet). The formats of 'newsletter article import'.",
+    "aimport_fields": "Fields for items that name none",
+    "aimport_fields_hint": "Given only to items without fields, such as feed entries (without one they are refused).",
+    "aimport_counts": "{total} items: {created} new, {updated} updated, {unchanged} unchanged, {refused} refused",
+    "aimport_caption": "Result per item",
+    "aimport_result": "Import result",
+    "aimport_more": "The first {n} items are shown.",
+    "aimport_commit_hint": "Refused items are left out; the rest are imported together.",
+    "aimport_done": "Imported: {created} new, {updated} updated.",
+    "aimport_nothing": "Nothing new and nothing to update.",
+    "err_article_upload": "The file could not be read. Choose a CSV, JSON, RSS/Atom or Markdown file and send it "
+                          "again.",
+    "col_where": "Row / item", "col_result": "Result",
+    "act_created": "new", "act_updated": "updated", "act_unchanged": "unchanged", "act_refused": "refused",
 }
 
 

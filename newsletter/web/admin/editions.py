@@ -2,7 +2,16 @@
 one draft's page — its articles in order (up/down, remove, add from the queue),
 件名 / 巻頭言 / 編集後記, a preview of every variant with readers (desktop and
 phone frames, the text part), the preflight findings, テスト送信 to the signed-in
-user, and 承認 / 予約配信 for approvers.
+user, 承認依頼 (an editor asks for approval; withdrawn by any change of the
+draft) and 承認 / 予約配信 for approvers.
+
+A page view is cheap whatever the number of readers: the variant list and its
+reader counts come from ``creation.reader_counts`` (one GROUP BY over the
+subscribers, keyed by the same ``creation.variant_of`` as the delivery rows),
+and the text part is one render.  The full preflight — every reader walked,
+every variant rendered (``preflight.check_unsent``) — runs only when someone
+presses 配信前チェック, and before an approval: an edition with errors is not
+approved (the findings are shown instead).
 
 Every change is one call into :mod:`newsletter.editions.state` with the
 signed-in user as the actor (interface ``console``), so its checks, its
@@ -17,6 +26,7 @@ console itself.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
@@ -25,11 +35,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
+from ... import preflight
 from ...articles import parse_time
-from ...editions import preview, state
+from ...editions import creation, preview, state
 from ...editions.assemble import VariantKey
 from ...errors import InputError
-from ...preflight import check_plan, plan_send
 from ...sanitize import ascii_digits
 from ...store import articles as article_q
 from ...store import editions as q
@@ -59,6 +69,7 @@ async def index(request: Request, session: Session, form: FormData | None) -> Re
                 rows = [r for r in q.list_editions(conn, pub.slug, limit=20) if r.status in state.UNSENT]
                 out.append({"slug": pub.slug, "title": pub.title,
                             "editions": [{"id": r.id, "number": r.number, "status": r.status,
+                                          "waiting": r.status == "draft" and r.approval_requested_at is not None,
                                           "articles": len(load_content(r)["articles"])} for r in rows]})
         return out
 
@@ -100,9 +111,10 @@ def _when(row):
 def _page_data(svc: Service, row) -> dict[str, Any]:
     pub = svc.config.publication(row.publication)
     content = load_content(row)
-    plan = plan_send(svc.engine, svc.config, pub, edition=row)
-    findings = check_plan(svc.config, pub, plan) if plan else []
-    variants = dict(plan.variants) if plan else {}
+    # What would go out (preflight.plan_send's rule): a draft's content, else the approved one.
+    counted = json.loads(row.approved_content) if row.status != "draft" and row.approved_content else content
+    with svc.engine.connect() as conn:
+        variants = {k: n for k, n in creation.reader_counts(conn, pub, counted).items() if k.fields}
     if not variants:
         variants[VariantKey(tuple(pub.fields), "html", pub.charset)] = 0
     names = {f.slug: f.name for f in svc.config.fields}
@@ -114,19 +126,22 @@ def _page_data(svc: Service, row) -> dict[str, Any]:
     with svc.engine.connect() as conn:
         carried = set(q.carried_article_ids(conn, row.publication))
         queue = [a for a in article_q.candidates(conn, fields=pub.fields, now=svc.clock(), exclude_ids=carried)]
-    return {"content": content, "findings": findings, "variants": shown, "text_part": sample_text.text,
+    return {"content": content, "variants": shown, "text_part": sample_text.text,
             "subject": sample_text.subject, "queue": [{"id": a.id, "title": a.title} for a in queue],
             "hash": state.hash_of(row) if row.status in state.UNSENT else "", "pub": pub,
+            "waiting": row.status == "draft" and row.approval_requested_at is not None,
+            "requested_at": (row.approval_requested_at.astimezone(pub.tz).strftime("%Y-%m-%d %H:%M")
+                             if row.approval_requested_at else ""),
             "history": state.history(svc.engine, row.id)}
 
 
 async def _page(request: Request, session: Session, row, *, errors: dict[str, str] | None = None,
-                status: int = 200, values: dict[str, str] | None = None) -> Response:
+                status: int = 200, values: dict[str, str] | None = None,
+                findings: list[preflight.Finding] | None = None) -> Response:
     svc = service(request)
     data = await run_in_threadpool(_page_data, svc, row)
     base = f"/admin/editions/{row.id}"
-    forms = {name: f"{base}/{name}" for name in ("texts", "add", "move", "remove", "test", "approve",
-                                                  "unapprove", "schedule", "unschedule", "cancel")}
+    forms = {name: f"{base}/{name}" for name in ACTIONS}
     # Several forms post to /move and /remove: each carries the same path's token.
     content = data["content"]
     current = {"subject": content.get("subject", "") if content.get("subject_custom") else "",
@@ -138,7 +153,7 @@ async def _page(request: Request, session: Session, row, *, errors: dict[str, st
     response = render(request, "edition.html.j2", session=session, forms=forms, status=status, row=row,
                       errors=errors or {}, values=current, done=request.query_params.get("done", ""),
                       may_approve=session.actor.may("approve"), may_operate=session.actor.may("operate"),
-                      scheduled=scheduled, tz=data["pub"].timezone, **data)
+                      scheduled=scheduled, tz=data["pub"].timezone, findings=findings, **data)
     response.headers["Content-Security-Policy"] = PAGE_CSP
     return response
 
@@ -180,7 +195,8 @@ def _action(what: str, call):
         except InputError as exc:
             fresh = await run_in_threadpool(_row, svc, row.id)
             values = {k: text(form, k) for k in ("subject", "lead", "afterword") if what == "texts"}
-            return await _page(request, session, fresh, errors={what: str(exc)}, status=400, values=values)
+            return await _page(request, session, fresh, errors={what: str(exc)}, status=400, values=values,
+                               findings=getattr(exc, "findings", None))
         return RedirectResponse(f"/admin/editions/{row.id}?done={done}#{what}", status_code=303)
 
     handler.__name__ = f"edition_{what}"
@@ -241,9 +257,32 @@ def _test(svc, session, row, form):
     return "test"
 
 
+class _CheckFailed(InputError):
+    """The preflight before an approval found errors: the approval is refused and
+    the page shows the findings."""
+
+    def __init__(self, message: str, findings: list[preflight.Finding]):
+        super().__init__(message)
+        self.findings = findings
+
+
 def _approve(svc, session, row, form):
+    if row.status == "draft":  # state.approve refuses the rest with its own words
+        findings = preflight.check_unsent(svc.engine, svc.config, row)
+        if preflight.has_errors(findings):
+            raise _CheckFailed(words(svc.lang)["err_preflight"], findings)
     state.approve(svc.engine, svc.config, row.id, session.actor, text(form, "hash"), now=svc.clock())
     return "approve"
+
+
+def _request(svc, session, row, form):
+    state.request_approval(svc.engine, svc.config, row.id, session.actor, now=svc.clock())
+    return "request"
+
+
+def _withdraw_request(svc, session, row, form):
+    state.withdraw_request(svc.engine, svc.config, row.id, session.actor, now=svc.clock())
+    return "withdraw_request"
 
 
 def _unapprove(svc, session, row, form):
@@ -274,7 +313,24 @@ def _cancel(svc, session, row, form):
     return "cancel"
 
 
+@room("edit")
+async def check(request: Request, session: Session, form: FormData | None) -> Response:
+    """配信前チェック: the full preflight of this edition, shown on its page (changes nothing)."""
+    svc = service(request)
+    row = await run_in_threadpool(_row, svc, request.path_params["id"])
+    if row.status not in state.UNSENT:
+        raise HTTPException(409, words(svc.lang)["err_not_unsent"])
+    findings = await run_in_threadpool(preflight.check_unsent, svc.engine, svc.config, row)
+    return await _page(request, session, row, findings=findings)
+
+
+# The POST routes of an edition's page (web/admin/__init__.py routes each one here).
+ACTIONS = ("texts", "add", "remove", "move", "test", "check", "request", "withdraw-request", "approve",
+           "unapprove", "schedule", "unschedule", "cancel")
+
 texts = room("edit")(_action("texts", _texts))
+request_approval = room("edit")(_action("request", _request))
+withdraw_request = room("edit")(_action("withdraw-request", _withdraw_request))
 add = room("edit")(_action("add", _add))
 remove = room("edit")(_action("remove", _remove))
 move = room("edit")(_action("move", _move))

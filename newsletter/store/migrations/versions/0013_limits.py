@@ -3,8 +3,8 @@
 ``deliveries.lease_until``), and a provider's webhook retry of a reading event is
 stored once (``stats_events.event_id``, unique per source).
 
-Revision ID: 0014
-Revises: 0011 (other branches add 0012-0013; the lead re-chains at merge)
+Revision ID: 0013
+Revises: 0012
 """
 
 import sqlalchemy as sa
@@ -12,8 +12,8 @@ from alembic import op
 
 from newsletter.store.tables import UTCDateTime
 
-revision = "0014"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
