@@ -66,7 +66,7 @@ from .editions.assemble import VariantKey, sections
 from .editions.compose import PYTHON_CODECS
 from .editions.creation import next_content, readers
 from .editions.render import Rendered
-from .errors import NewsletterError
+from .errors import InputError, NewsletterError
 from .links import fill, greeting, preferences_url, unsubscribe_url
 from .store import editions as q
 from .store import subscribers as sq
@@ -195,6 +195,32 @@ def check_unsent(engine: Engine, config: Config, row) -> list[Finding]:
     if plan is None:
         return [Finding("error", "nothing", f"{pub.slug} 第{row.number}号 has no articles; nothing to send")]
     return check_plan(config, pub, plan)
+
+
+class CheckFailed(InputError):
+    """An approval refused because the edition's preflight found errors; ``findings``
+    are all of them (the console shows them on the edition's page, the CLI prints them)."""
+
+    def __init__(self, message: str, findings: list[Finding]):
+        super().__init__(message)
+        self.findings = findings
+
+
+def approve(engine: Engine, config: Config, row, actor, digest: str, *, now: datetime | None = None):
+    """Approve draft ``row`` exactly as previewed (``digest``), only when its preflight
+    (:func:`check_unsent`) finds no error — the one rule for the console's 承認 and
+    ``edition approve``.  The check runs after state.approve's own rules (role, state,
+    hash, four eyes), so a refusal for those never waits for a render; an error
+    raises :class:`CheckFailed` and nothing changes."""
+    from .editions import state
+
+    def no_errors(current) -> None:
+        findings = check_unsent(engine, config, current)
+        if has_errors(findings):
+            raise CheckFailed(f"{current.publication} 第{current.number}号: the preflight check found errors, so "
+                              "it was not approved; fix them and approve again", findings)
+
+    return state.approve(engine, config, row.id, actor, digest, now=now, check=no_errors)
 
 
 def check_edition(engine: Engine, config: Config, pub: Publication, *, now: datetime | None = None,

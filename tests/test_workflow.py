@@ -222,6 +222,25 @@ def test_nothing_unapproved_reaches_a_subscriber_but_test_sends_do(office, smtp_
         assert set(conn.execute(select(articles.c.status)).scalars()) == {"published"}
 
 
+def test_approve_on_the_command_line_runs_the_preflight_and_an_error_refuses_it(office):
+    """The console's rule (no approval over a preflight error) is the CLI's too: one
+    function, preflight.approve."""
+    o = office
+    add_articles(o.cli, 1)
+    o.as_("sato", "edition", "create", "weekly")
+    # A draft frozen from an article stored before input was checked (or by hand).
+    bad = o.row().content.replace("https://news.example.jp/edu/1", "https://news.example.jp/edu/\\u0001")
+    with o.engine.begin() as conn:
+        conn.execute(update(editions).values(content=bad))
+    res = o.as_("kacho", "edition", "approve", "1", "--hash", content_of(o.cli), ok=False)
+    assert res.exit_code == 1
+    assert "ERROR" in res.stderr and "it cannot render" in res.stderr
+    assert res.stderr.splitlines()[-1].endswith(
+        "weekly 第1号: the preflight check found errors, so it was not approved; fix them and approve again")
+    assert o.row().status == "draft"
+    assert "approved" not in o.cli("edition", "history", "1").stdout
+
+
 def test_an_article_changed_after_approval_returns_the_edition_to_draft(office):
     o = office
     add_articles(o.cli, 2)

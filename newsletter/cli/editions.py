@@ -405,11 +405,19 @@ def edition_set(app: App, number, subject, lead_file, afterword_file, notice_fil
 @publication_option
 @pass_app
 def edition_approve(app: App, number, digest, by, publication):
-    """Approve draft NUMBER exactly as previewed (its content hash must still match)."""
+    """Approve draft NUMBER exactly as previewed (its content hash must still match).
+
+    Its preflight check runs first (as in the console): an error refuses the approval."""
+    from ..preflight import CheckFailed, approve, format_findings
     from ..users import actor
 
     who = actor(app.engine, by, "cli") if by else app.actor
-    row = state.approve(app.engine, app.config, _row(app, number, publication).id, who, digest)
+    try:
+        row = approve(app.engine, app.config, _row(app, number, publication), who, digest)
+    except CheckFailed as exc:
+        for line in format_findings([f for f in exc.findings if f.severity in ("error", "warning")], verbose=False):
+            click.echo(line, err=True)
+        raise
     click.echo(f"{row.publication} 第{row.number}号: approved by {who} (content {row.approved_hash[:HASH_SHOWN]})")
 
 

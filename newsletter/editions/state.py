@@ -386,8 +386,13 @@ _HEX = re.compile(r"^[0-9a-f]{8,64}$")
 
 
 def approve(engine: Engine, config: Config, edition_id: int, actor: Actor, previewed_hash: str,
-            *, now: datetime | None = None) -> Row:
-    """Approve exactly the content whose hash the approver previewed."""
+            *, now: datetime | None = None, check: Callable[[Row], None] | None = None) -> Row:
+    """Approve exactly the content whose hash the approver previewed.
+
+    ``check``: called with the row once every rule here has passed and before the
+    change (the revision compare-and-set keeps the checked content the approved one);
+    it raises to refuse.  :func:`newsletter.preflight.approve` passes the full
+    preflight, which the console and ``edition approve`` both go through."""
     now = now or utcnow()
     previewed_hash = previewed_hash.strip().lower()
     if not _HEX.match(previewed_hash):
@@ -421,6 +426,8 @@ def approve(engine: Engine, config: Config, edition_id: int, actor: Actor, previ
         if row.edited_by == actor.name:
             raise InputError(f"{label(row)}: {actor.name} made the last change; approval = \"required\" needs "
                              "another approver (four-eyes)")
+    if check is not None:
+        check(row)
     with engine.begin() as conn:
         ok = q.compare_and_set(conn, row.id, ("draft",), {
             "status": "approved", "approved_by": actor.name, "approved_at": now, "approved_hash": current,

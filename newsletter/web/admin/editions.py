@@ -257,21 +257,11 @@ def _test(svc, session, row, form):
     return "test"
 
 
-class _CheckFailed(InputError):
-    """The preflight before an approval found errors: the approval is refused and
-    the page shows the findings."""
-
-    def __init__(self, message: str, findings: list[preflight.Finding]):
-        super().__init__(message)
-        self.findings = findings
-
-
 def _approve(svc, session, row, form):
-    if row.status == "draft":  # state.approve refuses the rest with its own words
-        findings = preflight.check_unsent(svc.engine, svc.config, row)
-        if preflight.has_errors(findings):
-            raise _CheckFailed(words(svc.lang)["err_preflight"], findings)
-    state.approve(svc.engine, svc.config, row.id, session.actor, text(form, "hash"), now=svc.clock())
+    try:
+        preflight.approve(svc.engine, svc.config, row, session.actor, text(form, "hash"), now=svc.clock())
+    except preflight.CheckFailed as exc:  # the page shows the findings, with the console's words
+        raise preflight.CheckFailed(words(svc.lang)["err_preflight"], exc.findings) from None
     return "approve"
 
 
