@@ -12,13 +12,16 @@ server on 127.0.0.1, mail through the real SMTP test server, and
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +44,92 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
+AXE = ROOT / "tests" / ".axe" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def need(path: Path | str, what: str) -> None:
+    """Skip without ``path`` (fail in CI, where .ci/run installs it)."""
+    if not Path(path).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} missing: {what}")
+        pytest.skip(f"{path} missing: {what}")
+
+
+class Pages:
+    """Every page a browser test visits: axe-core finds no serious or critical
+    violation (WCAG 2.1 A/AA rules), and a full-page screenshot at desktop (1280)
+    and phone (390) width goes to ``folder``, to be looked at."""
+
+    def __init__(self, page, folder: Path):
+        self.page = page
+        self.axe = AXE.read_text(encoding="utf-8")
+        self.folder = folder
+        self.seen: list[str] = []
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def check(self, name: str) -> None:
+        page = self.page
+        # evaluate() runs outside the page's Content-Security-Policy (no inline script needed).
+        if not page.evaluate("() => typeof window.axe !== 'undefined'"):
+            page.evaluate(self.axe + "\n;0")
+        result = page.evaluate("""async () => {
+            const r = await axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21aa']}});
+            return r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+                .map(v => ({id: v.id, impact: v.impact, help: v.help,
+                            nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}));
+        }""")
+        assert result == [], f"{name}: {json.dumps(result, ensure_ascii=False, indent=1)}"
+        size = page.viewport_size
+        for width, label in ((1280, "desktop"), (390, "phone")):
+            page.set_viewport_size({"width": width, "height": 900})
+            page.wait_for_load_state("networkidle")
+            # Nothing wider than the screen: a phone reader never scrolls sideways.
+            overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{name}: {overflow}px wider than a {width}px screen"
+            page.screenshot(path=str(self.folder / f"{name}-{label}.png"), full_page=True)
+        page.set_viewport_size(size)
+        self.seen.append(name)
+
+
+def png_colours(png: bytes, limit: int = 64) -> int:
+    """How many different colours a PNG screenshot has (counted up to ``limit``):
+    a blank frame has one or two, a rendered page hundreds.  8-bit RGB(A),
+    not interlaced, as Chromium writes them (RFC 2083 filters undone here)."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", None
+    while pos < len(png):
+        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
+        data = png[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", data)
+        elif kind == b"IDAT":
+            idat += data
+        pos += 12 + length
+    width, height, depth, ctype, _, _, interlace = header
+    assert depth == 8 and ctype in (2, 6) and interlace == 0, header
+    bpp = 3 if ctype == 2 else 4
+    raw, stride = zlib.decompress(idat), width * bpp
+    prev, seen = bytearray(stride), set()
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 255
+            elif kind == 2:
+                line[i] = (line[i] + b) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        seen.update(bytes(line[i:i + 3]) for i in range(0, stride, bpp))
+        if len(seen) >= limit:
+            return len(seen)
+        prev = line
+    return len(seen)
 
 
 @dataclass
