@@ -119,7 +119,7 @@ def csrf_of(html: str, form_id: str | None = None) -> str:
 
 
 def main_text(html: str) -> str:
-    return html[html.index("<main>"):html.index("</main>")]
+    return html[html.index("<main"):html.index("</main>")]
 
 
 def sign_up(site: Site, address: str, *, fields=("education",), fmt="html", name="", agree=True, **headers):

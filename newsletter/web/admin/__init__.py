@@ -15,10 +15,10 @@ from starlette.routing import Route
 
 from ..service import service
 from . import articles, audit, auth, editions, sending, subscribers, users
-from .console import PACKAGED_TEMPLATES
 
-# The static files of the console (templates/admin/), by public name.
-STATIC = {"tokens.css": "dads-tokens-1.1.9.css", "console.css": "console.css"}
+# The static files of the console (templates/admin/), by public name.  The look it
+# shares with the readers' pages is /static/tokens.css and /static/site.css (app.py).
+STATIC = {"console.css": "console.css"}
 
 
 async def static(request: Request) -> Response:
@@ -27,14 +27,7 @@ async def static(request: Request) -> Response:
         from starlette.exceptions import HTTPException
 
         raise HTTPException(404)
-    svc = service(request)
-    cache_key = ("admin-static", name)
-    body = svc.cache.get(cache_key)
-    if body is None:
-        own = svc.config.templates_dir / "admin" / name
-        path = own if own.is_file() else PACKAGED_TEMPLATES / "admin" / name
-        body = svc.cache[cache_key] = path.read_text(encoding="utf-8")
-    return Response(body, media_type="text/css; charset=utf-8", headers={"Cache-Control": "public, max-age=3600"})
+    return service(request).stylesheet("admin", name)
 
 
 def routes() -> list[Route]:
