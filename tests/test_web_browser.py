@@ -69,21 +69,21 @@ class Pages:
 
     def check(self, name: str) -> None:
         page = self.page
-        # evaluate() runs outside the page's Content-Security-Policy (no inline script needed).
-        if not page.evaluate("() => typeof window.axe !== 'undefined'"):
-            page.evaluate(self.axe + "\n;0")
-        result = page.evaluate("""async () => {
-            const r = await axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21aa']}});
-            return r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
-                .map(v => ({id: v.id, impact: v.impact, help: v.help,
-                            nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}));
-        }""")
-        assert result == [], f"{name}: {json.dumps(result, ensure_ascii=False, indent=1)}"
         size = page.viewport_size
         for width, label in ((1280, "desktop"), (390, "phone")):
             page.set_viewport_size({"width": width, "height": 900})
             page.wait_for_load_state("networkidle")
-            # Nothing wider than the screen: a phone reader never scrolls sideways.
+            # evaluate() runs outside the page's Content-Security-Policy (no inline script needed).
+            if not page.evaluate("() => typeof window.axe !== 'undefined'"):
+                page.evaluate(self.axe + "\n;0")
+            result = page.evaluate("""async () => {
+                const r = await axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21aa']}});
+                return r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+                    .map(v => ({id: v.id, impact: v.impact, help: v.help,
+                                nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}));
+            }""")
+            assert result == [], f"{name} ({label}): {json.dumps(result, ensure_ascii=False, indent=1)}"
+            # Nothing wider than the screen: a phone reader never scrolls the page sideways.
             overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"{name}: {overflow}px wider than a {width}px screen"
             page.screenshot(path=str(self.folder / f"{name}-{label}.png"), full_page=True)
