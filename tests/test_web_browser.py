@@ -363,6 +363,14 @@ def test_newsletter_serve_command(tmp_path):
                 time.sleep(0.1)
         assert res.status == 200 and "メールマガジン配信登録" in body
         assert res.getheader("X-Frame-Options") == "DENY" and res.getheader("Server") is None
+        # The console, where `newsletter demo` says it is: /admin/ leads to its sign-in page.
+        conn.request("GET", "/admin/")
+        res = conn.getresponse()
+        res.read()
+        assert res.status == 303 and res.getheader("Location").endswith("/admin/login")
+        conn.request("GET", "/admin/login")
+        res = conn.getresponse()
+        assert res.status == 200 and "ユーザー名" in res.read().decode()
         conn.request("GET", "/unsubscribe/1.secretlookingtoken0000")
         conn.getresponse().read()
     finally:
