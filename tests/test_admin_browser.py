@@ -75,6 +75,11 @@ def test_the_week_of_a_magazine_in_the_console(tmp_path, smtp_server):
             page.goto(f"{base}/admin/")
             page.wait_for_selector("h1:has-text('ログイン')")  # no session: the sign-in page
             pages.check("01-login")
+            page.get_by_label("ユーザー名").fill("suzuki")
+            page.get_by_label("パスワード").fill("wrong password")
+            page.get_by_role("button", name="ログイン").click()
+            page.wait_for_selector("text=ユーザー名またはパスワードが正しくありません。")
+            pages.check("01b-login-failed")
 
             # -- the editor
             sign_in(page, base, "suzuki")
@@ -95,6 +100,7 @@ def test_the_week_of_a_magazine_in_the_console(tmp_path, smtp_server):
             pages.check("04-articles")
 
             page.goto(f"{base}/admin/editions")
+            pages.check("04b-editions")
             page.get_by_role("button", name="次号の下書きを作る").first.click()
             page.wait_for_selector("text=掲載する記事")
             page.get_by_label("件名", exact=True).fill("【県政だより】12月号 図書館と医療費助成")
@@ -179,4 +185,4 @@ def test_the_week_of_a_magazine_in_the_console(tmp_path, smtp_server):
             pages.check("12-users")
         finally:
             browser.close()
-    assert len(pages.seen) == 13
+    assert len(pages.seen) == 15
