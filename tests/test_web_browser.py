@@ -281,6 +281,13 @@ def test_a_reader_signs_up_confirms_changes_fields_and_leaves(live, smtp_server)
             page.get_by_role("link", name="第1号").click()
             page.wait_for_selector("text=読者の皆さま")
             pages.check("10-archive-edition")
+            # The magazine layout holds inside the site's frame (issue 17): no headline breaks inside a phrase.
+            from tests.test_render_browser import HEADLINES, MEASURE
+
+            page.set_viewport_size({"width": 390, "height": 900})
+            assert page.evaluate("(s) => document.querySelectorAll(s).length", HEADLINES) > 0
+            assert [b for b in page.evaluate(MEASURE, HEADLINES) if b["width"] <= b["box"]] == []
+            page.set_viewport_size({"width": 1280, "height": 900})
             page.goto(f"{live.base}/confirm/1.not-a-token")
             pages.check("11-bad-link")
         finally:
