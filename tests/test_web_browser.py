@@ -214,6 +214,13 @@ def test_a_reader_signs_up_confirms_changes_fields_and_leaves(live, smtp_server)
             page.goto(f"{live.base}/")
             assert page.title().startswith("メールマガジン配信登録")
             pages.check("01-signup")
+            # Keyboard: the first Tab reaches the skip link, drawn with the focus ring; Enter goes to the form.
+            page.keyboard.press("Tab")
+            focused = "(p) => getComputedStyle(document.activeElement)[p]"
+            assert page.evaluate("() => document.activeElement.textContent") == "本文へ移動"
+            assert page.evaluate(focused, "outlineStyle") == "solid" and page.evaluate(focused, "outlineWidth") == "4px"
+            page.keyboard.press("Enter")
+            assert page.url.endswith("#main")
             page.get_by_label("メールアドレス").fill(address)
             page.get_by_label("お名前").fill("山田 太郎")
             for name in ("地方自治", "行政", "教育"):
@@ -257,7 +264,10 @@ def test_a_reader_signs_up_confirms_changes_fields_and_leaves(live, smtp_server)
             page.get_by_label("地方自治", exact=True).check()
             page.get_by_label("教育", exact=True).uncheck()
             page.get_by_label("テキスト形式").check()
-            page.get_by_role("button", name="設定を保存する").click()
+            page.keyboard.press("Tab")  # from the radio group to the button
+            assert page.evaluate("() => document.activeElement.textContent") == "設定を保存する"
+            assert page.evaluate(focused, "outlineStyle") == "solid"
+            page.keyboard.press("Enter")  # saved by keyboard alone
             page.wait_for_selector("text=設定を保存しました")
             pages.check("06-preferences-saved")
             row = live.subscriber(address)
