@@ -377,7 +377,9 @@ def test_editor_builds_the_draft_and_the_approver_approves_and_schedules(tmp_pat
     src = re.search(r'src="(/admin/editions/\d+/preview\?v=[^"]+)"', page.text).group(1).replace("&amp;", "&")
     shown = editor.get(src)
     assert shown.status_code == 200 and "寒くなりました。" in shown.text
-    assert "sandbox" in shown.headers["content-security-policy"]
+    policy = dict((d.split(" ", 1) + [""])[:2] for d in shown.headers["content-security-policy"].split("; "))
+    assert policy["default-src"] == "'none'" and "script-src" not in policy
+    assert policy["sandbox"] == "allow-same-origin"  # no allow-scripts, allow-forms, allow-popups, allow-top-…
     assert "frame-ancestors 'self'" in shown.headers["content-security-policy"]
     assert "テキスト版" in page.text and "配信前チェック" in page.text
 

@@ -304,6 +304,8 @@ def test_demo_from_a_copy_of_the_repository(tmp_path):
         assert "第1号" in msg["Subject"]
     again = cli("demo").stdout
     assert "nothing new to send" in again
+    console = "console:     http://127.0.0.1:8000/admin/  (newsletter serve; first admin: newsletter user add NAME"
+    assert console in out and console in again  # where the console is, both times
     assert len(list((tmp_path / "var" / "outbox").glob("*.eml"))) == 12
 
 

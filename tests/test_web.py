@@ -119,7 +119,7 @@ def csrf_of(html: str, form_id: str | None = None) -> str:
 
 
 def main_text(html: str) -> str:
-    return html[html.index("<main>"):html.index("</main>")]
+    return html[html.index("<main"):html.index("</main>")]
 
 
 def sign_up(site: Site, address: str, *, fields=("education",), fmt="html", name="", agree=True, **headers):
@@ -299,6 +299,62 @@ def test_bad_sign_up_input_is_a_400_that_writes_nothing(site, address, fields, a
     assert 'name="csrf"' in res.text  # the form again, to correct
     assert not any(dump(site.engine).values())  # not a row in any table
     assert site.mails() == []
+
+
+def _tied(html: str, element_id: str) -> tuple[str | None, str, list[str]]:
+    """(aria-invalid, the text aria-describedby ties to the element, the error summary's link targets)."""
+    import lxml.html
+
+    doc = lxml.html.document_fromstring(html)
+    [element] = doc.xpath(f"//*[@id='{element_id}']")
+    described = " ".join(doc.get_element_by_id(i).text_content()
+                         for i in (element.get("aria-describedby") or "").split())
+    summary = [a.get("href") for a in doc.xpath("//*[contains(@class, 'error-summary')]//a")]
+    return element.get("aria-invalid"), described, summary
+
+
+@pytest.mark.parametrize(("data", "element", "link", "message"), [
+    ({"email": ""}, "email", "#email", "メールアドレスを入力してください。"),
+    ({"name": "改行\nあり"}, "name", "#name", "お名前が長すぎるか"),
+    ({"fields": []}, "fields-group", "#fields-local-government", "分野を1つ以上選んでください。"),
+    ({"agree": None}, "agree", "#agree", "同意事項を確認し、チェックを入れてください。"),
+])
+def test_sign_up_errors_stand_beside_their_fields(site, data, element, link, message):
+    """Each error is tied to its field (aria-describedby, aria-invalid) and linked
+    from the summary at the top; what the reader typed is kept."""
+    page = site.client.get("/")
+    form = {"csrf": csrf_of(page.text), "email": "taro@example.jp", "name": "山田 太郎", "fields": ["education"],
+            "format": "html", "agree": "1"} | data
+    res = site.client.post("/subscribe", data={k: v for k, v in form.items() if v is not None})
+    assert res.status_code == 400
+    invalid, described, summary = _tied(res.text, element)
+    assert invalid == "true" and described.startswith(message) and summary == [link]
+    if element != "email":
+        assert 'value="taro@example.jp"' in res.text
+
+
+def test_preference_errors_stand_beside_their_group(site):
+    site.cli("subscriber", "add", "reader@example.jp", "--fields", "education")
+    path = f"/preferences/{site.token('preferences', 'reader@example.jp')}"
+    page = site.client.get(path)
+    res = site.client.post(path, data={"csrf": csrf_of(page.text, "preferences-form"), "format": "pdf",
+                                       "fields": ["education"]})
+    assert res.status_code == 400
+    assert _tied(res.text, "format-group") == ("true", "メールの形式が正しくありません。", ["#format-html"])
+
+
+def test_one_look_for_readers_and_officials(site):
+    """One copy of the design tokens, served once, linked by the readers' pages and
+    the console alike; the console adds its own layout only."""
+    tokens = site.client.get("/static/tokens.css")
+    assert tokens.status_code == 200 and tokens.headers["content-type"].startswith("text/css")
+    assert tokens.text == (ROOT / "templates" / "admin" / "dads-tokens-1.1.9.css").read_text(encoding="utf-8")
+    assert site.client.get("/admin/static/tokens.css").status_code == 404
+    assert site.client.get("/static/other.css").status_code == 404
+    assert site.client.get("/admin/static/console.css").status_code == 200
+    for path, extra in (("/", []), ("/archive/", []), ("/admin/login", ["/admin/static/console.css"])):
+        sheets = re.findall(r'<link rel="stylesheet" href="([^"]+)">', site.client.get(path).text)
+        assert sheets == ["/static/tokens.css", "/static/site.css", *extra], path
 
 
 def test_csrf_is_required_on_every_form(site):

@@ -29,6 +29,10 @@ from ..store.editions import load_content
 from . import App, main, pass_app
 from .editions import _preflight, report_failures
 
+# Where the web console is once `newsletter serve` runs with its defaults, and how to get in.
+CONSOLE = ("console:     http://127.0.0.1:8000/admin/  (newsletter serve; first admin: "
+           "newsletter user add NAME --email ADDR --role admin)")
+
 
 @main.command()
 @click.option("--publication", help="Which publication to send (default: the first in config.toml).")
@@ -73,6 +77,7 @@ def demo(app: App, publication):
         if not created:
             click.echo(f"edition:     {pub.slug}: nothing new to send — every sample article is already in an "
                        "earlier edition. Add one with 'newsletter article add' and run 'newsletter edition send'.")
+            click.echo(CONSOLE)
             return
         with engine.connect() as conn:
             row = q.get_edition(conn, created.edition_id)
@@ -90,8 +95,7 @@ def demo(app: App, publication):
         click.echo(f"outbox:      {outbox}  (one .eml file per mail; open one in any mail client)")
     click.echo(f"preview:     newsletter edition preview {pub.slug} --edition {row.number} --format text")
     click.echo(f"status:      newsletter edition status {row.number}")
-    click.echo("console:     http://127.0.0.1:8000/admin/  (newsletter serve; first admin: "
-               "newsletter user add NAME --email ADDR --role admin)")
+    click.echo(CONSOLE)
     if report_failures(result, row.number):
         raise SystemExit(1)
 

@@ -56,6 +56,20 @@ def _environment(templates: Path) -> jinja2.Environment:
     )
 
 
+# The look every page shares, the readers' and the console's (which adds
+# /admin/static/console.css): public name → templates/<folder>/<file>.  One copy
+# of the Digital Agency design tokens, vendored at a pinned version.
+STATIC = {"tokens.css": ("admin", "dads-tokens-1.1.9.css"), "site.css": ("web", "site.css")}
+
+
+async def stylesheet(request: Request) -> Response:
+    found = STATIC.get(request.path_params["name"])
+    if found is None:
+        raise HTTPException(404)
+    svc: Service = request.app.state.svc
+    return svc.static_file(*found)
+
+
 _STATUS_TEXT = {400: "err_bad_request", 404: "err_not_found", 405: "err_method", 413: "err_too_large"}
 
 
@@ -112,7 +126,7 @@ def create_app(config: Config, engine: Engine | None = None, *, clock: Callable[
         Route("/preferences/{token}", pages.preferences_submit, methods=["POST"]),
         Route("/unsubscribe/{token}", pages.unsubscribe_page, methods=["GET"]),
         Route("/unsubscribe/{token}", pages.unsubscribe_submit, methods=["POST"]),
-        Route("/static/site.css", pages.stylesheet, methods=["GET"]),
+        Route("/static/{name}", stylesheet, methods=["GET"]),
         Route("/archive/", archive.index, methods=["GET"]),
         Route("/archive/feed.atom", archive.feed, methods=["GET"]),
         Route("/archive/{publication}/", archive.index, methods=["GET"]),

@@ -264,14 +264,14 @@ def _not_active(svc: Service, row, status: int = 200) -> Response:
 
 
 def _preferences_form(request: Request, row, status: int = 200, *, fields: set[str] | None = None,
-                      fmt: str | None = None, error: str | None = None, saved: bool = False) -> Response:
+                      fmt: str | None = None, errors: dict[str, str] | None = None, saved: bool = False) -> Response:
     svc = service(request)
     unsubscribe = links.unsubscribe_url("", svc.keys[0], row.id)
     return svc.form_page(
         request, "preferences.html.j2", {"preferences": request.url.path, "unsubscribe": unsubscribe}, status,
         email=mask(row.email), status_text=svc.t[f"status_{row.status}"],
         fields=_field_choices(svc, fields if fields is not None else set(row.fields.split(","))),
-        format=fmt or row.format, error=error, saved=saved,
+        format=fmt or row.format, errors=errors or {}, saved=saved,
     )
 
 
@@ -293,19 +293,19 @@ async def preferences_submit(request: Request) -> Response:
     chosen = [v for v in form.getlist("fields") if isinstance(v, str)]
     unknown = [v for v in chosen if svc.config.resolve_field(v) is None]
     fmt = _get(form, "format") or row.format
-    error = None
+    errors = {}  # by the form field it is about: the page shows it there
     if not chosen:
-        error = svc.t["err_fields_missing"]
+        errors["fields"] = svc.t["err_fields_missing"]
     elif unknown:
-        error = svc.t["err_field_unknown"].format(field=header_safe(unknown[0])[:40])
+        errors["fields"] = svc.t["err_field_unknown"].format(field=header_safe(unknown[0])[:40])
     else:
         try:
             subs.parse_format(fmt)
         except ValueError:
-            error = svc.t["err_format"]
-    if error:
+            errors["format"] = svc.t["err_format"]
+    if errors:
         shown = {svc.config.resolve_field(v) for v in chosen} - {None}
-        return _preferences_form(request, row, 400, fields=shown, fmt=row.format, error=error)
+        return _preferences_form(request, row, 400, fields=shown, fmt=row.format, errors=errors)
     await run_in_threadpool(subs.set_preferences, svc.engine, svc.config, row.id, chosen, fmt,
                             ip=svc.clients.ip(request), user_agent=user_agent(request))
     # Post/Redirect/Get: a reload of the result page does not post again.
@@ -341,11 +341,3 @@ async def unsubscribe_submit(request: Request) -> Response:
                             user_agent=user_agent(request), detail=detail)
     # 200 whatever the state before: a repeated one-click POST is harmless.
     return svc.message(svc.t["unsubscribed_title"], svc.t["unsubscribed_text"])
-
-
-async def stylesheet(request: Request) -> Response:
-    svc = service(request)
-    css = svc.cache.get("css")
-    if css is None:
-        css = svc.cache["css"] = (svc.templates / "site.css").read_text(encoding="utf-8")
-    return Response(css, media_type="text/css; charset=utf-8", headers={"Cache-Control": "public, max-age=3600"})

@@ -14,9 +14,9 @@ from typing import Any
 import jinja2
 from sqlalchemy.engine import Engine
 from starlette.requests import Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 
-from ..config import Config
+from ..config import PACKAGED_TEMPLATES, Config
 from ..store.tables import utcnow
 from .security import CSRF, ClientInfo
 from .words import table
@@ -61,6 +61,19 @@ class Service:
 
     def message(self, title: str, text: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         return self.page("message.html.j2", status, title=title, text=text, **ctx)
+
+    def static_file(self, folder: str, name: str) -> Response:
+        """``templates/<folder>/<name>`` (CSS, or the console's one script): the
+        project's copy, else the packaged one; read once.  Styles and scripts are
+        files because the Content-Security-Policy allows nothing inline."""
+        key = ("static", folder, name)
+        body = self.cache.get(key)
+        if body is None:
+            own = self.config.templates_dir / folder / name
+            path = own if own.is_file() else PACKAGED_TEMPLATES / folder / name
+            body = self.cache[key] = path.read_text(encoding="utf-8")
+        media = "text/javascript; charset=utf-8" if name.endswith(".js") else "text/css; charset=utf-8"
+        return Response(body, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
 
 
 def service(request: Request) -> Service:

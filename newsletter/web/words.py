@@ -101,6 +101,10 @@ JA: dict[str, str] = {
     # mails
     "mail_confirm_subject": "【{site}】メール配信登録の確認",
     "mail_notice_subject": "【{site}】メール配信登録のお知らせ",
+    # look (issue 14: the readers' pages in the console's look)
+    "skip": "本文へ移動",
+    "errors_heading": "入力内容を確認してください",
+    "required": "（必須）",
 }
 
 EN: dict[str, str] = {
@@ -193,6 +197,10 @@ EN: dict[str, str] = {
     "err_bad_request": "Bad request.",
     "mail_confirm_subject": "[{site}] Please confirm your subscription",
     "mail_notice_subject": "[{site}] About your subscription",
+    # look (issue 14: the readers' pages in the console's look)
+    "skip": "Skip to main content",
+    "errors_heading": "Please check what you entered",
+    "required": " (required)",
 }
 
 assert set(JA) == set(EN), set(JA) ^ set(EN)

@@ -9,19 +9,16 @@ CSRF); auth.py the sign-in and sessions.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ..service import service
 from . import articles, audit, auth, editions, reports, schedules, sending, subscribers, users
-from .console import PACKAGED_TEMPLATES
 
-# The static files of the console (templates/admin/), by public name.
-STATIC = {"tokens.css": "dads-tokens-1.1.9.css", "console.css": "console.css", "progress.js": "progress.js"}
-_MEDIA = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+# The static files of the console (templates/admin/), by public name.  The look it
+# shares with the readers' pages is /static/tokens.css and /static/site.css (app.py).
+STATIC = {"console.css": "console.css", "progress.js": "progress.js"}
 
 
 async def static(request: Request) -> Response:
@@ -30,14 +27,7 @@ async def static(request: Request) -> Response:
         from starlette.exceptions import HTTPException
 
         raise HTTPException(404)
-    svc = service(request)
-    cache_key = ("admin-static", name)
-    body = svc.cache.get(cache_key)
-    if body is None:
-        own = svc.config.templates_dir / "admin" / name
-        path = own if own.is_file() else PACKAGED_TEMPLATES / "admin" / name
-        body = svc.cache[cache_key] = path.read_text(encoding="utf-8")
-    return Response(body, media_type=_MEDIA[Path(name).suffix], headers={"Cache-Control": "public, max-age=3600"})
+    return service(request).static_file("admin", name)
 
 
 def routes() -> list[Route]:

@@ -20,8 +20,13 @@ page with the library's words.  Approval sends the content hash of the page the
 approver looked at: if the draft changed since, state.approve says what changed.
 
 The preview route answers the rendered HTML with a policy of its own: inline
-styles (premailer's) allowed, scripts never (``sandbox``), framable only by the
-console itself.
+styles (premailer's) allowed, scripts never (``default-src 'none'`` and a
+``sandbox`` without ``allow-scripts``: no forms, popups or top navigation
+either), framable only by the console itself.  The sandbox keeps the console's
+origin (``allow-same-origin``): with no script in the frame that grants nothing,
+and a sandbox with an opaque origin puts each frame in a process of its own in
+Chromium (IsolateSandboxedIframes), whose pixels a headless browser's
+screenshot of the console left blank.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ if TYPE_CHECKING:
 
 PAGE_CSP = CSP + "; frame-src 'self'"
 PREVIEW_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https: data:; form-action 'none'; "
-               "frame-ancestors 'self'; base-uri 'none'; sandbox")
+               "frame-ancestors 'self'; base-uri 'none'; sandbox allow-same-origin")
 
 
 @room("edit")
