@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import tests.test_admin_browser as console_browser
-from tests.test_admin_browser import AXE, PASSWORD, Pages, _need, sign_in, sign_out
-from tests.test_web_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, live_server
+from tests.test_admin_browser import PASSWORD, sign_in, sign_out
+from tests.test_web_browser import ARTIFACTS, AXE, CHROMIUM, CHROMIUM_ARGS, Pages, live_server, need
 
 SHOTS = ARTIFACTS / "console-desk"
 
@@ -25,13 +24,12 @@ CSV = ("タイトル,URL,分野,概要\r\n"
        "分野の違う記事,https://www.pref.example.lg.jp/news/4,観光,\r\n")
 
 
-def test_the_editor_imports_articles_by_upload_and_asks_for_approval(tmp_path, smtp_server, monkeypatch):
-    _need(Path(CHROMIUM), "Debian's chromium (apt-get install chromium)")
-    _need(AXE, "npm install --no-save --prefix tests/.axe axe-core@4")
+def test_the_editor_imports_articles_by_upload_and_asks_for_approval(tmp_path, smtp_server):
+    need(Path(CHROMIUM), "Debian's chromium (apt-get install chromium)")
+    need(AXE, "npm install --no-save --prefix tests/.axe axe-core@4")
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
-    monkeypatch.setattr(console_browser, "SHOTS", SHOTS)  # Pages writes into this test's folder
     with live_server(tmp_path / "project", smtp_server) as live, sync_playwright() as p:
         cli = live.cli
         cli("user", "add", "suzuki", "--email", "suzuki@example.jp", "--role", "editor", input=PASSWORD + "\n")
@@ -39,7 +37,7 @@ def test_the_editor_imports_articles_by_upload_and_asks_for_approval(tmp_path, s
         cli("subscriber", "import", Path(__file__).parent.parent / "subscribers" / "sample.csv")
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(locale="ja-JP", viewport={"width": 1280, "height": 900})
-        pages = Pages(page, AXE.read_text(encoding="utf-8"))
+        pages = Pages(page, SHOTS)
         base = live.base
         try:
             sign_in(page, base, "suzuki")

@@ -25,9 +25,9 @@ from sqlalchemy import select
 
 from newsletter.store.tables import deliveries
 from tests.conftest import ROOT
-from tests.test_admin_browser import AXE, PASSWORD, SHOTS, Pages, _need, sign_in
+from tests.test_admin_browser import PASSWORD, SHOTS, sign_in
 from tests.test_stats_e2e import CHROME
-from tests.test_web_browser import CHROMIUM, CHROMIUM_ARGS, live_server
+from tests.test_web_browser import AXE, CHROMIUM, CHROMIUM_ARGS, Pages, live_server, need
 
 
 def _get(url: str) -> int:
@@ -41,8 +41,8 @@ def _get(url: str) -> int:
 
 
 def test_live_progress_statistics_schedules_and_reactivation_in_the_browser(tmp_path, smtp_server):
-    _need(Path(CHROMIUM), "Debian's chromium (apt-get install chromium)")
-    _need(AXE, "npm install --no-save --prefix tests/.axe axe-core@4")
+    need(Path(CHROMIUM), "Debian's chromium (apt-get install chromium)")
+    need(AXE, "npm install --no-save --prefix tests/.axe axe-core@4")
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def test_live_progress_statistics_schedules_and_reactivation_in_the_browser(tmp_
                                  "send", "weekly"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(locale="ja-JP", viewport={"width": 1280, "height": 900})
-        pages = Pages(page, AXE.read_text(encoding="utf-8"))
+        pages = Pages(page, SHOTS)
         base = live.base
         try:
             assert held.reached.wait(30), "the send never reached the held message"
