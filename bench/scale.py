@@ -1,28 +1,36 @@
 """Benchmark: 1, 2 and 4 ``newsletter worker`` processes on one edition, on PostgreSQL.
 
     python bench/scale.py --subscribers 20000               # quick
-    python bench/scale.py --subscribers 100000
-    python bench/scale.py --million                         # 1,000,000 end to end (long: ~tens of minutes)
+    python bench/scale.py --subscribers 100000 --claims 1,2,4,8
+    python bench/scale.py --million --workers 4             # 1,000,000 end to end, 100,000 as its baseline
     python bench/scale.py --targets smtp --workers 1,2      # a subset
 
-Steps: a fresh PostgreSQL database, N made-up subscribers imported with the real
-CSV importer (timed), one edition created (its N delivery rows: timed), then for
-each target and each worker count the deliveries are reset to pending and that
-many real ``newsletter worker`` processes (each with 2 connections) send the
-edition to the end.  Targets:
+Steps: a fresh PostgreSQL database, N made-up subscribers imported by
+``newsletter subscriber import`` (the streaming import, in its own process), one
+edition created with its N delivery rows (``creation.create_edition`` in its own
+process), then for each target and each worker count the deliveries are reset
+to pending and that many real ``newsletter worker`` processes (each with 2
+connections) send the edition to the end.  Targets:
 
 - ``smtp``: Postfix's ``smtp-sink`` (Debian package ``postfix``), as bench/send.py;
 - ``http``: the Postmark contract server of tests/http_servers.py in its own
   process, answering each request 50 ms late (``max_batch = 50``).
 
 Baselines in the same run: 1 worker is the baseline of 2 and 4 (``speedup``).
-For each run: messages/s (first to last result written: process start-up left out), CPU seconds
-and peak RSS (VmHWM) of every worker, and PostgreSQL commits/s.
-``--claims P``: the database alone, P processes claiming chunks of 100 and
-recording them as sent with no provider (claims/s: what PostgreSQL sustains).
-Prints one JSON object.  This machine has 2 cores: with 4 workers and the
-database on the same 2 cores, the figures say where the CPU goes, not how
-a real cluster scales.
+For each run: messages/s (first to last result written: process start-up left
+out), CPU seconds and peak RSS (VmHWM) of every worker, CPU seconds of the
+PostgreSQL server processes of the database, commits/s, and the load average
+before and after (the machine is shared: read every figure with its load).
+``--claims 1,2,4,8``: the database alone, P processes claiming chunks of 100
+and recording them as sent with no provider (claims/s: what PostgreSQL
+sustains).  ``--million``: import, creation and a send into smtp-sink by
+``--workers`` processes (one count; default 2) at 1,000,000 subscribers after
+the same steps at ``--subscribers`` (the baseline), each phase timed, with the
+peak RSS of every process (its own rusage) and the ratio million/baseline.
+
+Prints one JSON object (progress lines on stderr).  This machine has 2 cores:
+with 4 workers and the database on the same 2 cores, the figures say where the
+CPU goes, not how a real cluster scales.
 """
 
 from __future__ import annotations
@@ -62,6 +70,21 @@ def load() -> list[float]:
 def proc_hwm_mb(pid: int) -> float:
     m = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
     return int(m.group(1)) / 1024 if m else 0.0
+
+
+def postgres_cpu(engine) -> dict[int, float]:
+    """CPU seconds of each server process serving this database (the workers' sessions)."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        pids = conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).scalars()
+        out = {}
+        for pid in pids:
+            try:
+                out[pid] = proc_cpu(pid)
+            except OSError:  # gone, or another host's server
+                pass
+    return out
 
 
 def serve_http(port_file: str) -> None:
@@ -108,6 +131,8 @@ def run_workers(config: Path, engine, edition_id: int, n: int, env: dict, folder
                                     "status = 'pending'"), {"e": edition_id}).scalar()
     commits_before = _commits(engine)
     load_before = load()
+    pg_before = postgres_cpu(engine)
+    pg_cpu = dict(pg_before)
     logs = [open(folder / f"worker{i}.log", "w") for i in range(n)]  # noqa: SIM115 - closed below
     start = time.monotonic()
     procs = [subprocess.Popen([sys.executable, "-m", "newsletter", "--config", str(config), "--log-format", "json",
@@ -125,6 +150,7 @@ def run_workers(config: Path, engine, edition_id: int, n: int, env: dict, folder
                     pass
                 if p.poll() is not None:
                     raise RuntimeError(f"worker {i} exited {p.returncode}: see {folder}/worker{i}.log")
+            pg_cpu.update(postgres_cpu(engine))
             with engine.connect() as conn:
                 status = conn.execute(text("SELECT status FROM editions WHERE id = :e"), {"e": edition_id}).scalar()
             if status == "done":
@@ -150,6 +176,9 @@ def run_workers(config: Path, engine, edition_id: int, n: int, env: dict, folder
             "cpu_seconds_per_worker": [round(c, 2) for c in cpu],
             "peak_rss_mb_per_worker": [round(h, 1) for h in hwm],
             "postgres_commits_per_second": round((_commits(engine) - commits_before) / elapsed, 1),
+            # the server processes of this database (sampled every 0.2 s, so a session that
+            # ended between two samples lost its last fraction of a second)
+            "postgres_cpu_seconds": round(sum(c - pg_before.get(pid, 0.0) for pid, c in pg_cpu.items()), 2),
             "load_before": load_before, "load_after": load()}
 
 
