@@ -220,22 +220,17 @@ def claim(
     sub = sub.order_by(deliveries.c.id).limit(limit)
     if conn.dialect.name == "postgresql":
         sub = sub.with_for_update(skip_locked=True)
-    ids = conn.execute(
+    # Only what sending needs (every datetime column costs a conversion per row), returned
+    # by the claiming statement itself: one round trip less per chunk than a SELECT after it.
+    name = select(subscribers.c.name).where(subscribers.c.id == deliveries.c.subscriber_id).scalar_subquery()
+    rows = conn.execute(
         update(deliveries).where(deliveries.c.id.in_(sub))
-        .values(lease_until=lease_until, claim_token=token).returning(deliveries.c.id)
-    ).scalars().all()
-    if not ids:
-        return []
-    # Only what sending needs: every datetime column costs a conversion per row.
-    q = (
-        select(deliveries.c.id, deliveries.c.subscriber_id, deliveries.c.email, deliveries.c.variant,
-               deliveries.c.attempts, deliveries.c.message_id, deliveries.c.unknown_outcomes,
-               deliveries.c.created_at, subscribers.c.name)
-        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id, isouter=True)
-        .where(deliveries.c.id.in_(ids))
-        .order_by(deliveries.c.id)
-    )
-    return list(conn.execute(q))
+        .values(lease_until=lease_until, claim_token=token)
+        .returning(deliveries.c.id, deliveries.c.subscriber_id, deliveries.c.email, deliveries.c.variant,
+                   deliveries.c.attempts, deliveries.c.message_id, deliveries.c.unknown_outcomes,
+                   deliveries.c.created_at, name.label("name"))
+    ).all()
+    return sorted(rows, key=lambda r: r.id)  # RETURNING promises no order
 
 
 def has_due(conn: Connection, edition_id: int, now: datetime, domains: Sequence[str]) -> bool:
