@@ -94,6 +94,7 @@ def serve_http(port_file: str) -> None:
     server = PostmarkServer(token="pm-bench-token")
     server.keep_bodies = False
     server.render = False
+    server.keep_delivered = False  # kept, 250,000 messages grew it to 22 GB (the kernel's OOM killer ended it)
     server.stall_next(10**9, 0.05)
     server.start()
     Path(port_file + ".tmp").write_text(str(server.port))
