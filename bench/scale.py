@@ -21,6 +21,8 @@ For each run: messages/s (first to last result written: process start-up left
 out), CPU seconds and peak RSS (VmHWM) of every worker, CPU seconds of the
 PostgreSQL server processes of the database, commits/s, and the load average
 before and after (the machine is shared: read every figure with its load).
+``--grants 1,8``: P processes taking grants from the one shared ``rate`` token
+bucket row (workers.py), each in its own transaction: what the row sustains.
 ``--claims 1,2,4,8``: the database alone, P processes claiming chunks of 100
 and recording them as sent with no provider (claims/s: what PostgreSQL
 sustains).  ``--million``: import, creation and a send into smtp-sink by
@@ -361,6 +363,49 @@ def end_to_end(admin, n: int, workers: int, tmp: Path, env: dict) -> dict:
             "whole_seconds": round(whole, 1), "load_before": db.phases["load_before"], "load_after": load()}
 
 
+def grant_worker(url: str, seconds: float, out, ready, go) -> None:
+    """Child process: take grants from one shared token bucket row as fast as it can
+    (the row's lock serialises them), each in its own transaction as workers do."""
+    from newsletter.store import make_engine
+    from newsletter.store import workers as store
+
+    engine = make_engine(url)
+    with engine.connect():
+        pass
+    grants = 0
+    ready.release()
+    go.wait()
+    start = time.time()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        with engine.begin() as conn:  # a rate no grant can empty: every call is granted
+            got, _ = store.take_tokens(conn, "rate", 1e9, 1e9, 25)
+        grants += got > 0
+    out.put((grants, start, time.time()))
+
+
+def grants_bench(url: str, procs: int, seconds: float = 5.0) -> dict:
+    """What the shared ``rate`` row sustains: grants/s with ``procs`` processes taking them."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q, ready, go = ctx.Queue(), ctx.Semaphore(0), ctx.Event()
+    load_before = load()
+    ps = [ctx.Process(target=grant_worker, args=(url, seconds, q, ready, go)) for _ in range(procs)]
+    for p in ps:
+        p.start()
+    for _ in ps:
+        ready.acquire()
+    go.set()
+    results = [q.get() for _ in ps]
+    for p in ps:
+        p.join()
+    elapsed = max(r[2] for r in results) - min(r[1] for r in results)
+    grants = sum(r[0] for r in results)
+    return {"processes": procs, "grants": grants, "seconds": round(elapsed, 2),
+            "grants_per_second": round(grants / elapsed, 1), "load_before": load_before, "load_after": load()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subscribers", type=int, default=20000)
@@ -369,6 +414,8 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--targets", default="smtp,http")
     ap.add_argument("--claims", default="", help="also: P processes claiming with no provider (a list: 1,2,4,8)")
+    ap.add_argument("--grants", default="", help="also: P processes taking grants from the shared rate row "
+                    "(a list: 1,8)")
     ap.add_argument("--serve-http", help=argparse.SUPPRESS)
     ap.add_argument("--create-edition", help=argparse.SUPPRESS)
     ap.add_argument("--million-size", type=int, default=1_000_000, help=argparse.SUPPRESS)  # the test's small run
@@ -419,6 +466,11 @@ def main() -> None:
                 for p in (int(x) for x in args.claims.split(",")):
                     out["claims"].append(claims_bench(db.url, db.engine, db.edition_id, p))
                     print(json.dumps({"claims": out["claims"][-1]}), file=sys.stderr)
+            if args.grants:
+                out["grants"] = []
+                for p in (int(x) for x in args.grants.split(",")):
+                    out["grants"].append(grants_bench(db.url, p))
+                    print(json.dumps({"grants": out["grants"][-1]}), file=sys.stderr)
             for target in targets:
                 with (smtp_sink() if target == "smtp" else _http_server(tmp)) as port:
                     path = write_config(tmp / target, db.url, provider_config(target, port))

@@ -66,12 +66,13 @@ def test_scale_benchmark_small():
     if not PG_AVAILABLE and os.environ.get("NEWSLETTER_REQUIRE_POSTGRES") != "1":
         pytest.skip("PostgreSQL not reachable")
     result = run("bench/scale.py", "--subscribers", "300", "--workers", "1,2", "--targets", "smtp",
-                 "--claims", "2")
+                 "--claims", "2", "--grants", "2")
     runs = result["runs"]["smtp"]
     assert [r["workers"] for r in runs] == [1, 2] and all(r["sent"] == 300 for r in runs)
     assert runs[0]["speedup"] == 1.0 and all(len(r["cpu_seconds_per_worker"]) == r["workers"] for r in runs)
     assert [c["processes"] for c in result["claims"]] == [2]
     assert result["claims"][0]["rows"] == 300 and result["delivery_rows"] == 300
+    assert result["grants"][0]["processes"] == 2 and result["grants"][0]["grants"] > 0
 
 
 @pytest.mark.postgres
