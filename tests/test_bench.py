@@ -66,11 +66,33 @@ def test_scale_benchmark_small():
     if not PG_AVAILABLE and os.environ.get("NEWSLETTER_REQUIRE_POSTGRES") != "1":
         pytest.skip("PostgreSQL not reachable")
     result = run("bench/scale.py", "--subscribers", "300", "--workers", "1,2", "--targets", "smtp",
-                 "--claims", "2")
+                 "--claims", "2", "--grants", "2")
     runs = result["runs"]["smtp"]
     assert [r["workers"] for r in runs] == [1, 2] and all(r["sent"] == 300 for r in runs)
     assert runs[0]["speedup"] == 1.0 and all(len(r["cpu_seconds_per_worker"]) == r["workers"] for r in runs)
-    assert result["claims"]["rows"] == 300 and result["delivery_rows"] == 300
+    assert [c["processes"] for c in result["claims"]] == [2]
+    assert result["claims"][0]["rows"] == 300 and result["delivery_rows"] == 300
+    assert result["grants"][0]["processes"] == 2 and result["grants"][0]["grants"] > 0
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not HAVE_SINK and os.environ.get("CI") != "true",
+                    reason="Postfix's smtp-sink is not installed (apt-get install postfix)")
+def test_scale_benchmark_end_to_end_small():
+    """--million's code path (import, creation, send, each timed, RSS against the baseline size)."""
+    from tests.conftest import PG_AVAILABLE
+
+    if not PG_AVAILABLE and os.environ.get("NEWSLETTER_REQUIRE_POSTGRES") != "1":
+        pytest.skip("PostgreSQL not reachable")
+    result = run("bench/scale.py", "--million", "--million-size", "400", "--subscribers", "200")
+    e2e = result["end_to_end"]
+    small, big = e2e["baseline"], e2e["million"]
+    assert (small["create"]["pending"], big["create"]["pending"]) == (200, 400)
+    assert (small["send"]["sent"], big["send"]["sent"]) == (200, 400)
+    for run_ in (small, big):
+        assert run_["import"]["peak_rss_mb"] > 0 and run_["create"]["peak_rss_mb"] > 0 and run_["whole_seconds"] > 0
+    assert e2e["workers"] == 2 and len(e2e["peak_rss_ratio"]["workers"]) == 2
+    assert len(result["load_start"]) == 3
 
 
 def test_edition_page_benchmark_small():

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import Integer, Text, and_, bindparam, cast, column, func, literal, or_, select, update, values
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Engine, Row
 
 from ..errors import InputError
@@ -68,7 +69,8 @@ def insert_edition(
     return edition_id
 
 
-def _active_in(fields: Sequence[str]):
+def _readers_of(fields: Sequence[str]):
+    """Active subscribers with at least one of ``fields``."""
     return and_(subscribers.c.status == "active", or_(*[field_filter(subscribers.c.fields, f) for f in fields]))
 
 
@@ -77,7 +79,7 @@ def subscribers_for(conn: Connection, fields: Sequence[str]) -> Iterable[Row]:
     q = (
         select(subscribers.c.id, subscribers.c.email, subscribers.c.fields, subscribers.c.format,
                subscribers.c.charset, subscribers.c.publications)
-        .where(_active_in(fields))
+        .where(_readers_of(fields))
         .order_by(subscribers.c.id)
     )
     return conn.execute(q.execution_options(yield_per=CHUNK))
@@ -88,16 +90,60 @@ def subscriber_profiles(conn: Connection, fields: Sequence[str]) -> list[Row]:
     variant (fields, format, charset, publications): one GROUP BY, a row per distinct
     profile with its ``readers``, however many subscribers there are."""
     cols = (subscribers.c.fields, subscribers.c.format, subscribers.c.charset, subscribers.c.publications)
-    return list(conn.execute(select(*cols, func.count().label("readers")).where(_active_in(fields))
+    return list(conn.execute(select(*cols, func.count().label("readers")).where(_readers_of(fields))
                              .group_by(*cols)))
+
+
+def recipient_domain(email: str) -> str:
+    """A delivery's ``domain`` (what per-domain limits claim by): after the last ``@``."""
+    return email.rpartition("@")[2]
+
+
+def recipient_domain_sql(email):
+    """:func:`recipient_domain` as a PostgreSQL expression (what follows the last ``@``;
+    the whole address without one, as ``rpartition``); tests/test_creation.py holds
+    the two equal."""
+    return func.coalesce(func.substring(email, literal("@([^@]*)$", Text)), email)
 
 
 def insert_deliveries(conn: Connection, rows: Sequence[Mapping[str, Any]], now: datetime) -> None:
     if rows:
         conn.execute(deliveries.insert(), [
-            {"attempts": 0, "created_at": now, "updated_at": now, "domain": r["email"].rpartition("@")[2], **r}
+            {"attempts": 0, "created_at": now, "updated_at": now, "domain": recipient_domain(r["email"]), **r}
             for r in rows
         ])
+
+
+_COMBINATION = ("fields", "format", "charset", "publications")
+
+
+def insert_deliveries_by_combination(
+    conn: Connection, edition_id: int, fields: Sequence[str], variants: Sequence[Mapping[str, Any]], now: datetime,
+) -> tuple[int, int]:
+    """One delivery row per subscriber of :func:`subscribers_for` whose combination
+    of :data:`_COMBINATION` columns is in ``variants`` (each mapping: those four,
+    plus the row's ``variant``, ``status`` and ``last_reply``), in one
+    ``INSERT … SELECT`` in subscriber order (PostgreSQL).  Returns (pending, skipped)."""
+    if variants:
+        cols = (*_COMBINATION, "variant", "status", "last_reply")
+        m = values(*(column(c, Text) for c in cols), name="m").data([tuple(v[c] for c in cols) for v in variants])
+        s = subscribers.c
+        join = and_(s.fields == m.c.fields, s.format == m.c.format, s.charset.is_not_distinct_from(m.c.charset),
+                    s.publications.is_not_distinct_from(m.c.publications))
+        stamp = literal(now, deliveries.c.created_at.type)
+        rows = (
+            select(literal(edition_id), s.id, s.email, m.c.variant, m.c.status, m.c.last_reply, literal(0), stamp,
+                   stamp, recipient_domain_sql(s.email))
+            .select_from(subscribers.join(m, join))
+            .where(_readers_of(fields))
+            .order_by(s.id)
+        )
+        conn.execute(deliveries.insert().from_select(
+            ["edition_id", "subscriber_id", "email", "variant", "status", "last_reply", "attempts", "created_at",
+             "updated_at", "domain"], rows))
+    counts = dict(conn.execute(select(deliveries.c.status, func.count()).where(deliveries.c.edition_id == edition_id)
+                               .group_by(deliveries.c.status)).all())
+    return counts.get("pending", 0), counts.get("skipped", 0)
 
 
 def get_edition(conn: Connection, edition_id: int) -> Row | None:
@@ -175,22 +221,17 @@ def claim(
     sub = sub.order_by(deliveries.c.id).limit(limit)
     if conn.dialect.name == "postgresql":
         sub = sub.with_for_update(skip_locked=True)
-    ids = conn.execute(
+    # Only what sending needs (every datetime column costs a conversion per row), returned
+    # by the claiming statement itself: one round trip less per chunk than a SELECT after it.
+    name = select(subscribers.c.name).where(subscribers.c.id == deliveries.c.subscriber_id).scalar_subquery()
+    rows = conn.execute(
         update(deliveries).where(deliveries.c.id.in_(sub))
-        .values(lease_until=lease_until, claim_token=token).returning(deliveries.c.id)
-    ).scalars().all()
-    if not ids:
-        return []
-    # Only what sending needs: every datetime column costs a conversion per row.
-    q = (
-        select(deliveries.c.id, deliveries.c.subscriber_id, deliveries.c.email, deliveries.c.variant,
-               deliveries.c.attempts, deliveries.c.message_id, deliveries.c.unknown_outcomes,
-               deliveries.c.created_at, subscribers.c.name)
-        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id, isouter=True)
-        .where(deliveries.c.id.in_(ids))
-        .order_by(deliveries.c.id)
-    )
-    return list(conn.execute(q))
+        .values(lease_until=lease_until, claim_token=token)
+        .returning(deliveries.c.id, deliveries.c.subscriber_id, deliveries.c.email, deliveries.c.variant,
+                   deliveries.c.attempts, deliveries.c.message_id, deliveries.c.unknown_outcomes,
+                   deliveries.c.created_at, name.label("name"))
+    ).all()
+    return sorted(rows, key=lambda r: r.id)  # RETURNING promises no order
 
 
 def has_due(conn: Connection, edition_id: int, now: datetime, domains: Sequence[str]) -> bool:
@@ -293,6 +334,8 @@ def record(conn: Connection, updates: Sequence[Mapping[str, Any]], now: datetime
     write lock on SQLite, the row locks on PostgreSQL, so nothing can change
     them between the check and the write).  Returns the ids written."""
     now = now or utcnow()
+    if token is not None and updates and conn.dialect.name == "postgresql":
+        return _record_fenced_set_based(conn, updates, now, token)
     if token is not None and updates:
         held = set(conn.execute(
             update(deliveries).where(_held([u["id"] for u in updates], token))
@@ -313,6 +356,44 @@ def record(conn: Connection, updates: Sequence[Mapping[str, Any]], now: datetime
         )
         conn.execute(stmt, [{f"_{k}": v for k, v in r.items()} for r in rows])
     return held
+
+
+def _record_fenced_set_based(conn: Connection, updates: Sequence[Mapping[str, Any]], now: datetime,
+                             token: str) -> set[int]:
+    """:func:`record` with a token on PostgreSQL: one ``UPDATE … FROM
+    jsonb_to_recordset(…)`` per set of columns, fenced in its own WHERE (the row
+    locks it takes are the check).  A chunk's results are one statement with one
+    parameter, compiled once: one UPDATE per row took ~100 ms for a chunk of 100
+    on a loaded 2-core machine and bounded a worker, whose one database thread
+    claims, composes and records."""
+    written: set[int] = set()
+    by_keys: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for u in updates:
+        by_keys.setdefault(tuple(sorted(k for k in u if k != "id")), []).append(u)
+    for cols, rows in by_keys.items():
+        given = func.jsonb_to_recordset(cast(bindparam("rows"), JSONB)).table_valued(
+            column("id", Integer), *(column(c, deliveries.c[c].type) for c in cols)
+        ).render_derived(name="v", with_types=True)
+        stmt = (
+            update(deliveries)
+            .where(deliveries.c.id == given.c.id, deliveries.c.status == "pending",
+                   deliveries.c.claim_token == token)
+            .values({"lease_until": None, "claim_token": None, "updated_at": now, **{c: given.c[c] for c in cols}})
+            .returning(deliveries.c.id)
+        )
+        payload = json.dumps([{"id": r["id"], **{c: _json_value(r[c]) for c in cols}} for r in rows],
+                             ensure_ascii=False)
+        written.update(conn.execute(stmt, {"rows": payload}).scalars())
+    return written
+
+
+def _json_value(value: Any) -> Any:
+    """A result's value as jsonb_to_recordset reads it back (times: ISO 8601 in UTC)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+        return value.astimezone(UTC).isoformat()
+    return value
 
 
 def failed_deliveries(conn: Connection, edition_id: int) -> list[Row]:
