@@ -612,6 +612,23 @@ def count_bad_addresses(conn, reasons: Mapping[int, str], *, limit: int, source:
     return changed
 
 
+def lookup_address(email: str) -> str:
+    """An address typed to find a subscriber, normalized for the look-up (one stored
+    before today's rules can still be found and stopped), or the one-line error."""
+    try:
+        return normalize_email(email, lookup=True)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def existing(conn: Connection, email: str):
+    """The subscriber row of ``email`` (normalized), or "no such subscriber"."""
+    row = q.get_by_email(conn, email)
+    if row is None:
+        raise InputError(f"{email}: no such subscriber")
+    return row
+
+
 def set_status(
     engine: Engine, email: str, status: str, *, source: str = "cli", detail: str | None = None
 ) -> tuple[str, int]:
@@ -619,14 +636,9 @@ def set_status(
 
     Returns (previous status, number of deliveries cancelled); an address already
     suppressed keeps its status."""
-    try:
-        email = normalize_email(email, lookup=True)  # an address stored before the rule can still be stopped
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    email = lookup_address(email)
     with engine.begin() as conn:
-        row = q.get_by_email(conn, email)
-        if row is None:
-            raise InputError(f"{email}: no such subscriber")
+        row = existing(conn, email)
         done = suppress(conn, [row.id], status, source, detail=detail)
         return row.status, done.cancelled
 
@@ -651,9 +663,7 @@ def update(engine: Engine, config: Config, email: str, changes: dict[str, Any]) 
     except ValueError as exc:
         raise InputError(f"{email}: {exc}") from None
     with engine.begin() as conn:
-        row = q.get_by_email(conn, email)
-        if row is None:
-            raise InputError(f"{email}: no such subscriber")
+        row = existing(conn, email)
         if values:
             q.update_subscriber(conn, row.id, values)
             q.add_consents(conn, [email], "change", source="cli", detail=", ".join(sorted(values)))
@@ -667,14 +677,9 @@ def delete(engine: Engine, email: str) -> int:
     (ON DELETE CASCADE); the delivery log keeps its rows (so an edition's counts
     stay true) without the address, its domain or the server's words.  Returns
     the number of deliveries cancelled."""
-    try:
-        email = normalize_email(email, lookup=True)  # an address stored before the rule can still be stopped
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    email = lookup_address(email)
     with engine.begin() as conn:
-        row = q.get_by_email(conn, email)
-        if row is None:
-            raise InputError(f"{email}: no such subscriber")
+        row = existing(conn, email)
         done = suppress(conn, [row.id], "unsubscribed", "erasure", "erased")
         q.erase_from_deliveries(conn, row.id)
         delete_subscriber_events(conn, row.id)  # reading statistics (also ON DELETE CASCADE)
@@ -683,14 +688,9 @@ def delete(engine: Engine, email: str) -> int:
 
 
 def show(engine: Engine, email: str) -> tuple[Any, list[Any]]:
-    try:
-        email = normalize_email(email, lookup=True)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    email = lookup_address(email)
     with engine.connect() as conn:
-        row = q.get_by_email(conn, email)
-        if row is None:
-            raise InputError(f"{email}: no such subscriber")
+        row = existing(conn, email)
         return row, q.consent_records(conn, row.id)
 
 
