@@ -225,28 +225,34 @@ def claim_worker(url: str, edition_id: int, seconds: float, out, ready, go) -> N
     out.put((claims, rows, start, time.time()))
 
 
-def claims_bench(url: str, engine, edition_id: int, procs: int, seconds: float = 10.0) -> dict:
+def run_together(target, args: tuple, procs: int) -> list:
+    """``procs`` processes of ``target(*args, out, ready, go)``, started at once (each
+    waits for ``go`` once ready); what each put on ``out``."""
     import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out, ready, go = ctx.Queue(), ctx.Semaphore(0), ctx.Event()
+    ps = [ctx.Process(target=target, args=(*args, out, ready, go)) for _ in range(procs)]
+    for p in ps:
+        p.start()
+    for _ in ps:
+        ready.acquire()
+    go.set()
+    results = [out.get() for _ in ps]
+    for p in ps:
+        p.join()
+    return results
+
+
+def claims_bench(url: str, engine, edition_id: int, procs: int, seconds: float = 10.0) -> dict:
 
     from sqlalchemy import text
 
     with engine.begin() as conn:
         conn.execute(text("UPDATE deliveries SET status = 'pending', lease_until = NULL, claim_token = NULL "
                           "WHERE edition_id = :e"), {"e": edition_id})
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    ready = ctx.Semaphore(0)
-    go = ctx.Event()
     load_before = load()
-    ps = [ctx.Process(target=claim_worker, args=(url, edition_id, seconds, q, ready, go)) for _ in range(procs)]
-    for p in ps:
-        p.start()
-    for _ in ps:
-        ready.acquire()
-    go.set()
-    results = [q.get() for _ in ps]
-    for p in ps:
-        p.join()
+    results = run_together(claim_worker, (url, edition_id, seconds), procs)
     elapsed = max(r[3] for r in results) - min(r[2] for r in results)
     claims = sum(r[0] for r in results)
     rows = sum(r[1] for r in results)
@@ -386,20 +392,9 @@ def grant_worker(url: str, seconds: float, out, ready, go) -> None:
 
 def grants_bench(url: str, procs: int, seconds: float = 5.0) -> dict:
     """What the shared ``rate`` row sustains: grants/s with ``procs`` processes taking them."""
-    import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
-    q, ready, go = ctx.Queue(), ctx.Semaphore(0), ctx.Event()
     load_before = load()
-    ps = [ctx.Process(target=grant_worker, args=(url, seconds, q, ready, go)) for _ in range(procs)]
-    for p in ps:
-        p.start()
-    for _ in ps:
-        ready.acquire()
-    go.set()
-    results = [q.get() for _ in ps]
-    for p in ps:
-        p.join()
+    results = run_together(grant_worker, (url, seconds), procs)
     elapsed = max(r[2] for r in results) - min(r[1] for r in results)
     grants = sum(r[0] for r in results)
     return {"processes": procs, "grants": grants, "seconds": round(elapsed, 2),
