@@ -145,6 +145,21 @@ def test_every_format_of_the_cli_with_fields_for_items_that_name_none(console, n
     assert "\teducation\t" in console.site.cli("article", "list").output
 
 
+def test_an_office_with_many_fields_can_tick_them_all_on_the_upload(tmp_path):
+    """The upload form's field limit grows with the configured fields (it was 10 in all:
+    an office with 9 fields ticking every one got a 400)."""
+    more = {"[[fields]]\nslug = \"education\"\nname = \"教育\"\n": "[[fields]]\nslug = \"education\"\nname = \"教育\"\n"
+            + "".join(f"\n[[fields]]\nslug = \"extra-{i}\"\nname = \"分野{i}\"\n" for i in range(9))}
+    c = Console(make_site(tmp_path, f"sqlite:///{tmp_path / 'project' / 'var' / 'newsletter.db'}", replace=more))
+    c.add_user("suzuki", "editor")
+    assert len(c.site.config.fields) == 12
+    editor = c.sign_in("suzuki")
+    data = json.dumps([{"title": "県立図書館の開館時間を延長します", "url": "https://www.example.lg.jp/toshokan"}]).encode()
+    res = upload(editor, "news.json", data, fields=[f.slug for f in c.site.config.fields])
+    assert res.status_code == 200, res.text
+    assert report_rows(res.text)[0][1] == "新規"
+
+
 @pytest.mark.parametrize("name,data,message", [
     ("broken.json", b'[{"title": "x",', "broken.json:1: invalid JSON"),
     ("notes.md", "本文だけのメモ".encode(), "notes.md:1: no front matter"),

@@ -752,7 +752,8 @@ async def _read_upload(request: Request, t: dict[str, str]) -> FormData:
     if ctype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise HTTPException(415)
     try:
-        return await request.form(max_files=1, max_fields=10)
+        # One file and a few fields, plus one 分野 checkbox per configured field (the article import).
+        return await request.form(max_files=1, max_fields=10 + len(service(request).config.fields))
     except HTTPException as exc:
         if exc.status_code == 413:
             raise
