@@ -92,7 +92,7 @@ def test_the_editor_imports_articles_by_upload_and_asks_for_approval(tmp_path, s
             assert page.get_by_role("heading", name="承認待ちの号").count() == 1
             pages.check("06-approver-home")
             page.get_by_role("link", name="週刊 地方行政ニュース 第1号（suzuki が").click()
-            assert page.url.split("?")[0] == edition_url
+            page.wait_for_url(lambda url: url.split("?")[0] == edition_url, timeout=10000)
             assert page.get_by_text("まだ実行していません。").count() == 1
             page.get_by_role("button", name="配信前チェック").click()
             page.wait_for_selector("#check li, #check p:has-text('問題は見つかりませんでした。')")
