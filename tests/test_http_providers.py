@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -452,7 +453,10 @@ def test_messages_too_big_for_the_service_fail_without_a_request(monkeypatch):
     for kind, size in (("ses", 31 * 1024 * 1024), ("postmark", 10_000_001)):
         with running(kind, monkeypatch) as kit:
             big = message(1)
-            big = OutgoingMessage(**{**big.__dict__, "data": big.data + b"x" * size})
+            if kind == "ses":  # SES takes our MIME as it is
+                big = OutgoingMessage(**{**big.__dict__, "data": big.data + b"x" * size})
+            else:  # Postmark takes JSON built from the parts (our MIME is never built for it)
+                big = dataclasses.replace(big, content=dataclasses.replace(big.content, text="x" * size))
             results = kit.provider().send([big, message(2)])
             assert [r.status for r in results] == ["permanent", "accepted"]
             assert results[0].reply.startswith("local: the message is")

@@ -357,29 +357,63 @@ def compose(
         f"List-Unsubscribe: {list_unsubscribe}{CRLF}"
     ).encode("ascii")
     head = prepared.fixed_headers_before + own_headers + prepared.fixed_headers_after
-    if len(prepared.parts) == 1:
-        data = head + _render_part(prepared.parts[0], values) + b"\r\n"
-    else:
-        b = prepared.boundary.encode("ascii")
-        data = b"".join([
-            head, b'Content-Type: multipart/alternative; boundary="', b, b'"\r\n\r\n',
-            b"This is a multi-part message in MIME format.\r\n",
-            b"--", b, b"\r\n", _render_part(prepared.parts[0], values), b"\r\n",
-            b"--", b, b"\r\n", _render_part(prepared.parts[1], values), b"\r\n",
-            b"--", b, b"--\r\n",
-        ])
-    return OutgoingMessage(
+    return _Composed(
         delivery_id=recipient.delivery_id,
         sender=ascii_address(sending.envelope_from),
         recipient=ascii_address(recipient.email),
         message_id=msgid,
-        data=data,
+        data=None,  # built on first use: _Composed
         headers={"Message-ID": msgid, "List-Unsubscribe": list_unsubscribe.replace(CRLF, ""), "Charset": charset},
         variant=prepared.variant,
         content=prepared.content,
         to_name=header_safe(name),
         personal=personal,
-    )
+    )._build_from(head, prepared, values)
+
+
+def _mime(head: bytes, prepared: _Prepared, values: dict[str, tuple[bytes, bytes]]) -> bytes:
+    if len(prepared.parts) == 1:
+        return head + _render_part(prepared.parts[0], values) + b"\r\n"
+    b = prepared.boundary.encode("ascii")
+    return b"".join([
+        head, b'Content-Type: multipart/alternative; boundary="', b, b'"\r\n\r\n',
+        b"This is a multi-part message in MIME format.\r\n",
+        b"--", b, b"\r\n", _render_part(prepared.parts[0], values), b"\r\n",
+        b"--", b, b"\r\n", _render_part(prepared.parts[1], values), b"\r\n",
+        b"--", b, b"--\r\n",
+    ])
+
+
+class _Composed(OutgoingMessage):
+    """An :class:`OutgoingMessage` whose MIME bytes are built when a provider first
+    reads ``data``, not when it is composed.  Providers that build the message
+    themselves from ``content`` and ``personal`` (Postmark, SendGrid, Mailgun's
+    batch mode) never read it: the base64 of both parts was a quarter of an HTTP
+    worker's CPU (bench/scale.py, py-spy).  Everything the bytes depend on is fixed
+    at compose time, so when they are built changes nothing in them.
+
+    ``data`` is a property with a setter: the frozen dataclass's ``__init__`` (and
+    ``dataclasses.replace``, as the DKIM signer does) stores through it."""
+
+    __slots__ = ("_data", "_parts")
+
+    @property  # type: ignore[override]
+    def data(self) -> bytes:
+        data = self._data
+        if data is None:
+            data = _mime(*self._parts)
+            object.__setattr__(self, "_data", data)
+            object.__setattr__(self, "_parts", None)
+        return data
+
+    @data.setter
+    def data(self, value: bytes | None) -> None:
+        object.__setattr__(self, "_data", value)
+        object.__setattr__(self, "_parts", None)
+
+    def _build_from(self, head: bytes, prepared: _Prepared, values: dict[str, tuple[bytes, bytes]]) -> _Composed:
+        object.__setattr__(self, "_parts", (head, prepared, values))
+        return self
 
 
 @lru_cache(maxsize=128)

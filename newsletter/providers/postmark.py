@@ -90,8 +90,10 @@ class PostmarkProvider(HTTPProvider):
     def precheck(self, message: OutgoingMessage) -> str | None:
         if message.content is None:
             return "local: the postmark provider needs structured content"
-        if len(message.data) > MAX_MESSAGE_BYTES:
-            return f"local: the message is {len(message.data)} bytes; Postmark takes at most {MAX_MESSAGE_BYTES}"
+        # What Postmark receives is the message's JSON, not our MIME (never built for Postmark).
+        size = len(self.encoded(message))
+        if size > MAX_MESSAGE_BYTES:
+            return f"local: the message is {size} bytes; Postmark takes at most {MAX_MESSAGE_BYTES}"
         return None
 
     def encoded(self, message: OutgoingMessage) -> bytes:
