@@ -202,9 +202,14 @@ def claim(
     token: str | None = None,
     domains: Sequence[str] | None = None,
     exclude_domains: Sequence[str] = (),
+    after: int = 0,
 ) -> list[Row]:
     """Lease up to ``limit`` due deliveries (oldest first) and return them with the
     subscriber's name.
+
+    ``after``: only rows with a greater id (the claiming run's cursor, see
+    ``DeliveryRun._claim_rows``): the scan starts there instead of walking every row
+    the edition has already sent.
 
     One UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING: atomic on SQLite (the
     statement holds the write lock) and, with FOR UPDATE SKIP LOCKED, on
@@ -214,6 +219,8 @@ def claim(
     if limit <= 0:
         return []
     sub = select(deliveries.c.id).where(_due(edition_id, now))
+    if after:
+        sub = sub.where(deliveries.c.id > after)
     if domains is not None:
         sub = sub.where(deliveries.c.domain.in_(list(domains)))
     if exclude_domains:
@@ -234,9 +241,12 @@ def claim(
     return sorted(rows, key=lambda r: r.id)  # RETURNING promises no order
 
 
-def has_due(conn: Connection, edition_id: int, now: datetime, domains: Sequence[str]) -> bool:
-    q = select(deliveries.c.id).where(_due(edition_id, now), deliveries.c.domain.in_(list(domains))).limit(1)
-    return conn.execute(q).first() is not None
+def has_due(conn: Connection, edition_id: int, now: datetime, domains: Sequence[str], after: int = 0) -> bool:
+    """Whether a row of ``domains`` is due (``after``: among those with a greater id, as :func:`claim`)."""
+    q = select(deliveries.c.id).where(_due(edition_id, now), deliveries.c.domain.in_(list(domains)))
+    if after:
+        q = q.where(deliveries.c.id > after)
+    return conn.execute(q.limit(1)).first() is not None
 
 
 def sent_since(conn: Connection, since: datetime) -> int:
