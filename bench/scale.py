@@ -14,6 +14,8 @@ a new edition has) and that many real ``newsletter worker`` processes (each with
 2 connections) send the edition to the end.  Targets:
 
 - ``smtp``: Postfix's ``smtp-sink`` (Debian package ``postfix``), as bench/send.py;
+- ``smtp-dkim``: the same with every message DKIM-signed (RSA-2048) by the
+  worker, where one worker process is CPU-bound;
 - ``http``: the Postmark contract server of tests/http_servers.py in its own
   process, answering each request 50 ms late (``max_batch = 50``).
 
@@ -406,10 +408,18 @@ class Database:
             c.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
 
 
-def provider_config(target: str, port: int) -> str:
-    if target == "smtp":
-        return (f'[provider]\nkind = "smtp"\nhost = "127.0.0.1"\nport = {port}\ntimeout = 30\n'
-                'connections = 2\nmax_batch = 100\nlease_seconds = 60\n')
+def provider_config(target: str, port: int, folder: Path | None = None) -> str:
+    if target in ("smtp", "smtp-dkim"):
+        table = (f'[provider]\nkind = "smtp"\nhost = "127.0.0.1"\nport = {port}\ntimeout = 30\n'
+                 'connections = 2\nmax_batch = 100\nlease_seconds = 60\n')
+        if target == "smtp-dkim":  # RSA-2048 signing in the worker: one process is CPU-bound
+            from newsletter.dkim_signer import generate_key, private_pem
+
+            assert folder is not None
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "rsa.pem").write_bytes(private_pem(generate_key("rsa-sha256")))
+            table += '\n[dkim]\nselector = "bench"\nprivate_key_file = "rsa.pem"\n'
+        return table
     return (f'[provider]\nkind = "postmark"\nbase_url = "http://127.0.0.1:{port}"\n'
             'api_key_env = "NL_BENCH_PM"\nconnections = 2\nmax_batch = 50\nlease_seconds = 60\n')
 
@@ -466,7 +476,7 @@ def main() -> None:
     ap.add_argument("--million", action="store_true",
                     help="1,000,000 subscribers end to end, after the same steps at --subscribers as the baseline")
     ap.add_argument("--workers", default="1,2,4")
-    ap.add_argument("--targets", default="smtp,http")
+    ap.add_argument("--targets", default="smtp,smtp-dkim,http")
     ap.add_argument("--claims", default="", help="also: P processes claiming with no provider (a list: 1,2,4,8)")
     ap.add_argument("--grants", default="", help="also: P processes taking grants from the shared rate row "
                     "(a list: 1,8)")
@@ -526,8 +536,8 @@ def main() -> None:
                     out["grants"].append(grants_bench(db.url, p))
                     print(json.dumps({"grants": out["grants"][-1]}), file=sys.stderr)
             for target in targets:
-                with (smtp_sink() if target == "smtp" else _http_server(tmp)) as port:
-                    path = write_config(tmp / target, db.url, provider_config(target, port))
+                with (_http_server(tmp) if target == "http" else smtp_sink()) as port:
+                    path = write_config(tmp / target, db.url, provider_config(target, port, tmp / target))
                     runs = []
                     for k in counts:
                         r = run_workers(path, db.engine, db.edition_id, k, env, tmp / target, server_port=port)

@@ -42,6 +42,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote
 
 from .sanitize import header_safe
@@ -98,11 +99,18 @@ def split(template: str, placeholders: Iterable[str]) -> list[str]:
     return re.split("(" + "|".join(re.escape(p) for p in wanted) + ")", template)
 
 
+@lru_cache(maxsize=64)
+def split_once(template: str, placeholders: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`split`, remembered: every message of a variant fills the same template
+    with the same placeholders, so it is cut once, not searched once a message."""
+    return tuple(split(template, placeholders))
+
+
 def fill(template: str, values: Mapping[str, str], *, escape: bool = False) -> str:
     """``template`` with each placeholder (a key of ``values``) replaced by its
     value, HTML-escaped when ``escape`` (for an HTML part).  One pass: a value
     is never searched for placeholders itself."""
-    pieces = split(template, values)
+    pieces = list(split_once(template, tuple(values)))
     for i in range(1, len(pieces), 2):
         value = values[pieces[i]]
         pieces[i] = html.escape(value) if escape else value
