@@ -273,7 +273,7 @@ def pg_cluster(tmp_path, storage_url):
 @pytest.mark.parametrize("storage_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 def test_three_workers_and_two_schedulers_kill_9_mid_send_everyone_exactly_once(storage_url, pg_cluster):
     factory, sink = pg_cluster
-    cluster = factory(2000, "250/s")
+    cluster = factory(20000, "800/s")
     runs = [cluster.start("run", f"run{i}") for i in range(2)]
     workers = [cluster.start("worker", f"worker{i}") for i in range(3)]
     for p in runs + workers:
@@ -284,8 +284,8 @@ def test_three_workers_and_two_schedulers_kill_9_mid_send_everyone_exactly_once(
     assert status.count("\tworker\trunning") == 3 and status.count("\trun (scheduler)\trunning") == 1
 
     out = cluster.cli("edition", "send", "weekly", "--detach")
-    assert "2000 pending, handed to 5 running worker process(es)" in out.stdout
-    wait_until(lambda: len(sink.received()) >= 600, 60, "600 messages at the sink")
+    assert "20000 pending, handed to 5 running worker process(es)" in out.stdout
+    wait_until(lambda: len(sink.received()) >= 4000, 60, "4000 messages at the sink")
     # kill -9 one worker and the scheduler holder, mid-send.
     leader = next(p for p in runs if str(p.pid) == holder.split(":")[1])
     standby = next(p for p in runs if p is not leader)
@@ -299,14 +299,14 @@ def test_three_workers_and_two_schedulers_kill_9_mid_send_everyone_exactly_once(
                      4 * LEASE + 10, "the standby to take the scheduler over", standby.proc)
     assert new and standby.has("scheduler.acquired")
     took = time.monotonic() - killed_at
-    wait_until(lambda: cluster.edition_status() == "done", 120, "the edition to finish", standby.proc)
+    wait_until(lambda: cluster.edition_status() == "done", 180, "the edition to finish", standby.proc)
 
     received = Counter(sink.received())
     assert set(received) == cluster.emails  # nobody lost, nobody else
     duplicates = sum(n - 1 for n in received.values())
     # Each killed process had at most connections × 2 chunks of max_batch in flight.
     assert duplicates <= 2 * CONNECTIONS * 2 * MAX_BATCH
-    assert cluster.statuses() == Counter(sent=2000)
+    assert cluster.statuses() == Counter(sent=20000)
     wait_until(lambda: cluster.cli("status").stdout.count("\tLOST\t") == 2, 2 * LEASE + 10,
                "the killed processes shown as lost")
     for p in [standby, *workers[1:]]:
