@@ -17,7 +17,8 @@ a new edition has) and that many real ``newsletter worker`` processes (each with
 - ``smtp-dkim``: the same with every message DKIM-signed (RSA-2048) by the
   worker, where one worker process is CPU-bound;
 - ``http``: the Postmark contract server of tests/http_servers.py in its own
-  process, answering each request 50 ms late (``max_batch = 50``).
+  process (``--http-processes N``: N processes sharing its port), answering each
+  request 50 ms late (``max_batch = 50``).
 
 Baselines in the same run: 1 worker is the baseline of 2 and 4 (``speedup``).
 For each run: messages/s (first to last result written: process start-up left
@@ -84,9 +85,9 @@ def proc_hwm_mb(pid: int) -> float:
     return int(m.group(1)) / 1024 if m else 0.0
 
 
-def listener_pid(port: int) -> int | None:
-    """The process listening on 127.0.0.1:``port`` (the provider's stand-in: smtp-sink
-    or the contract server), found through /proc, so its CPU can be counted too."""
+def listener_pids(port: int) -> list[int]:
+    """The processes listening on 127.0.0.1:``port`` (the provider's stand-in: smtp-sink
+    or the contract server's processes), found through /proc, so their CPU is counted too."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -97,17 +98,17 @@ def listener_pid(port: int) -> int | None:
             cols = line.split()
             if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
                 inodes.add(cols[9])
+    pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            for fd in (proc / "fd").iterdir():
-                link = os.readlink(fd)
-                if link.startswith("socket:[") and link[8:-1] in inodes:
-                    return int(proc.name)
+            if any(os.readlink(fd)[8:-1] in inodes for fd in (proc / "fd").iterdir()
+                   if os.readlink(fd).startswith("socket:[")):
+                pids.append(int(proc.name))
         except OSError:
             continue
-    return None
+    return pids
 
 
 def postgres_cpu(engine) -> dict[int, float]:
@@ -125,8 +126,9 @@ def postgres_cpu(engine) -> dict[int, float]:
     return out
 
 
-def serve_http(port_file: str) -> None:
-    """Child process: the Postmark contract server, 50 ms late on every request."""
+def serve_http(port_file: str, port: int) -> None:
+    """Child process: the Postmark contract server, 50 ms late on every request
+    (``port`` shared with the other processes of ``--http-processes``)."""
     from tests.http_servers import PostmarkServer
 
     server = PostmarkServer(token="pm-bench-token")
@@ -134,7 +136,7 @@ def serve_http(port_file: str) -> None:
     server.render = False
     server.keep_delivered = False  # kept, 250,000 messages grew it to 22 GB (the kernel's OOM killer ended it)
     server.stall_next(10**9, 0.05)
-    server.start()
+    server.start(port, shared_port=True)
     Path(port_file + ".tmp").write_text(str(server.port))
     os.replace(port_file + ".tmp", port_file)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
@@ -180,8 +182,8 @@ def run_workers(config: Path, engine, edition_id: int, n: int, env: dict, folder
     load_before = load()
     pg_before = postgres_cpu(engine)
     pg_cpu = dict(pg_before)
-    server = listener_pid(server_port) if server_port else None
-    server_before = proc_cpu(server) if server else 0.0
+    servers = listener_pids(server_port) if server_port else []
+    server_before = sum(proc_cpu(p) for p in servers)
     machine_before = machine_cpu()
     logs = [open(folder / f"worker{i}.log", "w") for i in range(n)]  # noqa: SIM115 - closed below
     start = time.monotonic()
@@ -207,7 +209,7 @@ def run_workers(config: Path, engine, edition_id: int, n: int, env: dict, folder
                 break
             time.sleep(0.2)
         elapsed = time.monotonic() - start
-        server_cpu = proc_cpu(server) - server_before if server else None
+        server_cpu = sum(proc_cpu(p) for p in servers) - server_before if servers else None
         machine = machine_cpu() - machine_before
     finally:
         for p in procs:
@@ -480,12 +482,16 @@ def main() -> None:
     ap.add_argument("--claims", default="", help="also: P processes claiming with no provider (a list: 1,2,4,8)")
     ap.add_argument("--grants", default="", help="also: P processes taking grants from the shared rate row "
                     "(a list: 1,8)")
+    ap.add_argument("--http-processes", type=int, default=1,
+                    help="processes of the contract server sharing its port (1: one Python process, whose "
+                         "GIL serialises the parsing of concurrent requests)")
     ap.add_argument("--serve-http", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--create-edition", help=argparse.SUPPRESS)
     ap.add_argument("--million-size", type=int, default=1_000_000, help=argparse.SUPPRESS)  # the test's small run
     args = ap.parse_args()
     if args.serve_http:
-        return serve_http(args.serve_http)
+        return serve_http(args.serve_http, args.port)
     if args.create_edition:
         return create_edition_child(args.create_edition)
     counts = [int(x) for x in args.workers.split(",")]
@@ -518,6 +524,7 @@ def main() -> None:
                                          big["send"]["peak_rss_mb_per_worker"], strict=True)]}}
             return
         out["subscribers"] = args.subscribers
+        out["http_processes"] = args.http_processes
         out["runs"] = {}
         with Database(admin, args.subscribers, tmp / "db", env) as db:
             out["import_seconds"] = db.phases["import"]["seconds"]
@@ -536,7 +543,7 @@ def main() -> None:
                     out["grants"].append(grants_bench(db.url, p))
                     print(json.dumps({"grants": out["grants"][-1]}), file=sys.stderr)
             for target in targets:
-                with (_http_server(tmp) if target == "http" else smtp_sink()) as port:
+                with (_http_server(tmp, args.http_processes) if target == "http" else smtp_sink()) as port:
                     path = write_config(tmp / target, db.url, provider_config(target, port, tmp / target))
                     runs = []
                     for k in counts:
@@ -554,20 +561,28 @@ def main() -> None:
 
 
 class _http_server:
-    def __init__(self, tmp: Path):
-        self.port_file = tmp / "http.port"
+    def __init__(self, tmp: Path, processes: int = 1):
+        self.tmp, self.processes = tmp, processes
 
     def __enter__(self) -> int:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-http", str(self.port_file)])
+        from tests.http_servers import free_port
+
+        port = free_port()
+        files = [self.tmp / f"http.{i}.port" for i in range(self.processes)]
+        self.procs = [subprocess.Popen([sys.executable, __file__, "--serve-http", str(f), "--port", str(port)])
+                      for f in files]
         for _ in range(200):
-            if self.port_file.exists():
-                return int(self.port_file.read_text())
+            if all(f.exists() for f in files):
+                return port
             time.sleep(0.05)
+        self.__exit__()
         raise RuntimeError("the HTTP contract server did not start")
 
     def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(10)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,14 @@ class Finding:
     code: str  # html-size, charset-mapped, charset-unmappable, text-width, subject, link, section, ...
     message: str
     variant: str = ""
+    # The same finding in Japanese, for the console (written beside the English, so the
+    # two are read and changed together); "" where there is none (the console then
+    # shows ``message``).  The command line prints ``message``.
+    ja: str = ""
+
+    def text(self, language: str) -> str:
+        """The message in ``language`` ("ja" or "en")."""
+        return self.ja if language == "ja" and self.ja else self.message
 
     def __str__(self) -> str:
         return f"{self.severity}: {self.message}"
@@ -181,7 +189,9 @@ def check(engine: Engine, config: Config, pub: Publication, *, now: datetime | N
     plan = plan_send(engine, config, pub, now=now, edition=edition)
     if plan is None:
         return None, [Finding("info", "nothing",
-                              f"{pub.slug}: nothing new to send (no queued articles past their embargo)")]
+                              f"{pub.slug}: nothing new to send (no queued articles past their embargo)",
+                              ja=f"{pub.title}: 送る新しい記事がありません"
+                                 "（公開日時を過ぎた掲載待ちの記事がありません）")]
     return plan, check_plan(config, pub, plan) + deliverability(engine, config)
 
 
@@ -193,7 +203,8 @@ def check_unsent(engine: Engine, config: Config, row) -> list[Finding]:
     pub = config.publication(row.publication)
     plan = plan_send(engine, config, pub, edition=row)
     if plan is None:
-        return [Finding("error", "nothing", f"{pub.slug} 第{row.number}号 has no articles; nothing to send")]
+        return [Finding("error", "nothing", f"{pub.slug} 第{row.number}号 has no articles; nothing to send",
+                        ja=f"{pub.title} 第{row.number}号に記事がありません。送るものがありません")]
     return check_plan(config, pub, plan)
 
 
@@ -245,7 +256,8 @@ def check_plan(config: Config, pub: Publication, plan: Plan) -> list[Finding]:
     """The checks themselves: pure, given the plan (no database)."""
     findings: list[Finding] = []
     if not plan.variants:
-        findings.append(Finding("warning", "readers", "no active subscriber would receive this edition"))
+        findings.append(Finding("warning", "readers", "no active subscriber would receive this edition",
+                                ja="この号を受け取る購読者がいません"))
     if any(k.charset == "iso-2022-jp" for k in plan.variants):
         for what, value in (("sender name", config.sender.name), ("publication title", pub.title)):
             rest = japanese.unmappable(value)
@@ -253,13 +265,17 @@ def check_plan(config: Config, pub: Publication, plan: Plan) -> list[Finding]:
                 findings.append(Finding(
                     "warning", "charset-unmappable",
                     f"{what} '{value}' has {_chars(rest)}, not in ISO-2022-JP: every ISO-2022-JP reader "
-                    "gets UTF-8 (From/List-Id headers are not mapped)"))
+                    "gets UTF-8 (From/List-Id headers are not mapped)",
+                    ja=f"{_JA_WHAT[what]}「{value}」の {_chars(rest)} は ISO-2022-JP にない文字です。ISO-2022-JP の"
+                       "購読者全員に UTF-8 で送ります（差出人・List-Id のヘッダーは置き換えません）"))
     if plan.names_not_in_jis:
         shown = "、".join(plan.names_not_in_jis[:5]) + ("…" if len(plan.names_not_in_jis) > 5 else "")
         findings.append(Finding(
             "warning", "charset-unmappable",
             f"{len(plan.names_not_in_jis)} ISO-2022-JP reader(s) have a name that cannot be written in it "
-            f"({shown}): their mail goes out as UTF-8"))
+            f"({shown}): their mail goes out as UTF-8",
+            ja=f"ISO-2022-JP の購読者 {len(plan.names_not_in_jis)} 人の名前に ISO-2022-JP で書けない文字があります"
+               f"（{shown}）。この人たちには UTF-8 で送ります"))
     findings += placeholder_lookalikes(plan.content)
     for art in plan.content.get("articles", []):
         problem = render_problem(art)
@@ -267,7 +283,9 @@ def check_plan(config: Config, pub: Publication, plan: Plan) -> list[Finding]:
             title = _short(art.get("title"))
             title = title if title.isprintable() else repr(title)[1:-1]
             findings.append(Finding("error", "article", f"article {art.get('id')} '{title}': {problem}: "
-                                    "it cannot render (fix it with 'article edit' or withdraw it)"))
+                                    "it cannot render (fix it with 'article edit' or withdraw it)",
+                                    ja=f"記事 {art.get('id')}「{title}」: {problem}。この記事は表示できません"
+                                       "（記事を直すか、取り下げてください）"))
     # Rendered as the engine renders (the content's own text width, HTML only for HTML
     # readers; html sorts before text, so each field set is rendered once) and kept for it.
     renders = plan.renders if plan.renders is not None else Variants(config, plan.content, plan.when)
@@ -275,13 +293,14 @@ def check_plan(config: Config, pub: Publication, plan: Plan) -> list[Finding]:
     for key in sorted(plan.variants, key=VariantKey.encode):
         label = key.encode()
         readers = plan.variants[key]
-        findings.append(Finding("info", "readers", f"{readers} reader(s)", label))
+        findings.append(Finding("info", "readers", f"{readers} reader(s)", label, ja=f"購読者 {readers} 人"))
         try:
             rendered = renders.get(key)
         except (NewsletterError, ValueError) as exc:  # ValueError: lxml refusing a character
-            findings.append(Finding("error", "render", f"does not render: {exc}", label))
+            findings.append(Finding("error", "render", f"does not render: {exc}", label,
+                                    ja=f"この版を作れません: {exc}"))
             continue
-        findings += [Finding(f.severity, f.code, f.message, label)
+        findings += [Finding(f.severity, f.code, f.message, label, f.ja)
                      for f in check_variant(rendered, key, readers, plan.content, config, width)]
     return findings
 
@@ -301,11 +320,15 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
     # Charset: what was mapped, what cannot be.
     if key.charset == "iso-2022-jp":
         if rendered.replacements:
-            out.append(Finding("info", "charset-mapped", f"mapped: {japanese.describe(rendered.replacements)}"))
+            mapped = japanese.describe(rendered.replacements)
+            out.append(Finding("info", "charset-mapped", f"mapped: {mapped}",
+                               ja=f"ISO-2022-JP 用に置き換えた文字: {mapped}"))
         rest = japanese.unmappable(rendered.subject + rendered.text + (html or ""))
         if rest:
             out.append(Finding("warning", "charset-unmappable",
-                               f"{_chars(rest)} not in ISO-2022-JP: these {readers} mail(s) go out as UTF-8"))
+                               f"{_chars(rest)} not in ISO-2022-JP: these {readers} mail(s) go out as UTF-8",
+                               ja=f"{_chars(rest)} は ISO-2022-JP にない文字です。"
+                                  f"この {readers} 通は UTF-8 で送ります"))
     codec = PYTHON_CODECS[key.charset] if key.charset == "utf-8" or japanese.fits_jis(html or "") else "utf-8"
 
     # HTML size, as Gmail counts it: the bytes of the HTML part.
@@ -315,59 +338,75 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
         if size > GMAIL_CLIP_BYTES:
             out.append(Finding("error", "html-size",
                                f"HTML is {kb}: Gmail clips mail over 102 KB, hiding the footer and the "
-                               "unsubscribe link — carry fewer articles or no full text"))
+                               "unsubscribe link — carry fewer articles or no full text",
+                               ja=f"HTML が {kb} あります。Gmail は 102 KB を超えるメールを途中で切り、末尾の"
+                                  "配信停止リンクが隠れます。記事を減らすか、全文掲載をやめてください"))
         elif size > HTML_WARN_BYTES:
-            out.append(Finding("warning", "html-size", f"HTML is {kb}, close to Gmail's 102 KB clipping limit"))
+            out.append(Finding("warning", "html-size", f"HTML is {kb}, close to Gmail's 102 KB clipping limit",
+                               ja=f"HTML が {kb} あり、Gmail が途中で切る 102 KB に近づいています"))
         else:
-            out.append(Finding("info", "html-size", f"HTML {kb} (Gmail clips at 102 KB)"))
+            out.append(Finding("info", "html-size", f"HTML {kb} (Gmail clips at 102 KB)",
+                               ja=f"HTML {kb}（Gmail は 102 KB を超えると途中で切ります）"))
 
     # CSS that Gmail or Outlook would drop.
     if html is not None:
-        for problem in css_problems(html):
-            out.append(Finding("warning", "css", problem))
+        for problem, problem_ja in css_findings(html):
+            out.append(Finding("warning", "css", problem, ja=problem_ja))
 
     # Subject.
     columns = japanese.display_width(rendered.subject)
     if not rendered.subject.strip():
-        out.append(Finding("error", "subject", "the subject is empty"))
+        out.append(Finding("error", "subject", "the subject is empty", ja="件名が空です"))
     elif columns > SUBJECT_WARN_COLUMNS:
         out.append(Finding("warning", "subject", f"subject is {columns / 2:g} full-width characters long; "
-                                                 f"phones show about {SUBJECT_WARN_COLUMNS // 2}"))
+                                                 f"phones show about {SUBJECT_WARN_COLUMNS // 2}",
+                           ja=f"件名が全角 {columns / 2:g} 文字あります。スマートフォンに見えるのは"
+                              f"全角 {SUBJECT_WARN_COLUMNS // 2} 文字ほどです"))
     else:
-        out.append(Finding("info", "subject", f"subject {columns / 2:g} full-width characters"))
+        out.append(Finding("info", "subject", f"subject {columns / 2:g} full-width characters",
+                           ja=f"件名 全角 {columns / 2:g} 文字"))
     if rendered.subject_replacements:
-        out.append(Finding("warning", "subject", "ISO-2022-JP readers see the subject changed: "
-                                                 f"{japanese.describe(rendered.subject_replacements)}"))
+        changed = japanese.describe(rendered.subject_replacements)
+        out.append(Finding("warning", "subject", f"ISO-2022-JP readers see the subject changed: {changed}",
+                           ja=f"ISO-2022-JP の購読者には件名の文字が置き換わって見えます: {changed}"))
 
     # Text lines.
     over = [line for line in rendered.text.splitlines()
             if japanese.display_width(line) > width and len(japanese.wrap_line(line.strip(), width)) > 1]
     if over:
         out.append(Finding("warning", "text-width", f"{len(over)} text line(s) over {width} columns, "
-                                                    f"e.g. '{over[0][:40]}…'"))
+                                                    f"e.g. '{over[0][:40]}…'",
+                           ja=f"テキスト版に {width} 桁を超える行が {len(over)} 行あります（例:「{over[0][:40]}…」）"))
     else:
-        out.append(Finding("info", "text-width", f"text lines within {width} columns (long URLs alone on a line)"))
+        out.append(Finding("info", "text-width", f"text lines within {width} columns (long URLs alone on a line)",
+                           ja=f"テキスト版の行は {width} 桁以内（長い URL は 1 行に単独で置いています）"))
 
     # The opt-out the law requires, in every part the reader may see.
     for part, body in (("text", rendered.text), ("HTML", html)):
         if body is not None and marks.unsubscribe not in body:
-            out.append(Finding("error", "unsubscribe", f"the {part} part has no unsubscribe link"))
+            out.append(Finding("error", "unsubscribe", f"the {part} part has no unsubscribe link",
+                               ja=f"{'テキスト' if part == 'text' else 'HTML'}版に配信停止のリンクがありません"))
 
     # Sections and articles.
     secs = sections(content, key.fields)
     if not secs:
-        out.append(Finding("error", "section", "no article at all: the digest would be empty"))
+        out.append(Finding("error", "section", "no article at all: the digest would be empty",
+                           ja="記事が 1 件もなく、空のメールになります"))
     for sec in secs:
         if not sec["articles"]:
-            out.append(Finding("error", "section", f"section '{sec['field']['name']}' is empty"))
+            out.append(Finding("error", "section", f"section '{sec['field']['name']}' is empty",
+                               ja=f"分野「{sec['field']['name']}」に記事がありません"))
         for art in sec["articles"]:
             if not (art.get("title") or "").strip():
-                out.append(Finding("error", "section", f"article {art['id']} has no title"))
+                out.append(Finding("error", "section", f"article {art['id']} has no title",
+                                   ja=f"記事 {art['id']} にタイトルがありません"))
             body = art.get("body_html") if content.get("full_text") else art.get("summary")
             if not (body or "").strip():
                 what = "body" if content.get("full_text") else "summary"
                 out.append(Finding("warning", "section", f"'{_short(art.get('title'))}' has no {what}: "
-                                                         "its card shows only the title"))
+                                                         "its card shows only the title",
+                                   ja=f"「{_short(art.get('title'))}」に{'本文' if what == 'body' else '概要'}が"
+                                      "ありません。タイトルだけが載ります"))
 
     # Links.
     links: dict[str, str] = {}
@@ -383,15 +422,17 @@ def check_variant(rendered: Rendered, key: VariantKey, readers: int, content: Ma
             url = (el.get(attr) or "").strip()
             if el.tag == "a" and url.startswith("#") and len(url) > 1:  # the 目次: a place in this mail
                 if url[1:] not in anchors:
-                    out.append(Finding("error", "link", f"link '{_short(el.text_content())}': {url} — "
-                                                        "no element of the mail has that id"))
+                    label = _short(el.text_content())
+                    out.append(Finding("error", "link", f"link '{label}': {url} — no element of the mail has that id",
+                                       ja=f"リンク「{label}」: {url} — メールの中にその行き先（id）がありません"))
                 continue
             links.setdefault(url, _short(el.text_content()) or el.tag)
     for url, label in links.items():
         problem = None if url in marks.all() else link_problem(url)
         if problem:
-            severity, why = problem
-            out.append(Finding(severity, "link", f"link '{label}': {url or '(empty)'} — {why}"))
+            severity, why, why_ja = problem
+            out.append(Finding(severity, "link", f"link '{label}': {url or '(empty)'} — {why}",
+                               ja=f"リンク「{label}」: {url or '（空）'} — {why_ja}"))
     return out
 
 
@@ -423,7 +464,10 @@ def placeholder_lookalikes(content: Mapping[str, Any]) -> list[Finding]:
                     "warning", "placeholder",
                     f"article {art.get('id')} '{_short(art.get('title'))}': its {where} has "
                     f"'{_short(m.group(0), 40)}', which looks like a personal placeholder; it is sent as "
-                    "written (never filled in) — check the article"))
+                    "written (never filled in) — check the article",
+                    ja=f"記事 {art.get('id')}「{_short(art.get('title'))}」の{_JA_PART.get(where, where)}に"
+                       f"「{_short(m.group(0), 40)}」があり、個人ごとの差し込み記号に見えます。書かれたとおりに"
+                       "送ります（差し込みはしません）。記事を確かめてください"))
                 break
     return out
 
@@ -432,15 +476,16 @@ def placeholder_lookalikes(content: Mapping[str, Any]) -> list[Finding]:
 # on it.  pattern (on "property:value" without spaces) → (clients, what to do).
 # Left out on purpose: border-radius, inline-block, overflow-wrap, word-break
 # (a client without them degrades, the mail still reads).
-CSS_DROPPED: tuple[tuple[str, str, str], ...] = (
-    (r"^position:", "Gmail, Outlook (Windows)", "use tables for placement"),
-    (r"^display:(inline-)?(flex|grid)", "Outlook (Windows)", "use a table layout"),
-    (r"^float:", "Outlook (Windows)", "use align= on a table"),
-    (r"^box-shadow:", "Outlook (Windows)", "use a border"),
-    (r"^(background(-image)?:.*url\(|background-image:)", "Outlook (Windows)", "use bgcolor, or VML"),
-    (r"var\(--", "Gmail, Outlook (Windows)", "write the value itself"),
-    (r"^(transform|animation|transition)", "Gmail, Outlook (Windows)", "drop it"),
-    (r"^object-fit:", "Gmail, Outlook (Windows)", "size the image itself"),
+CSS_DROPPED: tuple[tuple[str, str, str, str], ...] = (
+    (r"^position:", "Gmail, Outlook (Windows)", "use tables for placement", "配置には表を使ってください"),
+    (r"^display:(inline-)?(flex|grid)", "Outlook (Windows)", "use a table layout", "表でレイアウトしてください"),
+    (r"^float:", "Outlook (Windows)", "use align= on a table", "表の align= を使ってください"),
+    (r"^box-shadow:", "Outlook (Windows)", "use a border", "枠線（border）を使ってください"),
+    (r"^(background(-image)?:.*url\(|background-image:)", "Outlook (Windows)", "use bgcolor, or VML",
+     "bgcolor か VML を使ってください"),
+    (r"var\(--", "Gmail, Outlook (Windows)", "write the value itself", "値をそのまま書いてください"),
+    (r"^(transform|animation|transition)", "Gmail, Outlook (Windows)", "drop it", "使わないでください"),
+    (r"^object-fit:", "Gmail, Outlook (Windows)", "size the image itself", "画像そのものの大きさを合わせてください"),
 )
 _MEDIA = re.compile(r"@media[^{]*\{(?:[^{}]*\{[^{}]*\})*[^{}]*\}", re.S)
 
@@ -449,53 +494,68 @@ def css_problems(html: str) -> list[str]:
     """Which of :data:`CSS_DROPPED` the mail relies on (inline styles and the
     ``<style>`` rules outside ``@media``); ``max-width`` only without the
     ``<!--[if mso]>`` fixed-width table that stands in for it in Outlook."""
+    return [en for en, _ in css_findings(html)]
+
+
+def css_findings(html: str) -> list[tuple[str, str]]:
+    """:func:`css_problems`, each in English and in Japanese."""
     doc = lxml.html.document_fromstring(html)
     declarations = [d for el in doc.iter() if isinstance(el.tag, str) and el.get("style")
                     for d in el.get("style").split(";")]
     for style in doc.iter("style"):
         rules = _MEDIA.sub("", style.text or "")
         declarations += [d for block in re.findall(r"\{([^{}]*)\}", rules) for d in block.split(";")]
-    found: dict[str, str] = {}
+    found: dict[str, tuple[str, str]] = {}
     for d in declarations:
         d = re.sub(r"\s+", "", d).lower()
-        for pattern, clients, fix in CSS_DROPPED:
+        for pattern, clients, fix, fix_ja in CSS_DROPPED:
             if d and re.search(pattern, d):
-                found.setdefault(d.split(":")[0], f"'{d[:40]}' is dropped by {clients}: {fix}")
+                found.setdefault(d.split(":")[0], (f"'{d[:40]}' is dropped by {clients}: {fix}",
+                                                   f"「{d[:40]}」は {clients} で無視されます。{fix_ja}"))
         if d.startswith("max-width:") and "<!--[if mso]>" not in html:
-            found.setdefault("max-width", "'max-width' is dropped by Outlook (Windows): add a fixed-width "
-                                          "<!--[if mso]> table around the container")
+            found.setdefault("max-width", ("'max-width' is dropped by Outlook (Windows): add a fixed-width "
+                                           "<!--[if mso]> table around the container",
+                                           "「max-width」は Outlook (Windows) で無視されます。本体を幅固定の "
+                                           "<!--[if mso]> の表で囲んでください"))
     return list(found.values())
 
 
-def link_problem(url: str) -> tuple[str, str] | None:
-    """(severity, why) when a link in a mail would not work (or only over plain HTTP)."""
+def link_problem(url: str) -> tuple[str, str, str] | None:
+    """(severity, why, why in Japanese) when a link in a mail would not work (or only
+    over plain HTTP)."""
     url = url.strip()
     if not url:
-        return "error", "empty link"
+        return "error", "empty link", "リンク先が空です"
     if any(c.isspace() for c in url) or any(ord(c) < 32 for c in url):
-        return "error", "has spaces or control characters"
+        return "error", "has spaces or control characters", "空白か制御文字が入っています"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises on a bad port)
     except ValueError as exc:
-        return "error", f"malformed ({exc})"
+        return "error", f"malformed ({exc})", f"URL の形が正しくありません（{exc}）"
     scheme = parts.scheme.lower()
     if scheme == "mailto":
-        return None if "@" in parts.path else ("error", "mailto: without an address")
+        return None if "@" in parts.path else ("error", "mailto: without an address", "mailto: に宛先がありません")
     if scheme == "tel":
         return None
     if not scheme:
-        return "error", "no scheme: a relative link goes nowhere in a mail"
+        return ("error", "no scheme: a relative link goes nowhere in a mail",
+                "https:// などがありません。相対リンクはメールの中ではどこにも行きません")
     if scheme not in ("http", "https"):
-        return "error", f"'{scheme}:' is not a web link"
+        return "error", f"'{scheme}:' is not a web link", f"「{scheme}:」はウェブのリンクではありません"
     host = parts.hostname or ""
     if not host or "." not in host or host.startswith(".") or host.endswith("."):
-        return "error", "no valid host name"
+        return "error", "no valid host name", "正しいホスト名がありません"
     if not url.isascii():
-        return "warning", "not ASCII: some clients break it; percent-encode it"
+        return ("warning", "not ASCII: some clients break it; percent-encode it",
+                "ASCII 以外の文字があり、壊れるメールソフトがあります。パーセントエンコードしてください")
     if scheme == "http":
-        return "warning", "not https"
+        return "warning", "not https", "https ではありません"
     return None
+
+
+_JA_WHAT = {"sender name": "差出人名", "publication title": "メールマガジン名"}
+_JA_PART = {"title": "タイトル", "summary": "概要", "url": "URL", "author": "著者", "body": "本文"}
 
 
 def _chars(chars: Iterable[str]) -> str:

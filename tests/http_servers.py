@@ -138,8 +138,19 @@ class ContractServer:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> None:
-        server = _Server(("127.0.0.1", 0), _Handler)
+    def start(self, port: int = 0, *, shared_port: bool = False) -> None:
+        """Listen on 127.0.0.1 (``port`` 0: a free one).  ``shared_port``: with
+        SO_REUSEPORT, so several processes serve one port and the kernel spreads
+        the connections (bench/scale.py: a stand-in that parses on more than one
+        core, as a real service does)."""
+        server = _Server(("127.0.0.1", port), _Handler, bind_and_activate=False)
+        server.reuse_port = shared_port
+        try:
+            server.server_bind()
+            server.server_activate()
+        except OSError:
+            server.server_close()
+            raise
         server.owner = self
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -320,7 +331,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    reuse_port = False
     owner: ContractServer
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that timed out and hung up makes the late answer fail: expected here.

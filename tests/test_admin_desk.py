@@ -434,6 +434,11 @@ def test_a_page_view_runs_no_full_plan_and_the_check_button_does(console, monkey
     assert calls["plan_send"] == 1 and calls["subscribers_for"] == 1
     assert "まだ実行していません。" not in res.text
     assert re.search(r'<ul class="findings">|問題は見つかりませんでした。', res.text)
+    # In Japanese, each variant named by its fields as on the previews (not its key).
+    findings = res.text.split('<ul class="findings">')[1].split("</ul>")[0]
+    assert "購読者 " in findings and "件名 全角" in findings and "テキスト版の行は" in findings
+    for english in ("reader(s)", "full-width characters", "text lines within", "Gmail clips", "|html|"):
+        assert english not in findings, english
 
 
 def test_approval_runs_the_full_check_and_an_error_refuses_it_with_the_findings(console, monkeypatch):

@@ -411,3 +411,32 @@ def test_a_checked_send_renders_each_variant_once(project, tmp_path, monkeypatch
     assert len(calls) == 3
     mails = _outbox(cli)
     assert len(mails) == 4 and sum("Content-Type: text/html" in m for m in mails) == 3
+
+
+def test_every_finding_of_the_check_is_written_in_japanese_too():
+    """The console is Japanese first: each finding preflight writes carries its
+    Japanese wording (``Finding.ja``; ``text(lang)`` picks it), so an editor never
+    reads an English sentence on 配信前チェック.  The command line keeps ``message``."""
+    import re
+
+    arts = fixed_articles()
+    arts[0]["url"] = "https//news.example.jp/articles/1"  # no scheme: an error
+    arts[1]["url"] = "http://news.example.jp/articles/2"  # a warning
+    arts[2]["summary"] = "解約は %%NL_UNSUBSCRIBE_URL%% からどうぞ。"  # a placeholder lookalike
+    arts[3]["summary"] = ""  # a card with only its title
+    config = fixed_config()
+    pub = config.publication("weekly")
+    content = fixed_content(config, arts)
+    content["subject"] = "【週刊 地方行政ニュース】" + "人口減少下の公共施設再編について" * 3 + "①"
+    findings = check_plan(config, pub, plan_for(content, names_not_in_jis=("髙橋 ①子",)))
+    findings += check_plan(config, pub, Plan(content, WHEN, content["number"], False, {}))  # nobody to send to
+    assert {"link", "placeholder", "charset-unmappable", "charset-mapped", "readers", "html-size", "subject",
+            "text-width", "section"} <= {f.code for f in findings}
+    kana_or_kanji = re.compile(r"[ぁ-んァ-ヶ一-龠]")
+    for f in findings:
+        assert f.ja and kana_or_kanji.search(f.ja), f
+        assert f.text("ja") == f.ja and f.text("en") == f.message
+    ja = [f.ja for f in findings]
+    assert any("https ではありません" in m and "http://news.example.jp/articles/2" in m for m in ja)
+    assert any("相対リンクはメールの中ではどこにも行きません" in m for m in ja)
+    assert "この号を受け取る購読者がいません" in ja

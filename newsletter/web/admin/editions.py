@@ -131,7 +131,8 @@ def _page_data(svc: Service, row) -> dict[str, Any]:
     with svc.engine.connect() as conn:
         carried = set(q.carried_article_ids(conn, row.publication))
         queue = [a for a in article_q.candidates(conn, fields=pub.fields, now=svc.clock(), exclude_ids=carried)]
-    return {"content": content, "variants": shown, "text_part": sample_text.text,
+    labels = {v["key"]: f"{v['fields']}・{v['format']}・{v['charset']}" for v in shown}
+    return {"content": content, "variants": shown, "variant_labels": labels, "text_part": sample_text.text,
             "subject": sample_text.subject, "queue": [{"id": a.id, "title": a.title} for a in queue],
             "hash": state.hash_of(row) if row.status in state.UNSENT else "", "pub": pub,
             "waiting": row.status == "draft" and row.approval_requested_at is not None,
