@@ -963,6 +963,11 @@ def test_audit_log_filters_by_user_action_publication_and_dates(console):
     assert '<option value="approver1">' in page.text  # the user names to choose from (a datalist)
     assert details("actor=approver1") == ["row 5", "row 2"]
     assert details("action=approv&publication=weekly") == ["row 2"]
+    # The actions read in Japanese, and a Japanese word finds the ones it names.
+    page = client.get("/admin/audit")
+    assert "<td>承認</td>" in page.text and "<td>配信完了</td>" in page.text and "<td>approved</td>" not in page.text
+    assert details("action=承認") == ["row 5", "row 2"]
+    assert details("action=書き出し") == ["row 3"]
     assert details("from=2026-12-02&to=2026-12-03") == ["row 3", "row 2"]
     assert details("from=2026-12-04") == ["row 6", "row 5"]
     assert details("to=2026-12-01") == ["row 1"]

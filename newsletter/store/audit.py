@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.engine import Connection, Row
 
 from .tables import audit_log
@@ -24,9 +25,10 @@ def for_edition(conn: Connection, edition_id: int) -> list[Row]:
 
 def search(conn: Connection, *, actor: str | None = None, action: str | None = None, interface: str | None = None,
            publication: str | None = None, since: datetime | None = None, until: datetime | None = None,
-           limit: int = 500) -> list[Row]:
+           limit: int = 500, actions: Sequence[str] = ()) -> list[Row]:
     """The newest rows first, filtered by exact actor/interface/publication, by a part
-    of the action, and by time (``since`` <= at < ``until``)."""
+    of the action (or one of ``actions``: what a word in another language names), and
+    by time (``since`` <= at < ``until``)."""
     q = select(audit_log)
     if since is not None:
         q = q.where(audit_log.c.at >= since)
@@ -35,7 +37,7 @@ def search(conn: Connection, *, actor: str | None = None, action: str | None = N
     if actor:
         q = q.where(audit_log.c.actor == actor)
     if action:
-        q = q.where(audit_log.c.action.contains(action, autoescape=True))
+        q = q.where(or_(audit_log.c.action.contains(action, autoescape=True), audit_log.c.action.in_(list(actions))))
     if interface:
         q = q.where(audit_log.c.interface == interface)
     if publication:

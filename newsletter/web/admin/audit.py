@@ -52,9 +52,13 @@ async def index(request: Request, session: Session, form: FormData | None) -> Re
     since = datetime.combine(days["from"], time(0), tz) if "from" in days else None
     until = datetime.combine(days["to"] + timedelta(days=1), time(0), tz) if "to" in days else None
 
+    # The actions are stored in English; a word of the page's own (承認) finds the ones it names.
+    named = [key.removeprefix("audit_") for key, label in t.items()
+             if key.startswith("audit_") and filters["action"] and filters["action"] in label]
+
     def load():
         with svc.engine.connect() as conn:
-            return audit_q.search(conn, limit=SHOWN, since=since, until=until,
+            return audit_q.search(conn, limit=SHOWN, since=since, until=until, actions=named,
                                   **{k: filters[k] or None for k in ("actor", "action", "interface", "publication")})
 
     rows = await run_in_threadpool(load)
